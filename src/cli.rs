@@ -1,0 +1,137 @@
+//! The command line: clap definitions and help text. Parsing only; the
+//! commands live in `commands/`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// pagecrawl: a resumable, polite crawler for paginated listing sites.
+///
+/// It fetches every page of a range with a pool of threads, extracts items
+/// with a regular expression, writes each item exactly once, and resumes
+/// after a restart, a crash or kill -9 without losing or repeating a page.
+#[derive(Debug, Parser)]
+#[command(name = "pagecrawl", version, propagate_version = true, after_help = "Start with: pagecrawl demo")]
+pub struct Cli {
+    /// More log output (-v debug, -vv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only warnings and errors on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Crawl until the queue drains (resumes where the last run stopped).
+    #[command(after_help = "Example: pagecrawl run --config wooyun.toml --state-dir /var/lib/pagecrawl/wooyun")]
+    Run {
+        /// The job's TOML configuration.
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: PathBuf,
+        /// Where the queue, checkpoint and (by default) output live.
+        /// Default: $STATE_DIRECTORY, else NAME.state beside NAME.toml.
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
+    /// Show counts, rate, ETA and the most common errors.
+    #[command(after_help = "Example: pagecrawl status --state-dir wooyun.state --json")]
+    Status {
+        #[command(flatten)]
+        state: StateArgs,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List pages in one state, with attempts and last error.
+    #[command(after_help = "Example: pagecrawl queue --state failed --limit 20")]
+    Queue {
+        #[command(flatten)]
+        state: StateArgs,
+        /// Which pages to list.
+        #[arg(long = "state", value_enum, default_value = "pending")]
+        which: PageStateArg,
+        /// At most this many pages.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add pages to the queue (done or failed pages are crawled again).
+    #[command(after_help = "Example: pagecrawl enqueue --state-dir wooyun.state 1..=295 300 400..410\n\
+                            Ranges: 7, 1..=295 (end included), 400..410 (end excluded).")]
+    Enqueue {
+        #[command(flatten)]
+        state: StateArgs,
+        /// Pages or ranges.
+        #[arg(required = true, value_name = "RANGE")]
+        ranges: Vec<String>,
+    },
+    /// Put failed pages back in the queue (all of them, or those named).
+    #[command(after_help = "Example: pagecrawl retry --state-dir wooyun.state 17 42")]
+    Retry {
+        #[command(flatten)]
+        state: StateArgs,
+        /// Failed pages to retry; none means all.
+        #[arg(value_name = "PAGE")]
+        pages: Vec<u64>,
+    },
+    /// Write the committed items as JSON Lines or CSV.
+    #[command(after_help = "Example: pagecrawl export --state-dir wooyun.state --format csv --output bugs.csv")]
+    Export {
+        #[command(flatten)]
+        state: StateArgs,
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: FormatArg,
+        /// Write here instead of standard output.
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Fetch and parse one page and print its items; touches no state.
+    #[command(name = "try", after_help = "Example: pagecrawl try --config wooyun.toml --page 1")]
+    Try {
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: PathBuf,
+        #[arg(long, value_name = "N")]
+        page: u64,
+    },
+    /// Crawl a built-in local mirror of a WooYun-style bug list.
+    #[command(after_help = "Example: pagecrawl demo")]
+    Demo {
+        /// Keep the demo's config, state and output here (default: a new
+        /// temporary folder).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// The mirror's delay per page, in milliseconds.
+        #[arg(long, default_value_t = 20)]
+        latency_ms: u64,
+    },
+}
+
+/// Where the state directory is, for the commands that inspect it.
+#[derive(Debug, Args)]
+pub struct StateArgs {
+    /// The state directory. Default: $STATE_DIRECTORY, else the one beside
+    /// --config.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The job's config, to find its default state directory.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum PageStateArg {
+    Pending,
+    Done,
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum FormatArg {
+    Jsonl,
+    Csv,
+}

@@ -1,0 +1,73 @@
+//! Turning a decoded page into items: every match of the pattern is an item,
+//! every named group a field, HTML entities unescaped and whitespace trimmed.
+
+use regex::Regex;
+
+/// A compiled pattern with its field names in group order.
+#[derive(Debug, Clone)]
+pub struct Extractor {
+    pattern: Regex,
+    /// (capture-group index, field name) for each named group.
+    groups: Vec<usize>,
+}
+
+/// One extracted item: field values in the order of [`Extractor::fields`].
+pub type Item = Vec<String>;
+
+impl Extractor {
+    pub fn new(pattern: Regex) -> Extractor {
+        let groups = pattern
+            .capture_names()
+            .enumerate()
+            .filter_map(|(index, name)| name.map(|_| index))
+            .collect();
+        Extractor { pattern, groups }
+    }
+
+    /// All items on a page; zero matches is a valid, empty page.
+    pub fn extract(&self, text: &str) -> Vec<Item> {
+        self.pattern
+            .captures_iter(text)
+            .map(|captures| {
+                self.groups
+                    .iter()
+                    .map(|&index| captures.get(index).map_or_else(String::new, |m| clean(m.as_str())))
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+/// Unescapes HTML entities and trims surrounding whitespace.
+pub fn clean(raw: &str) -> String {
+    if raw.contains('&') {
+        html_escape::decode_html_entities(raw).trim().to_string()
+    } else {
+        raw.trim().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn named_groups_become_trimmed_unescaped_fields() {
+        let pattern = Regex::new(r#"<a href="(?P<url>[^"]+)">(?P<title>[^<]*)</a>(?:<i>(?P<tag>\w+)</i>)?"#).unwrap();
+        let extractor = Extractor::new(pattern);
+        let items = extractor.extract(r#"<a href="/b?id=1&amp;x=2">  AT&amp;T &lt;3  </a><i>hot</i> <a href="/2">二</a>"#);
+        assert_eq!(
+            items,
+            vec![
+                vec!["/b?id=1&x=2".to_string(), "AT&T <3".into(), "hot".into()],
+                vec!["/2".to_string(), "二".into(), String::new()],
+            ]
+        );
+    }
+
+    #[test]
+    fn no_match_is_an_empty_page() {
+        let extractor = Extractor::new(Regex::new("(?P<x>zzz)").unwrap());
+        assert!(extractor.extract("nothing here").is_empty());
+    }
+}

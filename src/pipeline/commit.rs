@@ -1,0 +1,135 @@
+//! The commit stage, the only writer of the output and of page states.
+//!
+//! Pages are committed in groups (every `commit_every` pages or
+//! `commit_interval`, whichever comes first). For each group, in this order:
+//! 1. append the group's items to the output and `fsync` it;
+//! 2. apply one sled batch: pages done/failed/rescheduled, counters, and the
+//!    output's new committed length; then `flush` sled;
+//! 3. only then tell the feeder the pages are settled.
+//!
+//! A crash before 2 leaves bytes past the committed length, which the next
+//! start truncates away (their pages are still pending and are fetched
+//! again); a crash after 2 loses nothing. Because the output is synced
+//! before the checkpoint, this also holds across power loss.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use super::{retry_delay, Parsed, Settled, Shared};
+use crate::config::Config;
+use crate::output::OutputFile;
+use crate::store::{Settle, Store};
+use crate::util::now_ms;
+
+/// Longest the stage waits without looking at the abort flag.
+const TICK: Duration = Duration::from_millis(100);
+
+pub(super) fn run(
+    config: &Config,
+    store: &Store,
+    output: &mut OutputFile,
+    parsed: Receiver<Parsed>,
+    settled: Sender<Settled>,
+    shared: &Shared,
+) -> Result<()> {
+    let mut group: Vec<Parsed> = Vec::with_capacity(config.commit_every);
+    let mut deadline: Option<Instant> = None;
+    loop {
+        let wait = deadline.map_or(TICK, |d| d.saturating_duration_since(Instant::now()).min(TICK));
+        match parsed.recv_timeout(wait) {
+            Ok(message) => {
+                deadline.get_or_insert_with(|| Instant::now() + config.commit_interval);
+                group.push(message);
+                if shared.abort.load(Ordering::SeqCst) {
+                    return flush(config, store, output, &mut group, &settled, shared);
+                }
+                if group.len() >= config.commit_every {
+                    flush(config, store, output, &mut group, &settled, shared)?;
+                    deadline = None;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                if shared.abort.load(Ordering::SeqCst) {
+                    return flush(config, store, output, &mut group, &settled, shared);
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    flush(config, store, output, &mut group, &settled, shared)?;
+                    deadline = None;
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                return flush(config, store, output, &mut group, &settled, shared);
+            }
+        }
+    }
+}
+
+fn flush(
+    config: &Config,
+    store: &Store,
+    output: &mut OutputFile,
+    group: &mut Vec<Parsed>,
+    settled: &Sender<Settled>,
+    shared: &Shared,
+) -> Result<()> {
+    if group.is_empty() {
+        return Ok(());
+    }
+    let mut settles = Vec::with_capacity(group.len());
+    let mut notices = Vec::with_capacity(group.len());
+    let mut appended = false;
+    let (mut done, mut failed, mut retried, mut items) = (0, 0, 0, 0);
+    for message in group.drain(..) {
+        match message {
+            Parsed::Done { page, attempts, items: count, bytes, rendered } => {
+                output.append(&rendered)?;
+                appended |= !rendered.is_empty();
+                settles.push(Settle::Done { page, attempts, items: count, bytes });
+                notices.push(Settled::Finished(page));
+                done += 1;
+                items += u64::from(count);
+            }
+            Parsed::Failure { page, attempts, error } => {
+                if error.retryable() && attempts <= config.retries {
+                    let delay = retry_delay(config, attempts, &error);
+                    log::info!("page {page}: {error}; retry {attempts} of {} in {delay:.1?}", config.retries);
+                    settles.push(Settle::Retry {
+                        page,
+                        attempts,
+                        not_before_ms: now_ms() + delay.as_millis() as u64,
+                        error: error.to_string(),
+                    });
+                    notices.push(Settled::Retry { page, attempts, not_before: Instant::now() + delay });
+                    retried += 1;
+                } else {
+                    let tries = if attempts == 1 { "1 attempt".to_string() } else { format!("{attempts} attempts") };
+                    let detail = format!("{error} from {} after {tries}", config.page_url(page));
+                    log::warn!("page {page} failed: {detail}");
+                    settles.push(Settle::Failed { page, attempts, kind: error.kind(), detail });
+                    notices.push(Settled::Finished(page));
+                    failed += 1;
+                }
+            }
+            Parsed::Abandoned => {}
+        }
+    }
+    if appended {
+        output.sync()?;
+    }
+    let empty_run = config.pages.is_open().then_some(config.stop_after_empty);
+    store.commit(&settles, output.len(), empty_run)?;
+    store.flush()?;
+    let progress = &shared.progress;
+    progress.done.fetch_add(done, Ordering::Relaxed);
+    progress.failed.fetch_add(failed, Ordering::Relaxed);
+    progress.retries.fetch_add(retried, Ordering::Relaxed);
+    progress.items.fetch_add(items, Ordering::Relaxed);
+    for notice in notices {
+        // The feeder may already have stopped; then nobody needs to know.
+        let _ = settled.try_send(notice);
+    }
+    Ok(())
+}

@@ -1,0 +1,57 @@
+//! Key layout of the single sled tree that holds a crawl's state.
+//!
+//! One tree with a one-byte prefix per keyspace, rather than one tree per
+//! state: sled applies a `Batch` atomically only within one tree, and moving a
+//! page from pending to done *together with* the counters and the output's
+//! committed length is exactly what must be atomic. Page numbers are
+//! big-endian so iteration runs in page order.
+
+/// Pages waiting to be fetched (value: [`super::records::Pending`]).
+pub const PENDING: u8 = b'p';
+/// Pages whose items are in the output (value: [`super::records::Done`]).
+pub const DONE: u8 = b'd';
+/// Pages that exhausted their retries (value: [`super::records::Failed`]).
+pub const FAILED: u8 = b'f';
+/// Failure-reason counters: prefix + reason kind, value u64.
+pub const REASON: u8 = b'r';
+/// Job metadata and counters: prefix + name.
+pub const META: u8 = b'm';
+
+/// The key of `page` in the keyspace `prefix`.
+pub fn page_key(prefix: u8, page: u64) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = prefix;
+    key[1..].copy_from_slice(&page.to_be_bytes());
+    key
+}
+
+/// The page number in a page key, or `None` if the key is not one.
+pub fn page_of(key: &[u8]) -> Option<u64> {
+    let bytes: [u8; 8] = key.get(1..9)?.try_into().ok()?;
+    (key.len() == 9).then(|| u64::from_be_bytes(bytes))
+}
+
+/// The key of a named meta value or reason counter.
+pub fn named_key(prefix: u8, name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + name.len());
+    key.push(prefix);
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_keys_round_trip_and_sort_in_page_order() {
+        let pages = [0u64, 1, 255, 256, 65_536, u64::MAX];
+        let keys: Vec<[u8; 9]> = pages.iter().map(|&p| page_key(PENDING, p)).collect();
+        for (key, &page) in keys.iter().zip(&pages) {
+            assert_eq!(page_of(key), Some(page));
+        }
+        assert!(keys.windows(2).all(|pair| pair[0] < pair[1]));
+        assert_eq!(page_of(b"short"), None);
+        assert_eq!(page_of(&[b'p'; 10]), None);
+    }
+}

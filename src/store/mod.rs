@@ -1,0 +1,691 @@
+//! The crawl's queue and checkpoint in sled: pending, done and failed pages,
+//! failure-reason counts, counters and the job's identity, all in one tree
+//! (see `keys` for why) and changed only through atomic batches.
+//!
+//! Every mutation takes the store's lock, reads the in-memory counters,
+//! builds one batch holding both the page changes and the new counters, and
+//! applies it; so the counters always equal a recount of the keyspaces, even
+//! after `kill -9` (the `recount` test helper checks exactly that).
+
+pub mod keys;
+pub mod records;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::error::UserError;
+use crate::range::PageRange;
+use crate::util::now_ms;
+use keys::{named_key, page_key, page_of, DONE, FAILED, META, PENDING, REASON};
+pub use records::{Counters, Done, Failed, Pending};
+
+/// Bumped when the on-disk layout changes incompatibly.
+pub const SCHEMA_VERSION: u64 = 1;
+/// Pages per batch when seeding or enqueueing large ranges: bounds memory and
+/// keeps each batch quick, while the frontier makes a stopped seeding resume.
+const SEED_CHUNK: u64 = 50_000;
+/// sled's page cache. Deliberately small: the queue is streamed, never
+/// loaded, and a crawler should not grow with its queue.
+const CACHE_BYTES: u64 = 16 << 20;
+
+const COUNTERS_KEY: &str = "counters";
+const JOB_KEY: &str = "job";
+const SCHEMA_KEY: &str = "schema";
+
+/// What makes a state directory belong to one job. Running a different job
+/// against it is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub url: String,
+    pub pages: String,
+    pub pattern: String,
+    pub format: String,
+    pub fields: Vec<String>,
+    /// The output file, as an absolute path.
+    pub output: PathBuf,
+}
+
+/// A page's state, as `queue` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PageState {
+    Pending(Pending),
+    Done(Done),
+    Failed(Failed),
+}
+
+/// Which pages `list` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateFilter {
+    Pending,
+    Done,
+    Failed,
+}
+
+impl StateFilter {
+    fn prefix(self) -> u8 {
+        match self {
+            StateFilter::Pending => PENDING,
+            StateFilter::Done => DONE,
+            StateFilter::Failed => FAILED,
+        }
+    }
+}
+
+/// One settled page, as the commit stage records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settle {
+    /// Its items were appended to the output.
+    Done { page: u64, attempts: u32, items: u32, bytes: u64 },
+    /// It failed but has retries left; fetch again after `not_before_ms`.
+    Retry { page: u64, attempts: u32, not_before_ms: u64, error: String },
+    /// It failed for good.
+    Failed { page: u64, attempts: u32, kind: String, detail: String },
+}
+
+/// What `enqueue` did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EnqueueReport {
+    pub added: u64,
+    /// Done or failed pages put back to be crawled again.
+    pub requeued: u64,
+    pub already_pending: u64,
+}
+
+/// An open crawl state directory.
+pub struct Store {
+    dir: PathBuf,
+    db: sled::Db,
+    tree: sled::Tree,
+    counters: Mutex<Counters>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("dir", &self.dir).finish()
+    }
+}
+
+/// The sled database inside a state directory.
+fn db_path(dir: &Path) -> PathBuf {
+    dir.join("queue.sled")
+}
+
+/// The file where a running `run` leaves its pid, for "busy" messages.
+pub fn pid_path(dir: &Path) -> PathBuf {
+    dir.join("run.pid")
+}
+
+/// True if `dir` holds a crawl state.
+pub fn exists(dir: &Path) -> bool {
+    db_path(dir).join("conf").exists() || db_path(dir).join("db").exists()
+}
+
+impl Store {
+    /// Opens (creating if needed) the state in `dir`, which is created with
+    /// owner-only permissions.
+    pub fn open(dir: &Path) -> Result<Store> {
+        create_private_dir(dir)?;
+        Store::open_db(dir)
+    }
+
+    /// Opens the state in `dir`, which must already hold one (for the
+    /// inspection commands, which must not create state by accident).
+    pub fn open_existing(dir: &Path) -> Result<Store> {
+        if !exists(dir) {
+            return Err(UserError::Usage(format!(
+                "no crawl state in {} (start one with `pagecrawl run --config FILE`, or pass the right --state-dir)",
+                dir.display()
+            ))
+            .into());
+        }
+        Store::open_db(dir)
+    }
+
+    fn open_db(dir: &Path) -> Result<Store> {
+        let path = db_path(dir);
+        let config = sled::Config::new().path(&path).cache_capacity(CACHE_BYTES);
+        // sled panics on some corrupt files instead of returning an error;
+        // that must reach the user as a message, not a backtrace.
+        let opened = crate::util::quietly(|| config.open());
+        let db = match opened {
+            Ok(Ok(db)) => db,
+            Ok(Err(e)) => return Err(open_error(dir, e)),
+            Err(panic) => {
+                return Err(anyhow::anyhow!(
+                    "the state database in {} is corrupt ({panic}); move the folder aside and start afresh",
+                    dir.display()
+                ))
+            }
+        };
+        let tree = db.open_tree("queue").with_context(|| format!("cannot open the queue in {}", dir.display()))?;
+        let schema = tree.get(named_key(META, SCHEMA_KEY))?.map(|v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or_default()));
+        match schema {
+            None => {
+                tree.insert(named_key(META, SCHEMA_KEY), &SCHEMA_VERSION.to_be_bytes())?;
+            }
+            Some(SCHEMA_VERSION) => {}
+            Some(other) => {
+                return Err(UserError::Usage(format!(
+                    "the state in {} has layout version {other}, this pagecrawl reads version {SCHEMA_VERSION}; \
+                     use the pagecrawl that wrote it, or start afresh with a new --state-dir",
+                    dir.display()
+                ))
+                .into())
+            }
+        }
+        let counters = tree.get(named_key(META, COUNTERS_KEY))?.map(|v| Counters::decode(&v)).unwrap_or_default();
+        Ok(Store { dir: dir.to_path_buf(), db, tree, counters: Mutex::new(counters) })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Counters> {
+        // A panic while holding the lock cannot leave a half-applied batch
+        // (batches are atomic), so the counters inside are still right.
+        self.counters.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The counters as of the last batch.
+    pub fn counters(&self) -> Counters {
+        *self.lock()
+    }
+
+    /// The job this state belongs to, if one was recorded.
+    pub fn job(&self) -> Result<Option<Job>> {
+        let Some(bytes) = self.tree.get(named_key(META, JOB_KEY))? else { return Ok(None) };
+        let job = serde_json::from_slice(&bytes)
+            .with_context(|| format!("the job record in {} is unreadable", self.dir.display()))?;
+        Ok(Some(job))
+    }
+
+    /// Records the job (first run only) and where its range starts.
+    pub fn set_job(&self, job: &Job, range: &PageRange) -> Result<()> {
+        let mut counters = self.lock();
+        let mut next = *counters;
+        next.frontier = range.start();
+        let mut batch = sled::Batch::default();
+        batch.insert(named_key(META, JOB_KEY), serde_json::to_vec(job)?);
+        batch.insert(named_key(META, COUNTERS_KEY), next.encode());
+        self.tree.apply_batch(batch)?;
+        *counters = next;
+        Ok(())
+    }
+
+    /// Puts the rest of a closed range into the queue, from the frontier on;
+    /// resumable if stopped half-way. Pages already in any state are left
+    /// alone. Returns the number of pages added.
+    pub fn seed(&self, range: &PageRange) -> Result<u64> {
+        let PageRange::Closed { end, .. } = *range else { return Ok(0) };
+        let mut added = 0;
+        loop {
+            let frontier = self.lock().frontier;
+            if frontier > end {
+                return Ok(added);
+            }
+            let last = end.min(frontier.saturating_add(SEED_CHUNK - 1));
+            added += self.add_from_frontier(last)?;
+        }
+    }
+
+    /// Open ranges: queues the next `count` pages past the frontier.
+    pub fn extend(&self, count: u64) -> Result<u64> {
+        let frontier = self.lock().frontier;
+        self.add_from_frontier(frontier.saturating_add(count.max(1) - 1))
+    }
+
+    /// Queues frontier..=last (skipping pages already known) and moves the
+    /// frontier past `last`, in one batch.
+    fn add_from_frontier(&self, last: u64) -> Result<u64> {
+        let mut counters = self.lock();
+        let mut next = *counters;
+        let fresh = counters.pending + counters.done + counters.failed == 0;
+        let mut batch = sled::Batch::default();
+        for page in next.frontier..=last {
+            if !fresh && self.state_of(page)?.is_some() {
+                continue;
+            }
+            batch.insert(&page_key(PENDING, page)[..], &[][..]);
+            next.pending += 1;
+        }
+        let added = next.pending - counters.pending;
+        next.frontier = last.saturating_add(1);
+        batch.insert(named_key(META, COUNTERS_KEY), next.encode());
+        self.tree.apply_batch(batch)?;
+        *counters = next;
+        Ok(added)
+    }
+
+    /// The state of one page, if it is known.
+    pub fn state_of(&self, page: u64) -> Result<Option<PageState>> {
+        if let Some(v) = self.tree.get(page_key(PENDING, page))? {
+            return Ok(Some(PageState::Pending(Pending::decode(&v))));
+        }
+        if let Some(v) = self.tree.get(page_key(DONE, page))? {
+            return Ok(Some(PageState::Done(Done::decode(&v))));
+        }
+        if let Some(v) = self.tree.get(page_key(FAILED, page))? {
+            return Ok(Some(PageState::Failed(Failed::decode(&v))));
+        }
+        Ok(None)
+    }
+
+    /// Queues pages by hand: new pages are added, done and failed ones are
+    /// put back to be crawled again (that is what asking for them means).
+    pub fn enqueue(&self, ranges: &[PageRange]) -> Result<EnqueueReport> {
+        let mut report = EnqueueReport::default();
+        for range in ranges {
+            let PageRange::Closed { start, end } = *range else { continue };
+            let mut chunk_start = start;
+            loop {
+                let chunk_end = end.min(chunk_start.saturating_add(SEED_CHUNK - 1));
+                self.enqueue_chunk(chunk_start, chunk_end, &mut report)?;
+                if chunk_end == end {
+                    break;
+                }
+                chunk_start = chunk_end + 1;
+            }
+        }
+        Ok(report)
+    }
+
+    fn enqueue_chunk(&self, start: u64, end: u64, report: &mut EnqueueReport) -> Result<()> {
+        let mut counters = self.lock();
+        let mut next = *counters;
+        let mut batch = sled::Batch::default();
+        let mut reasons: HashMap<String, i64> = HashMap::new();
+        for page in start..=end {
+            match self.state_of(page)? {
+                Some(PageState::Pending(_)) => report.already_pending += 1,
+                Some(PageState::Done(_)) => {
+                    batch.remove(&page_key(DONE, page)[..]);
+                    next.done -= 1;
+                    report.requeued += 1;
+                }
+                Some(PageState::Failed(failed)) => {
+                    batch.remove(&page_key(FAILED, page)[..]);
+                    next.failed -= 1;
+                    *reasons.entry(failed.kind).or_default() -= 1;
+                    report.requeued += 1;
+                }
+                None => report.added += 1,
+            }
+            if !matches!(self.tree.contains_key(page_key(PENDING, page)), Ok(true)) {
+                batch.insert(&page_key(PENDING, page)[..], &[][..]);
+                next.pending += 1;
+            }
+        }
+        self.add_reason_changes(&mut batch, &reasons)?;
+        batch.insert(named_key(META, COUNTERS_KEY), next.encode());
+        self.tree.apply_batch(batch)?;
+        *counters = next;
+        Ok(())
+    }
+
+    /// Moves failed pages back to pending with a fresh retry budget: the
+    /// given ones, or all. Returns the pages moved and those that were not
+    /// failed.
+    pub fn retry(&self, only: Option<&[u64]>) -> Result<(u64, Vec<u64>)> {
+        let candidates: Vec<u64> = match only {
+            Some(pages) => pages.to_vec(),
+            None => self
+                .tree
+                .scan_prefix([FAILED])
+                .keys()
+                .filter_map(|k| k.ok().and_then(|k| page_of(&k)))
+                .collect(),
+        };
+        let mut moved = 0;
+        let mut not_failed = Vec::new();
+        for chunk in candidates.chunks(SEED_CHUNK as usize) {
+            let mut counters = self.lock();
+            let mut next = *counters;
+            let mut batch = sled::Batch::default();
+            let mut reasons: HashMap<String, i64> = HashMap::new();
+            for &page in chunk {
+                let Some(value) = self.tree.get(page_key(FAILED, page))? else {
+                    not_failed.push(page);
+                    continue;
+                };
+                let failed = Failed::decode(&value);
+                batch.remove(&page_key(FAILED, page)[..]);
+                batch.insert(&page_key(PENDING, page)[..], &[][..]);
+                *reasons.entry(failed.kind).or_default() -= 1;
+                next.failed -= 1;
+                next.pending += 1;
+                moved += 1;
+            }
+            self.add_reason_changes(&mut batch, &reasons)?;
+            batch.insert(named_key(META, COUNTERS_KEY), next.encode());
+            self.tree.apply_batch(batch)?;
+            *counters = next;
+        }
+        Ok((moved, not_failed))
+    }
+
+    /// Up to `limit` pending pages after `after` (from the start if `None`),
+    /// in page order.
+    pub fn pending_after(&self, after: Option<u64>, limit: usize) -> Result<Vec<(u64, Pending)>> {
+        let from = match after {
+            Some(page) if page == u64::MAX => return Ok(Vec::new()),
+            Some(page) => page_key(PENDING, page + 1),
+            None => page_key(PENDING, 0),
+        };
+        let mut pages = Vec::with_capacity(limit);
+        for entry in self.tree.range(from..=page_key(PENDING, u64::MAX)).take(limit) {
+            let (key, value) = entry?;
+            if let Some(page) = page_of(&key) {
+                pages.push((page, Pending::decode(&value)));
+            }
+        }
+        Ok(pages)
+    }
+
+    /// Records settled pages and the output's new committed length in one
+    /// atomic batch. `empty_run` (open ranges) is the number of consecutive
+    /// empty pages that ends the range; an end found here is recorded in the
+    /// same batch.
+    pub fn commit(&self, settled: &[Settle], output_len: u64, empty_run: Option<u32>) -> Result<()> {
+        let mut counters = self.lock();
+        let mut next = *counters;
+        let now = now_ms();
+        let mut batch = sled::Batch::default();
+        let mut reasons: HashMap<String, i64> = HashMap::new();
+        let mut empties_here: Vec<u64> = Vec::new();
+        for settle in settled {
+            match settle {
+                Settle::Done { page, attempts, items, bytes } => {
+                    if !self.tree.contains_key(page_key(PENDING, *page))? {
+                        log::warn!("page {page} was committed but is no longer pending; recording it once");
+                        continue;
+                    }
+                    batch.remove(&page_key(PENDING, *page)[..]);
+                    let done = Done { items: *items, bytes: *bytes, at_ms: now, attempts: *attempts };
+                    batch.insert(&page_key(DONE, *page)[..], done.encode());
+                    next.pending -= 1;
+                    next.done += 1;
+                    next.items += u64::from(*items);
+                    next.bytes += bytes;
+                    if *items == 0 {
+                        empties_here.push(*page);
+                    }
+                }
+                Settle::Retry { page, attempts, not_before_ms, error } => {
+                    let pending = Pending { attempts: *attempts, not_before_ms: *not_before_ms, last_error: error.clone() };
+                    batch.insert(&page_key(PENDING, *page)[..], pending.encode());
+                    next.retries += 1;
+                }
+                Settle::Failed { page, attempts, kind, detail } => {
+                    if !self.tree.contains_key(page_key(PENDING, *page))? {
+                        continue;
+                    }
+                    batch.remove(&page_key(PENDING, *page)[..]);
+                    let failed = Failed { attempts: *attempts, at_ms: now, kind: kind.clone(), detail: detail.clone() };
+                    batch.insert(&page_key(FAILED, *page)[..], failed.encode());
+                    *reasons.entry(kind.clone()).or_default() += 1;
+                    next.pending -= 1;
+                    next.failed += 1;
+                    if is_end_marker(kind) {
+                        empties_here.push(*page);
+                    }
+                }
+            }
+        }
+        if let Some(run) = empty_run {
+            for &page in &empties_here {
+                if let Some(start) = self.empty_run_through(page, run, &empties_here)? {
+                    let plus_one = start + 1;
+                    if next.open_end_plus_one == 0 || plus_one < next.open_end_plus_one {
+                        next.open_end_plus_one = plus_one;
+                    }
+                }
+            }
+        }
+        next.output_len = output_len;
+        next.last_commit_ms = now;
+        self.add_reason_changes(&mut batch, &reasons)?;
+        batch.insert(named_key(META, COUNTERS_KEY), next.encode());
+        self.tree.apply_batch(batch).context("cannot record the checkpoint")?;
+        *counters = next;
+        Ok(())
+    }
+
+    /// Whether `page` lies in a run of `run` consecutive empty pages; returns
+    /// the run's first page. `also_empty` are pages of the batch being built.
+    fn empty_run_through(&self, page: u64, run: u32, also_empty: &[u64]) -> Result<Option<u64>> {
+        let is_empty = |p: u64| -> Result<bool> {
+            if also_empty.contains(&p) {
+                return Ok(true);
+            }
+            Ok(match self.state_of(p)? {
+                Some(PageState::Done(done)) => done.items == 0,
+                Some(PageState::Failed(failed)) => is_end_marker(&failed.kind),
+                _ => false,
+            })
+        };
+        let run = u64::from(run.max(1));
+        let mut first = page;
+        while first > 0 && page - (first - 1) < run && is_empty(first - 1)? {
+            first -= 1;
+        }
+        let mut last = page;
+        while last - first + 1 < run && last < u64::MAX && is_empty(last + 1)? {
+            last += 1;
+        }
+        Ok((last - first + 1 >= run).then_some(first))
+    }
+
+    fn add_reason_changes(&self, batch: &mut sled::Batch, changes: &HashMap<String, i64>) -> Result<()> {
+        for (kind, change) in changes {
+            let key = named_key(REASON, kind);
+            let current = self.tree.get(&key)?.map_or(0, |v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or_default()));
+            let updated = (current as i64 + change).max(0) as u64;
+            if updated == 0 {
+                batch.remove(key);
+            } else {
+                batch.insert(key, &updated.to_be_bytes());
+            }
+        }
+        Ok(())
+    }
+
+    /// Failure reasons with their page counts, most common first.
+    pub fn reasons(&self) -> Result<Vec<(String, u64)>> {
+        let mut reasons = Vec::new();
+        for entry in self.tree.scan_prefix([REASON]) {
+            let (key, value) = entry?;
+            let count = u64::from_be_bytes(value.as_ref().try_into().unwrap_or_default());
+            reasons.push((String::from_utf8_lossy(&key[1..]).into_owned(), count));
+        }
+        reasons.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        Ok(reasons)
+    }
+
+    /// Up to `limit` pages in one state, in page order.
+    pub fn list(&self, filter: StateFilter, limit: usize) -> Result<Vec<(u64, PageState)>> {
+        let mut rows = Vec::new();
+        for entry in self.tree.scan_prefix([filter.prefix()]).take(limit) {
+            let (key, value) = entry?;
+            let Some(page) = page_of(&key) else { continue };
+            let state = match filter {
+                StateFilter::Pending => PageState::Pending(Pending::decode(&value)),
+                StateFilter::Done => PageState::Done(Done::decode(&value)),
+                StateFilter::Failed => PageState::Failed(Failed::decode(&value)),
+            };
+            rows.push((page, state));
+        }
+        Ok(rows)
+    }
+
+    /// Marks the start of a run, for the rate `status` reports.
+    pub fn start_run(&self) -> Result<()> {
+        let mut counters = self.lock();
+        let mut next = *counters;
+        next.run_started_ms = now_ms();
+        next.run_done_base = next.done;
+        self.tree.insert(named_key(META, COUNTERS_KEY), next.encode())?;
+        *counters = next;
+        Ok(())
+    }
+
+    /// Counts the page keyspaces from scratch (slow; for checks and tests).
+    /// The other fields are copied from the stored counters.
+    pub fn recount(&self) -> Result<Counters> {
+        let mut counted = self.counters();
+        counted.pending = self.tree.scan_prefix([PENDING]).count() as u64;
+        counted.done = self.tree.scan_prefix([DONE]).count() as u64;
+        counted.failed = self.tree.scan_prefix([FAILED]).count() as u64;
+        Ok(counted)
+    }
+
+    /// Makes every applied batch durable.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush().context("cannot flush the state database")?;
+        Ok(())
+    }
+}
+
+/// A failure that, in an open range, counts like an empty page: the site
+/// saying there is no such page.
+fn is_end_marker(kind: &str) -> bool {
+    kind == "HTTP 404" || kind == "HTTP 410"
+}
+
+/// Creates `dir` (and parents) with mode 0700, and checks it is a folder.
+fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.exists() && !dir.is_dir() {
+        return Err(UserError::Usage(format!("the state directory {} is a file, not a folder", dir.display())).into());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| anyhow::anyhow!("cannot create the state directory {}: {}", dir.display(), crate::util::io_reason(&e)))
+}
+
+/// Turns sled's open errors into messages a user can act on.
+fn open_error(dir: &Path, error: sled::Error) -> anyhow::Error {
+    let text = error.to_string();
+    if text.contains("could not acquire lock") {
+        let holder = std::fs::read_to_string(pid_path(dir))
+            .ok()
+            .and_then(|pid| pid.trim().parse::<u32>().ok())
+            .map(|pid| format!(" (pid {pid})"))
+            .unwrap_or_default();
+        return UserError::Busy(format!(
+            "the state directory {} is in use by a running pagecrawl{holder}; wait for it or stop it first",
+            dir.display()
+        ))
+        .into();
+    }
+    if let sled::Error::Io(io) = &error {
+        return anyhow::anyhow!("cannot open the state in {}: {}", dir.display(), crate::util::io_reason(io));
+    }
+    anyhow::anyhow!(
+        "the state database in {} cannot be read ({text}); move the folder aside and start afresh",
+        dir.display()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn closed(start: u64, end: u64) -> PageRange {
+        PageRange::Closed { start, end }
+    }
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state")).unwrap();
+        (dir, store)
+    }
+
+    fn job() -> Job {
+        Job {
+            url: "http://x/{page}".into(),
+            pages: "1..=10".into(),
+            pattern: "(?P<a>.)".into(),
+            format: "jsonl".into(),
+            fields: vec!["a".into()],
+            output: "/tmp/o".into(),
+        }
+    }
+
+    #[test]
+    fn seed_then_commit_keeps_counters_equal_to_a_recount() {
+        let (_dir, store) = store();
+        store.set_job(&job(), &closed(1, 10)).unwrap();
+        assert_eq!(store.seed(&closed(1, 10)).unwrap(), 10);
+        assert_eq!(store.seed(&closed(1, 10)).unwrap(), 0, "seeding twice adds nothing");
+        let settled = [
+            Settle::Done { page: 1, attempts: 1, items: 20, bytes: 100 },
+            Settle::Retry { page: 2, attempts: 1, not_before_ms: 5, error: "HTTP 503".into() },
+            Settle::Failed { page: 3, attempts: 6, kind: "HTTP 500".into(), detail: "HTTP 500 at x".into() },
+        ];
+        store.commit(&settled, 42, None).unwrap();
+        let counters = store.counters();
+        assert_eq!((counters.pending, counters.done, counters.failed, counters.items), (8, 1, 1, 20));
+        assert_eq!(counters.output_len, 42);
+        assert_eq!(store.recount().unwrap(), counters);
+        assert_eq!(store.reasons().unwrap(), vec![("HTTP 500".to_string(), 1)]);
+        assert_eq!(store.pending_after(None, 2).unwrap()[0], (2, Pending { attempts: 1, not_before_ms: 5, last_error: "HTTP 503".into() }));
+
+        let (moved, not_failed) = store.retry(Some(&[3, 4])).unwrap();
+        assert_eq!((moved, not_failed), (1, vec![4]));
+        assert!(store.reasons().unwrap().is_empty());
+        let report = store.enqueue(&[closed(1, 1), closed(11, 12)]).unwrap();
+        assert_eq!(report, EnqueueReport { added: 2, requeued: 1, already_pending: 0 });
+        assert_eq!(store.recount().unwrap(), store.counters());
+    }
+
+    #[test]
+    fn state_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        {
+            let store = Store::open(&path).unwrap();
+            store.set_job(&job(), &closed(5, 6)).unwrap();
+            store.seed(&closed(5, 6)).unwrap();
+            store.commit(&[Settle::Done { page: 5, attempts: 1, items: 3, bytes: 9 }], 7, None).unwrap();
+            store.flush().unwrap();
+        }
+        let store = Store::open_existing(&path).unwrap();
+        assert_eq!(store.job().unwrap(), Some(job()));
+        assert_eq!((store.counters().done, store.counters().pending, store.counters().output_len), (1, 1, 7));
+        assert_eq!(store.list(StateFilter::Done, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn open_range_end_is_found_from_a_run_of_empty_pages() {
+        let (_dir, store) = store();
+        store.set_job(&job(), &PageRange::Open { start: 1 }).unwrap();
+        store.extend(10).unwrap();
+        let done = |page, items| Settle::Done { page, attempts: 1, items, bytes: 1 };
+        store.commit(&[done(1, 5), done(4, 0), done(6, 0)], 0, Some(3)).unwrap();
+        assert_eq!(store.counters().open_end(), None);
+        let not_found = Settle::Failed { page: 5, attempts: 1, kind: "HTTP 404".into(), detail: String::new() };
+        store.commit(&[not_found], 0, Some(3)).unwrap();
+        assert_eq!(store.counters().open_end(), Some(4));
+    }
+
+    #[test]
+    fn a_second_open_is_refused_as_busy() {
+        let (dir, _store) = store();
+        let err = Store::open(&dir.path().join("state")).unwrap_err();
+        assert_eq!(crate::error::exit_for(&err), crate::exit_code::Exit::Busy, "{err:#}");
+    }
+
+    #[test]
+    fn inspection_refuses_a_folder_without_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Store::open_existing(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("no crawl state"), "{err}");
+    }
+}

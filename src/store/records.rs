@@ -1,0 +1,217 @@
+//! The values stored per page and the counters record, with their byte
+//! encodings. Fixed-width big-endian fields first, free text last, so a
+//! record can gain fields at its end without breaking old state.
+
+use std::fmt;
+
+/// A page waiting to be fetched. A fresh page is stored as an empty value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pending {
+    /// Failed attempts so far.
+    pub attempts: u32,
+    /// Not to be fetched before this time (ms since the epoch); 0 = now.
+    pub not_before_ms: u64,
+    /// Why the last attempt failed.
+    pub last_error: String,
+}
+
+/// A page whose items were written to the output.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Done {
+    pub items: u32,
+    /// Body bytes received.
+    pub bytes: u64,
+    /// When it was committed (ms since the epoch).
+    pub at_ms: u64,
+    /// Attempts it took (1 = first try).
+    pub attempts: u32,
+}
+
+/// A page that failed for good, with its reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Failed {
+    pub attempts: u32,
+    pub at_ms: u64,
+    /// Short reason used for grouping, e.g. `HTTP 404`, `timeout`.
+    pub kind: String,
+    /// The full reason.
+    pub detail: String,
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    bytes.get(at..at + 4).map_or(0, |b| u32::from_be_bytes(b.try_into().unwrap_or_default()))
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    bytes.get(at..at + 8).map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap_or_default()))
+}
+
+fn text_from(bytes: &[u8], at: usize) -> String {
+    bytes.get(at..).map_or_else(String::new, |b| String::from_utf8_lossy(b).into_owned())
+}
+
+impl Pending {
+    pub fn encode(&self) -> Vec<u8> {
+        if *self == Pending::default() {
+            return Vec::new();
+        }
+        let mut out = Vec::with_capacity(12 + self.last_error.len());
+        out.extend_from_slice(&self.attempts.to_be_bytes());
+        out.extend_from_slice(&self.not_before_ms.to_be_bytes());
+        out.extend_from_slice(self.last_error.as_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Pending {
+        Pending { attempts: u32_at(bytes, 0), not_before_ms: u64_at(bytes, 4), last_error: text_from(bytes, 12) }
+    }
+}
+
+impl Done {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(24);
+        out.extend_from_slice(&self.items.to_be_bytes());
+        out.extend_from_slice(&self.bytes.to_be_bytes());
+        out.extend_from_slice(&self.at_ms.to_be_bytes());
+        out.extend_from_slice(&self.attempts.to_be_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Done {
+        Done { items: u32_at(bytes, 0), bytes: u64_at(bytes, 4), at_ms: u64_at(bytes, 12), attempts: u32_at(bytes, 20) }
+    }
+}
+
+impl Failed {
+    pub fn encode(&self) -> Vec<u8> {
+        let kind = &self.kind.as_bytes()[..self.kind.len().min(u16::MAX as usize)];
+        let mut out = Vec::with_capacity(14 + kind.len() + self.detail.len());
+        out.extend_from_slice(&self.attempts.to_be_bytes());
+        out.extend_from_slice(&self.at_ms.to_be_bytes());
+        out.extend_from_slice(&(kind.len() as u16).to_be_bytes());
+        out.extend_from_slice(kind);
+        out.extend_from_slice(self.detail.as_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Failed {
+        let kind_len = bytes.get(12..14).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]) as usize);
+        let kind_end = (14 + kind_len).min(bytes.len());
+        Failed {
+            attempts: u32_at(bytes, 0),
+            at_ms: u64_at(bytes, 4),
+            kind: bytes.get(14..kind_end).map_or_else(String::new, |b| String::from_utf8_lossy(b).into_owned()),
+            detail: text_from(bytes, kind_end),
+        }
+    }
+}
+
+/// Counters kept current in every batch, so `status` is O(1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub pending: u64,
+    pub done: u64,
+    pub failed: u64,
+    /// Items written to the output (including re-crawls).
+    pub items: u64,
+    /// Body bytes received for done pages.
+    pub bytes: u64,
+    /// Attempts that failed and were rescheduled.
+    pub retries: u64,
+    /// Bytes of the output file covered by this checkpoint.
+    pub output_len: u64,
+    /// The next page the job's range has not yet put in the queue.
+    pub frontier: u64,
+    /// Open ranges: first page of the empty run that ended the range, plus
+    /// one (0 = not found yet).
+    pub open_end_plus_one: u64,
+    /// When the current (or last) `run` started, and `done` at that moment:
+    /// together they give the rate.
+    pub run_started_ms: u64,
+    pub run_done_base: u64,
+    /// When the last commit happened.
+    pub last_commit_ms: u64,
+}
+
+impl Counters {
+    const FIELDS: usize = 12;
+
+    fn as_array(&self) -> [u64; Counters::FIELDS] {
+        [
+            self.pending,
+            self.done,
+            self.failed,
+            self.items,
+            self.bytes,
+            self.retries,
+            self.output_len,
+            self.frontier,
+            self.open_end_plus_one,
+            self.run_started_ms,
+            self.run_done_base,
+            self.last_commit_ms,
+        ]
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        self.as_array().iter().flat_map(|v| v.to_be_bytes()).collect()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Counters {
+        let v = |i: usize| u64_at(bytes, i * 8);
+        Counters {
+            pending: v(0),
+            done: v(1),
+            failed: v(2),
+            items: v(3),
+            bytes: v(4),
+            retries: v(5),
+            output_len: v(6),
+            frontier: v(7),
+            open_end_plus_one: v(8),
+            run_started_ms: v(9),
+            run_done_base: v(10),
+            last_commit_ms: v(11),
+        }
+    }
+
+    /// The page an open range ended at, once found.
+    pub fn open_end(&self) -> Option<u64> {
+        self.open_end_plus_one.checked_sub(1)
+    }
+}
+
+impl fmt::Display for Failed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", if self.detail.is_empty() { &self.kind } else { &self.detail })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip() {
+        let pending = Pending { attempts: 2, not_before_ms: 99, last_error: "HTTP 503 (retry)".into() };
+        assert_eq!(Pending::decode(&pending.encode()), pending);
+        assert!(Pending::default().encode().is_empty());
+        assert_eq!(Pending::decode(&[]), Pending::default());
+        let done = Done { items: 20, bytes: 20_000, at_ms: 5, attempts: 1 };
+        assert_eq!(Done::decode(&done.encode()), done);
+        let failed = Failed { attempts: 6, at_ms: 7, kind: "HTTP 500".into(), detail: "HTTP 500 from http://x/".into() };
+        assert_eq!(Failed::decode(&failed.encode()), failed);
+        let counters = Counters { pending: 1, done: 2, output_len: 3, last_commit_ms: 12, ..Counters::default() };
+        assert_eq!(Counters::decode(&counters.encode()), counters);
+    }
+
+    #[test]
+    fn short_or_garbled_values_decode_without_panicking() {
+        for bytes in [&b""[..], b"\x01", b"\x00\x00\x00\x01\xff\xff", &[0xff; 40]] {
+            let _ = Pending::decode(bytes);
+            let _ = Done::decode(bytes);
+            let _ = Failed::decode(bytes);
+            let _ = Counters::decode(bytes);
+        }
+    }
+}
