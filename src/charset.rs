@@ -22,7 +22,12 @@ pub fn from_content_type(content_type: &str) -> Option<&'static Encoding> {
         if !name.trim().eq_ignore_ascii_case("charset") {
             return None;
         }
-        Encoding::for_label(value.trim().trim_matches(|c| c == '"' || c == '\'').as_bytes())
+        Encoding::for_label(
+            value
+                .trim()
+                .trim_matches(|c| c == '"' || c == '\'')
+                .as_bytes(),
+        )
     })
 }
 
@@ -36,7 +41,11 @@ pub fn from_meta(body: &[u8]) -> Option<&'static Encoding> {
 }
 
 /// Picks the encoding for a body, in the order the module doc gives.
-pub fn detect(content_type: Option<&str>, body: &[u8], fallback: &'static Encoding) -> &'static Encoding {
+pub fn detect(
+    content_type: Option<&str>,
+    body: &[u8],
+    fallback: &'static Encoding,
+) -> &'static Encoding {
     content_type
         .and_then(from_content_type)
         .or_else(|| Encoding::for_bom(body).map(|(encoding, _)| encoding))
@@ -64,7 +73,10 @@ mod tests {
     #[test]
     fn header_wins_over_meta() {
         let body = br#"<meta charset="gbk">"#;
-        assert_eq!(detect(Some("text/html; charset=UTF-8"), body, WINDOWS_1252), UTF_8);
+        assert_eq!(
+            detect(Some("text/html; charset=UTF-8"), body, WINDOWS_1252),
+            UTF_8
+        );
     }
 
     #[test]

@@ -11,7 +11,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// with a regular expression, writes each item exactly once, and resumes
 /// after a restart, a crash or kill -9 without losing or repeating a page.
 #[derive(Debug, Parser)]
-#[command(name = "pagecrawl", version, propagate_version = true, after_help = "Start with: pagecrawl demo")]
+#[command(
+    name = "pagecrawl",
+    version,
+    propagate_version = true,
+    after_help = "Start with: pagecrawl demo"
+)]
 pub struct Cli {
     /// More log output (-v debug, -vv trace).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -26,7 +31,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Crawl until the queue drains (resumes where the last run stopped).
-    #[command(after_help = "Example: pagecrawl run --config wooyun.toml --state-dir /var/lib/pagecrawl/wooyun")]
+    #[command(
+        after_help = "Example: pagecrawl run --config wooyun.toml --state-dir /var/lib/pagecrawl/wooyun"
+    )]
     Run {
         /// The job's TOML configuration.
         #[arg(long, short = 'c', value_name = "FILE")]
@@ -61,8 +68,10 @@ pub enum Command {
         json: bool,
     },
     /// Add pages to the queue (done or failed pages are crawled again).
-    #[command(after_help = "Example: pagecrawl enqueue --state-dir wooyun.state 1..=295 300 400..410\n\
-                            Ranges: 7, 1..=295 (end included), 400..410 (end excluded).")]
+    #[command(
+        after_help = "Example: pagecrawl enqueue --state-dir wooyun.state 1..=295 300 400..410\n\
+                            Ranges: 7, 1..=295 (end included), 400..410 (end excluded)."
+    )]
     Enqueue {
         #[command(flatten)]
         state: StateArgs,
@@ -80,7 +89,9 @@ pub enum Command {
         pages: Vec<u64>,
     },
     /// Write the committed items as JSON Lines or CSV.
-    #[command(after_help = "Example: pagecrawl export --state-dir wooyun.state --format csv --output bugs.csv")]
+    #[command(
+        after_help = "Example: pagecrawl export --state-dir wooyun.state --format csv --output bugs.csv"
+    )]
     Export {
         #[command(flatten)]
         state: StateArgs,
@@ -91,7 +102,10 @@ pub enum Command {
         output: Option<PathBuf>,
     },
     /// Fetch and parse one page and print its items; touches no state.
-    #[command(name = "try", after_help = "Example: pagecrawl try --config wooyun.toml --page 1")]
+    #[command(
+        name = "try",
+        after_help = "Example: pagecrawl try --config wooyun.toml --page 1"
+    )]
     Try {
         #[arg(long, short = 'c', value_name = "FILE")]
         config: PathBuf,

@@ -155,46 +155,93 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Config, UserError> {
         let where_ = path.display().to_string();
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|span| 1 + text[..span.start].matches('\n').count());
+            let line = e
+                .span()
+                .map(|span| 1 + text[..span.start].matches('\n').count());
             let at = line.map(|l| format!(" line {l}")).unwrap_or_default();
             UserError::Config(format!("config {where_}{at}: {}", e.message().trim()))
         })?;
-        let bad = |key: &str, why: String| UserError::Config(format!("config {where_}: key '{key}': {why}"));
+        let bad = |key: &str, why: String| {
+            UserError::Config(format!("config {where_}: key '{key}': {why}"))
+        };
         let duration = |key: &str, value: &str| -> Result<Duration, UserError> {
-            humantime::parse_duration(value.trim())
-                .map_err(|e| bad(key, format!("'{value}' is not a duration ({e}); write e.g. \"500ms\", \"30s\", \"10m\"")))
+            humantime::parse_duration(value.trim()).map_err(|e| {
+                bad(
+                    key,
+                    format!(
+                        "'{value}' is not a duration ({e}); write e.g. \"500ms\", \"30s\", \"10m\""
+                    ),
+                )
+            })
         };
         let count = |key: &str, value: i64, min: i64, max: i64| -> Result<u64, UserError> {
             if value < min || value > max {
-                return Err(bad(key, format!("{value} is out of range; use a whole number from {min} to {max}")));
+                return Err(bad(
+                    key,
+                    format!("{value} is out of range; use a whole number from {min} to {max}"),
+                ));
             }
             Ok(value as u64)
         };
 
         if !raw.url.contains("{page}") {
-            return Err(bad("url", "the URL template has no {page} placeholder; put {page} where the page number goes".into()));
+            return Err(bad(
+                "url",
+                "the URL template has no {page} placeholder; put {page} where the page number goes"
+                    .into(),
+            ));
         }
         let sample = raw.url.replace("{page}", "1");
         let scheme_ok = sample.starts_with("http://") || sample.starts_with("https://");
-        if !scheme_ok || sample.parse::<ureq::http::Uri>().map(|u| u.host().is_none()).unwrap_or(true) {
-            return Err(bad("url", format!("'{}' is not an http:// or https:// URL", raw.url)));
+        if !scheme_ok
+            || sample
+                .parse::<ureq::http::Uri>()
+                .map(|u| u.host().is_none())
+                .unwrap_or(true)
+        {
+            return Err(bad(
+                "url",
+                format!("'{}' is not an http:// or https:// URL", raw.url),
+            ));
         }
         let pages = parse_range(&raw.pages).map_err(|e| bad("pages", e))?;
         let pattern = Regex::new(&raw.pattern).map_err(|e| {
-            let first = e.to_string().lines().last().unwrap_or("invalid").trim().to_string();
-            bad("pattern", format!("not a valid regular expression: {first}"))
+            let first = e
+                .to_string()
+                .lines()
+                .last()
+                .unwrap_or("invalid")
+                .trim()
+                .to_string();
+            bad(
+                "pattern",
+                format!("not a valid regular expression: {first}"),
+            )
         })?;
-        let fields: Vec<String> = pattern.capture_names().flatten().map(str::to_string).collect();
+        let fields: Vec<String> = pattern
+            .capture_names()
+            .flatten()
+            .map(str::to_string)
+            .collect();
         if fields.is_empty() {
-            return Err(bad("pattern", "has no named group; name what to extract, e.g. (?P<title>[^<]+)".into()));
+            return Err(bad(
+                "pattern",
+                "has no named group; name what to extract, e.g. (?P<title>[^<]+)".into(),
+            ));
         }
         if fields.iter().any(|f| f == "page") {
-            return Err(bad("pattern", "a group may not be called 'page': that field holds the page number".into()));
+            return Err(bad(
+                "pattern",
+                "a group may not be called 'page': that field holds the page number".into(),
+            ));
         }
         let concurrency = count("concurrency", raw.concurrency, 1, 1024)? as usize;
         let rate_limit = match raw.rate_limit {
             Some(rate) if !(rate.is_finite() && rate > 0.0) => {
-                return Err(bad("rate_limit", format!("{rate} is not a positive number of requests per second")))
+                return Err(bad(
+                    "rate_limit",
+                    format!("{rate} is not a positive number of requests per second"),
+                ))
             }
             other => other,
         };
@@ -203,39 +250,73 @@ impl Config {
             let valid = ureq::http::HeaderName::from_bytes(name.as_bytes()).is_ok()
                 && ureq::http::HeaderValue::from_str(&value).is_ok();
             if !valid {
-                return Err(bad("headers", format!("'{name}: {value}' is not a valid HTTP header")));
+                return Err(bad(
+                    "headers",
+                    format!("'{name}: {value}' is not a valid HTTP header"),
+                ));
             }
             headers.push((name, value));
         }
         if ureq::http::HeaderValue::from_str(&raw.user_agent).is_err() {
-            return Err(bad("user_agent", "holds characters not allowed in an HTTP header".into()));
+            return Err(bad(
+                "user_agent",
+                "holds characters not allowed in an HTTP header".into(),
+            ));
         }
-        let charset = encoding_rs::Encoding::for_label(raw.charset.trim().as_bytes()).ok_or_else(|| {
-            bad("charset", format!("'{}' is not a known character set (e.g. utf-8, gbk, windows-1252)", raw.charset))
-        })?;
+        let charset =
+            encoding_rs::Encoding::for_label(raw.charset.trim().as_bytes()).ok_or_else(|| {
+                bad(
+                    "charset",
+                    format!(
+                        "'{}' is not a known character set (e.g. utf-8, gbk, windows-1252)",
+                        raw.charset
+                    ),
+                )
+            })?;
         let max_body_size = parse_size(&raw.max_body_size)
             .filter(|&size| size > 0)
-            .ok_or_else(|| bad("max_body_size", format!("'{}' is not a size; write e.g. \"10MiB\" or \"500KB\"", raw.max_body_size)))?;
+            .ok_or_else(|| {
+                bad(
+                    "max_body_size",
+                    format!(
+                        "'{}' is not a size; write e.g. \"10MiB\" or \"500KB\"",
+                        raw.max_body_size
+                    ),
+                )
+            })?;
         let format = match raw.format.as_str() {
             "jsonl" => Format::Jsonl,
             "csv" => Format::Csv,
-            other => return Err(bad("format", format!("'{other}' is not an output format; use \"jsonl\" or \"csv\""))),
+            other => {
+                return Err(bad(
+                    "format",
+                    format!("'{other}' is not an output format; use \"jsonl\" or \"csv\""),
+                ))
+            }
         };
         let base = path.parent().unwrap_or(Path::new("."));
         let output = raw.output.map(|o| base.join(o));
         let parse_threads = match raw.parse_threads {
             Some(n) => count("parse_threads", n, 1, 256)? as usize,
-            None => std::thread::available_parallelism().map_or(2, |n| n.get()).min(8),
+            None => std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .min(8),
         };
         let backoff = duration("backoff", &raw.backoff)?;
         let max_backoff = duration("max_backoff", &raw.max_backoff)?;
         if max_backoff < backoff {
-            return Err(bad("max_backoff", "must not be shorter than 'backoff'".into()));
+            return Err(bad(
+                "max_backoff",
+                "must not be shorter than 'backoff'".into(),
+            ));
         }
         let request_timeout = duration("request_timeout", &raw.request_timeout)?;
         let connect_timeout = duration("connect_timeout", &raw.connect_timeout)?;
         if request_timeout.is_zero() || connect_timeout.is_zero() {
-            return Err(bad("request_timeout", "timeouts must be longer than zero".into()));
+            return Err(bad(
+                "request_timeout",
+                "timeouts must be longer than zero".into(),
+            ));
         }
         Ok(Config {
             source: path.to_path_buf(),
@@ -273,15 +354,23 @@ impl Config {
     /// The state directory used when neither `--state-dir` nor
     /// `$STATE_DIRECTORY` names one: `NAME.state` beside `NAME.toml`.
     pub fn default_state_dir(&self) -> PathBuf {
-        let stem = self.source.file_stem().map_or("pagecrawl".into(), |s| s.to_string_lossy().into_owned());
-        self.source.parent().unwrap_or(Path::new(".")).join(format!("{stem}.state"))
+        let stem = self
+            .source
+            .file_stem()
+            .map_or("pagecrawl".into(), |s| s.to_string_lossy().into_owned());
+        self.source
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(format!("{stem}.state"))
     }
 }
 
 /// Parses "10MiB", "500KB", "2048" (bytes). Binary and decimal units.
 pub fn parse_size(text: &str) -> Option<u64> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     let number: u64 = digits.parse().ok()?;
     let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
@@ -332,9 +421,17 @@ pattern = '<a href="(?P<url>[^"]+)">(?P<title>[^<]*)</a>'
             ("concurrency = 0", "concurrency", "'concurrency'"),
             ("rate_limit = -1.0", "rate_limit", "'rate_limit'"),
             ("charset = \"klingon\"", "charset", "'charset'"),
-            ("request_timeout = \"soon\"", "request_timeout", "'request_timeout'"),
+            (
+                "request_timeout = \"soon\"",
+                "request_timeout",
+                "'request_timeout'",
+            ),
             ("format = \"xml\"", "format", "'format'"),
-            ("max_body_size = \"lots\"", "max_body_size", "'max_body_size'"),
+            (
+                "max_body_size = \"lots\"",
+                "max_body_size",
+                "'max_body_size'",
+            ),
         ];
         for (line, key, expected) in cases {
             let text: String = MINIMAL

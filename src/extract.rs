@@ -31,7 +31,11 @@ impl Extractor {
             .map(|captures| {
                 self.groups
                     .iter()
-                    .map(|&index| captures.get(index).map_or_else(String::new, |m| clean(m.as_str())))
+                    .map(|&index| {
+                        captures
+                            .get(index)
+                            .map_or_else(String::new, |m| clean(m.as_str()))
+                    })
                     .collect()
             })
             .collect()
@@ -53,9 +57,13 @@ mod tests {
 
     #[test]
     fn named_groups_become_trimmed_unescaped_fields() {
-        let pattern = Regex::new(r#"<a href="(?P<url>[^"]+)">(?P<title>[^<]*)</a>(?:<i>(?P<tag>\w+)</i>)?"#).unwrap();
+        let pattern =
+            Regex::new(r#"<a href="(?P<url>[^"]+)">(?P<title>[^<]*)</a>(?:<i>(?P<tag>\w+)</i>)?"#)
+                .unwrap();
         let extractor = Extractor::new(pattern);
-        let items = extractor.extract(r#"<a href="/b?id=1&amp;x=2">  AT&amp;T &lt;3  </a><i>hot</i> <a href="/2">二</a>"#);
+        let items = extractor.extract(
+            r#"<a href="/b?id=1&amp;x=2">  AT&amp;T &lt;3  </a><i>hot</i> <a href="/2">二</a>"#,
+        );
         assert_eq!(
             items,
             vec![

@@ -23,7 +23,10 @@ pub struct Response {
 pub enum FetchError {
     /// The server answered with a status other than 2xx (after redirects).
     #[error("HTTP {status}")]
-    Status { status: u16, retry_after: Option<Duration> },
+    Status {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
     /// Connecting or the whole request took longer than its timeout.
     #[error("timed out ({0})")]
     Timeout(String),
@@ -93,7 +96,11 @@ impl Fetcher {
             .max_redirects(5)
             .user_agent(config.user_agent.as_str())
             .build();
-        Fetcher { agent: ureq::Agent::new_with_config(agent_config), headers: config.headers.clone(), max_body_size: config.max_body_size }
+        Fetcher {
+            agent: ureq::Agent::new_with_config(agent_config),
+            headers: config.headers.clone(),
+            max_body_size: config.max_body_size,
+        }
     }
 
     /// Fetches `url`; a 2xx body no larger than the limit, or why not.
@@ -102,7 +109,9 @@ impl Fetcher {
         for (name, value) in &self.headers {
             request = request.header(name.as_str(), value.as_str());
         }
-        let mut response = request.call().map_err(|e| classify(e, self.max_body_size))?;
+        let mut response = request
+            .call()
+            .map_err(|e| classify(e, self.max_body_size))?;
         let status = response.status().as_u16();
         if !(200..300).contains(&status) {
             let retry_after = response
@@ -110,9 +119,16 @@ impl Fetcher {
                 .get("retry-after")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| parse_retry_after(v, SystemTime::now()));
-            return Err(FetchError::Status { status, retry_after });
+            return Err(FetchError::Status {
+                status,
+                retry_after,
+            });
         }
-        let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let body = response
             .body_mut()
             .with_config()
@@ -138,14 +154,18 @@ fn classify(error: ureq::Error, limit: u64) -> FetchError {
                 };
             }
             match io.kind() {
-                std::io::ErrorKind::UnexpectedEof => FetchError::Truncated(crate::util::io_reason(&io)),
+                std::io::ErrorKind::UnexpectedEof => {
+                    FetchError::Truncated(crate::util::io_reason(&io))
+                }
                 std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
                     FetchError::Timeout(crate::util::io_reason(&io))
                 }
                 _ => FetchError::Connection(crate::util::io_reason(&io)),
             }
         }
-        ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => FetchError::Connection(error.to_string()),
+        ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => {
+            FetchError::Connection(error.to_string())
+        }
         ureq::Error::Protocol(_) => FetchError::Truncated(error.to_string()),
         other => FetchError::Permanent(other.to_string()),
     }
@@ -157,7 +177,10 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
     let wait = match value.parse::<u64>() {
         Ok(seconds) => Duration::from_secs(seconds),
-        Err(_) => httpdate::parse_http_date(value).ok()?.duration_since(now).unwrap_or(Duration::ZERO),
+        Err(_) => httpdate::parse_http_date(value)
+            .ok()?
+            .duration_since(now)
+            .unwrap_or(Duration::ZERO),
     };
     Some(wait.min(MAX))
 }
@@ -171,15 +194,29 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
         assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
         let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
-        assert_eq!(parse_retry_after(&later, now), Some(Duration::from_secs(30)));
-        assert_eq!(parse_retry_after("999999", now), Some(Duration::from_secs(3600)));
+        assert_eq!(
+            parse_retry_after(&later, now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("999999", now),
+            Some(Duration::from_secs(3600))
+        );
         assert_eq!(parse_retry_after("soon", now), None);
     }
 
     #[test]
     fn which_failures_are_retried() {
-        let status = |status| FetchError::Status { status, retry_after: None };
-        assert!(status(500).retryable() && status(503).retryable() && status(429).retryable() && status(408).retryable());
+        let status = |status| FetchError::Status {
+            status,
+            retry_after: None,
+        };
+        assert!(
+            status(500).retryable()
+                && status(503).retryable()
+                && status(429).retryable()
+                && status(408).retryable()
+        );
         assert!(!status(404).retryable() && !status(403).retryable());
         assert!(FetchError::Timeout("global".into()).retryable());
         assert!(!FetchError::TooLarge(10).retryable());

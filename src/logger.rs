@@ -9,7 +9,9 @@ pub fn init(verbose: u8, quiet: bool) {
         (false, _) => log::LevelFilter::Trace,
     };
     let mut builder = env_logger::Builder::new();
-    builder.filter_level(log::LevelFilter::Warn).filter_module("pagecrawl", level);
+    builder
+        .filter_level(log::LevelFilter::Warn)
+        .filter_module("pagecrawl", level);
     builder.format_target(false);
     builder.parse_default_env();
     let _ = builder.try_init();

@@ -62,7 +62,9 @@ pub fn render(format: Format, page: u64, fields: &[String], items: &[Item]) -> V
             }
         }
         Format::Csv => {
-            let mut writer = csv::WriterBuilder::new().has_headers(false).from_writer(&mut out);
+            let mut writer = csv::WriterBuilder::new()
+                .has_headers(false)
+                .from_writer(&mut out);
             let page = page.to_string();
             for item in items {
                 let row = std::iter::once(page.as_str()).chain(item.iter().map(String::as_str));
@@ -80,7 +82,8 @@ pub fn csv_header(fields: &[String]) -> Vec<u8> {
     let mut out = Vec::new();
     {
         let mut writer = csv::Writer::from_writer(&mut out);
-        let _ = writer.write_record(std::iter::once("page").chain(fields.iter().map(String::as_str)));
+        let _ =
+            writer.write_record(std::iter::once("page").chain(fields.iter().map(String::as_str)));
         let _ = writer.flush();
     }
     out
@@ -116,8 +119,13 @@ impl OutputFile {
             .write(true)
             .truncate(false)
             .open(path)
-            .with_context(|| format!("cannot open the output file {} for writing", path.display()))?;
-        let actual = file.metadata().with_context(|| format!("cannot read {}", path.display()))?.len();
+            .with_context(|| {
+                format!("cannot open the output file {} for writing", path.display())
+            })?;
+        let actual = file
+            .metadata()
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .len();
         if actual < committed {
             bail!(
                 "the output file {} holds {actual} bytes but the checkpoint says {committed} were written; \
@@ -131,10 +139,15 @@ impl OutputFile {
                 actual - committed,
                 path.display()
             );
-            file.set_len(committed).with_context(|| format!("cannot truncate {}", path.display()))?;
+            file.set_len(committed)
+                .with_context(|| format!("cannot truncate {}", path.display()))?;
         }
         file.seek(SeekFrom::Start(committed))?;
-        let mut output = OutputFile { path: path.to_path_buf(), file, len: committed };
+        let mut output = OutputFile {
+            path: path.to_path_buf(),
+            file,
+            len: committed,
+        };
         if committed == 0 {
             if let Some(header) = header {
                 output.append(header)?;
@@ -185,7 +198,10 @@ mod tests {
     fn jsonl_lines_are_valid_json_in_field_order() {
         let items = vec![vec!["/a\"b".to_string(), "标题\n二".to_string()]];
         let text = String::from_utf8(render(Format::Jsonl, 7, &fields(), &items)).unwrap();
-        assert_eq!(text, "{\"page\":7,\"url\":\"/a\\\"b\",\"title\":\"标题\\n二\"}\n");
+        assert_eq!(
+            text,
+            "{\"page\":7,\"url\":\"/a\\\"b\",\"title\":\"标题\\n二\"}\n"
+        );
         let value: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
         assert_eq!(value["title"], "标题\n二");
     }

@@ -20,14 +20,6 @@ impl PageRange {
         }
     }
 
-    /// Number of pages, or `None` for an open range.
-    pub fn len(&self) -> Option<u64> {
-        match *self {
-            PageRange::Closed { start, end } => Some(end - start + 1),
-            PageRange::Open { .. } => None,
-        }
-    }
-
     pub fn is_open(&self) -> bool {
         matches!(self, PageRange::Open { .. })
     }
@@ -53,13 +45,18 @@ pub fn parse_range(text: &str) -> Result<PageRange, String> {
     };
     let Some((left, right)) = text.split_once("..") else {
         let page = number(text)?;
-        return Ok(PageRange::Closed { start: page, end: page });
+        return Ok(PageRange::Closed {
+            start: page,
+            end: page,
+        });
     };
     let start = number(left)?;
     if let Some(end) = right.strip_prefix('=') {
         let end = number(end)?;
         if end < start {
-            return Err(format!("'{text}' is an empty page range: the end is before the start"));
+            return Err(format!(
+                "'{text}' is an empty page range: the end is before the start"
+            ));
         }
         Ok(PageRange::Closed { start, end })
     } else if right.trim().is_empty() {
@@ -71,7 +68,10 @@ pub fn parse_range(text: &str) -> Result<PageRange, String> {
                 "'{text}' is an empty page range: '..' excludes the end (write {start}..={end} to include it)"
             ));
         }
-        Ok(PageRange::Closed { start, end: end - 1 })
+        Ok(PageRange::Closed {
+            start,
+            end: end - 1,
+        })
     }
 }
 
@@ -96,15 +96,38 @@ mod tests {
     #[test]
     fn parses_every_form() {
         assert_eq!(parse_range("7"), Ok(PageRange::Closed { start: 7, end: 7 }));
-        assert_eq!(parse_range("1..=295"), Ok(PageRange::Closed { start: 1, end: 295 }));
-        assert_eq!(parse_range("400..410"), Ok(PageRange::Closed { start: 400, end: 409 }));
+        assert_eq!(
+            parse_range("1..=295"),
+            Ok(PageRange::Closed { start: 1, end: 295 })
+        );
+        assert_eq!(
+            parse_range("400..410"),
+            Ok(PageRange::Closed {
+                start: 400,
+                end: 409
+            })
+        );
         assert_eq!(parse_range(" 3.. "), Ok(PageRange::Open { start: 3 }));
-        assert_eq!(parse_range("0..=0"), Ok(PageRange::Closed { start: 0, end: 0 }));
+        assert_eq!(
+            parse_range("0..=0"),
+            Ok(PageRange::Closed { start: 0, end: 0 })
+        );
     }
 
     #[test]
     fn refuses_garbage_and_empty_ranges() {
-        for bad in ["", "a", "1..x", "..5", "5..=4", "5..5", "-1", "1...3", "1..=", "18446744073709551616"] {
+        for bad in [
+            "",
+            "a",
+            "1..x",
+            "..5",
+            "5..=4",
+            "5..5",
+            "-1",
+            "1...3",
+            "1..=",
+            "18446744073709551616",
+        ] {
             assert!(parse_range(bad).is_err(), "{bad:?} should be refused");
         }
     }

@@ -16,7 +16,11 @@ pub fn listen() -> Result<Receiver<&'static str>> {
         .name("signals".into())
         .spawn(move || {
             for signal in signals.forever() {
-                let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
+                let name = if signal == SIGINT {
+                    "SIGINT"
+                } else {
+                    "SIGTERM"
+                };
                 let _ = tx.try_send(name);
             }
         })

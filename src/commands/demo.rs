@@ -25,7 +25,10 @@ pub fn command(dir: Option<PathBuf>, latency_ms: u64) -> Result<Exit> {
             .keep(),
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let site = Site { latency: Duration::from_millis(latency_ms), ..Site::default() };
+    let site = Site {
+        latency: Duration::from_millis(latency_ms),
+        ..Site::default()
+    };
     let server = Server::start(site).context("cannot start the demo mirror on 127.0.0.1")?;
     eprintln!(
         "pagecrawl demo: serving a WooYun-style mirror ({} pages of {} bug reports, {latency_ms} ms per page) at http://{}/wooyun/",
@@ -37,11 +40,13 @@ pub fn command(dir: Option<PathBuf>, latency_ms: u64) -> Result<Exit> {
     // identity: each demo gets a state directory of its own.
     let config_path = dir.join("wooyun.toml");
     let config_text = EXAMPLE_CONFIG.replace(EXAMPLE_URL, &server.url_template());
-    std::fs::write(&config_path, &config_text).with_context(|| format!("cannot write {}", config_path.display()))?;
+    std::fs::write(&config_path, &config_text)
+        .with_context(|| format!("cannot write {}", config_path.display()))?;
     let config = Config::parse(&config_text, &config_path)?;
     let state_dir = super::run_state_dir(None, &config);
     if crate::store::exists(&state_dir) {
-        std::fs::remove_dir_all(&state_dir).with_context(|| format!("cannot clear the old demo state {}", state_dir.display()))?;
+        std::fs::remove_dir_all(&state_dir)
+            .with_context(|| format!("cannot clear the old demo state {}", state_dir.display()))?;
     }
     let exit = super::run::crawl(&config, &state_dir)?;
     eprintln!(

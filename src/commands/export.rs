@@ -14,7 +14,12 @@ use crate::store::Store;
 
 pub fn command(dir: &Path, format: FormatArg, destination: Option<&Path>) -> Result<Exit> {
     let store = Store::open_existing(dir)?;
-    let Some(job) = store.job()? else { bail!("the state in {} has no job yet; nothing to export", dir.display()) };
+    let Some(job) = store.job()? else {
+        bail!(
+            "the state in {} has no job yet; nothing to export",
+            dir.display()
+        )
+    };
     let committed = store.counters().output_len;
     drop(store);
     let mut bytes = Vec::new();
@@ -28,11 +33,20 @@ pub fn command(dir: &Path, format: FormatArg, destination: Option<&Path>) -> Res
         FormatArg::Jsonl => Format::Jsonl,
         FormatArg::Csv => Format::Csv,
     };
-    let converted = if from == to { bytes } else { convert(&bytes, from, to, &job.fields)? };
+    let converted = if from == to {
+        bytes
+    } else {
+        convert(&bytes, from, to, &job.fields)?
+    };
     match destination {
         Some(path) => {
-            std::fs::write(path, &converted).with_context(|| format!("cannot write {}", path.display()))?;
-            eprintln!("pagecrawl: wrote {} bytes to {}", converted.len(), path.display());
+            std::fs::write(path, &converted)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!(
+                "pagecrawl: wrote {} bytes to {}",
+                converted.len(),
+                path.display()
+            );
         }
         None => {
             let mut stdout = std::io::stdout().lock();
@@ -48,15 +62,26 @@ pub fn command(dir: &Path, format: FormatArg, destination: Option<&Path>) -> Res
 
 /// Re-renders committed output in the other format.
 fn convert(bytes: &[u8], from: Format, to: Format, fields: &[String]) -> Result<Vec<u8>> {
-    let mut out = if to == Format::Csv { csv_header(fields) } else { Vec::new() };
+    let mut out = if to == Format::Csv {
+        csv_header(fields)
+    } else {
+        Vec::new()
+    };
     let mut emit = |page: u64, values: Vec<String>| out.extend(render(to, page, fields, &[values]));
     match from {
         Format::Jsonl => {
-            for (number, line) in bytes.split(|&b| b == b'\n').enumerate().filter(|(_, l)| !l.is_empty()) {
-                let value: serde_json::Value =
-                    serde_json::from_slice(line).with_context(|| format!("output line {} is not JSON", number + 1))?;
+            for (number, line) in bytes
+                .split(|&b| b == b'\n')
+                .enumerate()
+                .filter(|(_, l)| !l.is_empty())
+            {
+                let value: serde_json::Value = serde_json::from_slice(line)
+                    .with_context(|| format!("output line {} is not JSON", number + 1))?;
                 let page = value["page"].as_u64().unwrap_or(0);
-                let values = fields.iter().map(|f| value[f].as_str().unwrap_or_default().to_string()).collect();
+                let values = fields
+                    .iter()
+                    .map(|f| value[f].as_str().unwrap_or_default().to_string())
+                    .collect();
                 emit(page, values);
             }
         }
@@ -65,7 +90,9 @@ fn convert(bytes: &[u8], from: Format, to: Format, fields: &[String]) -> Result<
             for record in reader.records() {
                 let record = record.context("the CSV output is malformed")?;
                 let page = record.get(0).and_then(|p| p.parse().ok()).unwrap_or(0);
-                let values = (1..=fields.len()).map(|i| record.get(i).unwrap_or_default().to_string()).collect();
+                let values = (1..=fields.len())
+                    .map(|i| record.get(i).unwrap_or_default().to_string())
+                    .collect();
                 emit(page, values);
             }
         }
@@ -80,12 +107,18 @@ mod tests {
     #[test]
     fn jsonl_and_csv_convert_both_ways() {
         let fields = vec!["url".to_string(), "title".to_string()];
-        let items = vec![vec!["/a".to_string(), "x, \"y\"".to_string()], vec!["/b".to_string(), "标题".to_string()]];
+        let items = vec![
+            vec!["/a".to_string(), "x, \"y\"".to_string()],
+            vec!["/b".to_string(), "标题".to_string()],
+        ];
         let jsonl = render(Format::Jsonl, 4, &fields, &items);
         let csv = convert(&jsonl, Format::Jsonl, Format::Csv, &fields).unwrap();
         let mut expected_csv = csv_header(&fields);
         expected_csv.extend(render(Format::Csv, 4, &fields, &items));
         assert_eq!(csv, expected_csv);
-        assert_eq!(convert(&csv, Format::Csv, Format::Jsonl, &fields).unwrap(), jsonl);
+        assert_eq!(
+            convert(&csv, Format::Csv, Format::Jsonl, &fields).unwrap(),
+            jsonl
+        );
     }
 }

@@ -22,10 +22,19 @@ pub fn dispatch(command: Command) -> Result<Exit> {
     match command {
         Command::Run { config, state_dir } => run::command(&config, state_dir),
         Command::Status { state, json } => status::command(&state_dir(&state)?, json),
-        Command::Queue { state, which, limit, json } => queue::command(&state_dir(&state)?, which, limit, json),
+        Command::Queue {
+            state,
+            which,
+            limit,
+            json,
+        } => queue::command(&state_dir(&state)?, which, limit, json),
         Command::Enqueue { state, ranges } => enqueue::command(&state_dir(&state)?, &ranges),
         Command::Retry { state, pages } => retry::command(&state_dir(&state)?, &pages),
-        Command::Export { state, format, output } => export::command(&state_dir(&state)?, format, output.as_deref()),
+        Command::Export {
+            state,
+            format,
+            output,
+        } => export::command(&state_dir(&state)?, format, output.as_deref()),
         Command::Try { config, page } => try_page::command(&config, page),
         Command::Demo { dir, latency_ms } => demo::command(dir, latency_ms),
     }
@@ -34,14 +43,20 @@ pub fn dispatch(command: Command) -> Result<Exit> {
 /// `$STATE_DIRECTORY` as systemd sets it (the first entry if several).
 fn state_directory_env() -> Option<PathBuf> {
     let value = std::env::var_os("STATE_DIRECTORY")?;
-    let first = value.to_string_lossy().split(':').next().unwrap_or_default().to_string();
+    let first = value
+        .to_string_lossy()
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .to_string();
     (!first.is_empty()).then(|| PathBuf::from(first))
 }
 
 /// The state directory for `run`: the flag, the environment, or the
 /// default beside the config.
 pub fn run_state_dir(flag: Option<PathBuf>, config: &Config) -> PathBuf {
-    flag.or_else(state_directory_env).unwrap_or_else(|| config.default_state_dir())
+    flag.or_else(state_directory_env)
+        .unwrap_or_else(|| config.default_state_dir())
 }
 
 /// The state directory for the inspection commands.

@@ -14,7 +14,10 @@ pub fn command(dir: &Path, pages: &[u64]) -> Result<Exit> {
     println!("{moved} failed pages back in the queue; `pagecrawl run` fetches them");
     if !not_failed.is_empty() {
         let list: Vec<String> = not_failed.iter().map(u64::to_string).collect();
-        eprintln!("pagecrawl: note: not failed, left as they are: {}", list.join(" "));
+        eprintln!(
+            "pagecrawl: note: not failed, left as they are: {}",
+            list.join(" ")
+        );
     }
     Ok(Exit::Success)
 }

@@ -42,10 +42,18 @@ pub struct Summary {
 pub fn crawl(config: &Config, dir: &Path) -> Result<Exit> {
     let summary = crawl_quietly(config, dir)?;
     let seconds = summary.elapsed.as_secs_f64();
-    let rate = if seconds > 0.0 { summary.done as f64 / seconds } else { 0.0 };
+    let rate = if seconds > 0.0 {
+        summary.done as f64 / seconds
+    } else {
+        0.0
+    };
     println!(
         "{} {} pages done, {} failed, {} items in {:.2} s ({:.1} pages/s); output: {}",
-        if summary.interrupted { "stopped:" } else { "finished:" },
+        if summary.interrupted {
+            "stopped:"
+        } else {
+            "finished:"
+        },
         summary.done,
         summary.failed,
         summary.items,
@@ -54,21 +62,32 @@ pub fn crawl(config: &Config, dir: &Path) -> Result<Exit> {
         summary.output.display()
     );
     if summary.pending > 0 {
-        println!("{} pages still pending; run the same command again to resume", summary.pending);
+        println!(
+            "{} pages still pending; run the same command again to resume",
+            summary.pending
+        );
     }
     if summary.failed > 0 {
-        println!("failed pages: pagecrawl queue --state failed --state-dir {}", dir.display());
+        println!(
+            "failed pages: pagecrawl queue --state failed --state-dir {}",
+            dir.display()
+        );
     }
     Ok(Exit::Success)
 }
 
 /// The job identity recorded in the state directory.
 fn job_of(config: &Config, dir: &Path) -> Result<Job> {
-    let output = config.output.clone().unwrap_or_else(|| dir.join(config.format.default_file_name()));
+    let output = config
+        .output
+        .clone()
+        .unwrap_or_else(|| dir.join(config.format.default_file_name()));
     let output = if output.is_absolute() {
         output
     } else {
-        std::env::current_dir().context("cannot read the current directory")?.join(output)
+        std::env::current_dir()
+            .context("cannot read the current directory")?
+            .join(output)
     };
     Ok(Job {
         url: config.url.clone(),
@@ -93,7 +112,11 @@ fn check_job(stored: &Job, wanted: &Job, dir: &Path) -> Result<()> {
     .filter(|(_, a, b)| a != b)
     .map(|(key, a, b)| format!("{key} was '{a}', is now '{b}'"))
     .chain((stored.output != wanted.output).then(|| {
-        format!("output was {}, is now {}", stored.output.display(), wanted.output.display())
+        format!(
+            "output was {}, is now {}",
+            stored.output.display(),
+            wanted.output.display()
+        )
     }))
     .collect();
     if differences.is_empty() {
@@ -161,7 +184,9 @@ fn supervise(config: &Config, pipeline: &Pipeline) -> Result<bool> {
     let mut grace_ends: Option<Instant> = None;
     let mut last_done = 0;
     loop {
-        let wait = grace_ends.map_or(Duration::from_secs(1), |end| end.saturating_duration_since(Instant::now()));
+        let wait = grace_ends.map_or(Duration::from_secs(1), |end| {
+            end.saturating_duration_since(Instant::now())
+        });
         select! {
             recv(pipeline.finished) -> _ => return Ok(grace_ends.is_some()),
             recv(signals) -> signal => {

@@ -41,9 +41,12 @@ pub struct ErrorCount {
 pub fn gather(store: &Store) -> Result<Status> {
     let counters = store.counters();
     let job = store.job()?;
-    let elapsed_ms = counters.last_commit_ms.saturating_sub(counters.run_started_ms);
+    let elapsed_ms = counters
+        .last_commit_ms
+        .saturating_sub(counters.run_started_ms);
     let done_in_run = counters.done.saturating_sub(counters.run_done_base);
-    let rate = (elapsed_ms > 0 && done_in_run > 0).then(|| done_in_run as f64 * 1000.0 / elapsed_ms as f64);
+    let rate = (elapsed_ms > 0 && done_in_run > 0)
+        .then(|| done_in_run as f64 * 1000.0 / elapsed_ms as f64);
     let reasons = store.reasons()?;
     Ok(Status {
         state_dir: store.dir().display().to_string(),
@@ -60,7 +63,10 @@ pub fn gather(store: &Store) -> Result<Status> {
         rate,
         eta_seconds: rate.map(|r| counters.pending as f64 / r),
         open_range_end: counters.open_end(),
-        errors: reasons.into_iter().map(|(reason, pages)| ErrorCount { reason, pages }).collect(),
+        errors: reasons
+            .into_iter()
+            .map(|(reason, pages)| ErrorCount { reason, pages })
+            .collect(),
     })
 }
 
@@ -77,28 +83,56 @@ pub fn command(dir: &Path, json: bool) -> Result<Exit> {
 
 fn render(s: &Status) -> String {
     let mut out = String::new();
-    let line = |out: &mut String, label: &str, value: String| out.push_str(&format!("{label:<9} {value}\n"));
+    let line = |out: &mut String, label: &str, value: String| {
+        out.push_str(&format!("{label:<9} {value}\n"))
+    };
     line(&mut out, "state", s.state_dir.clone());
     if let (Some(url), Some(range)) = (&s.url, &s.range) {
         line(&mut out, "job", format!("{url} pages {range}"));
     }
-    line(&mut out, "pages", format!("{} done, {} pending, {} failed (of {})", s.done, s.pending, s.failed, s.total));
+    line(
+        &mut out,
+        "pages",
+        format!(
+            "{} done, {} pending, {} failed (of {})",
+            s.done, s.pending, s.failed, s.total
+        ),
+    );
     if let Some(output) = &s.output {
-        line(&mut out, "items", format!("{} in {} ({} bytes)", s.items, output, s.output_bytes));
+        line(
+            &mut out,
+            "items",
+            format!("{} in {} ({} bytes)", s.items, output, s.output_bytes),
+        );
     }
     let rate = match (s.rate, s.eta_seconds) {
-        (Some(rate), Some(eta)) if s.pending > 0 => format!("{rate:.1} pages/s in the last run; ETA {}", duration(eta)),
+        (Some(rate), Some(eta)) if s.pending > 0 => {
+            format!("{rate:.1} pages/s in the last run; ETA {}", duration(eta))
+        }
         (Some(rate), _) => format!("{rate:.1} pages/s in the last run"),
         _ => "no pages committed yet".into(),
     };
     line(&mut out, "rate", rate);
     line(&mut out, "retries", s.retries.to_string());
     if let Some(end) = s.open_range_end {
-        line(&mut out, "end", format!("open range ended at page {end} (a run of empty pages)"));
+        line(
+            &mut out,
+            "end",
+            format!("open range ended at page {end} (a run of empty pages)"),
+        );
     }
     if !s.errors.is_empty() {
-        let top: Vec<String> = s.errors.iter().take(5).map(|e| format!("{} × {}", e.reason, e.pages)).collect();
-        line(&mut out, "errors", format!("{} (see: pagecrawl queue --state failed)", top.join(", ")));
+        let top: Vec<String> = s
+            .errors
+            .iter()
+            .take(5)
+            .map(|e| format!("{} × {}", e.reason, e.pages))
+            .collect();
+        line(
+            &mut out,
+            "errors",
+            format!("{} (see: pagecrawl queue --state failed)", top.join(", ")),
+        );
     }
     out
 }

@@ -6,20 +6,26 @@ use std::time::Instant;
 
 use anyhow::{anyhow, Result};
 
+use crate::charset;
 use crate::config::Config;
 use crate::exit_code::Exit;
 use crate::extract::Extractor;
 use crate::http::Fetcher;
 use crate::output::{render, Format};
-use crate::charset;
 
 pub fn command(config_path: &Path, page: u64) -> Result<Exit> {
     let config = Config::load(config_path)?;
     let url = config.page_url(page);
     let started = Instant::now();
-    let response = Fetcher::new(&config).fetch(&url).map_err(|e| anyhow!("fetching page {page} ({url}): {e}"))?;
+    let response = Fetcher::new(&config)
+        .fetch(&url)
+        .map_err(|e| anyhow!("fetching page {page} ({url}): {e}"))?;
     let elapsed = started.elapsed();
-    let (text, encoding) = charset::decode(response.content_type.as_deref(), &response.body, config.charset);
+    let (text, encoding) = charset::decode(
+        response.content_type.as_deref(),
+        &response.body,
+        config.charset,
+    );
     let items = Extractor::new(config.pattern.clone()).extract(&text);
     let rendered = render(Format::Jsonl, page, &config.fields, &items);
     print!("{}", String::from_utf8_lossy(&rendered));

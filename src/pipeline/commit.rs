@@ -38,7 +38,9 @@ pub(super) fn run(
     let mut group: Vec<Parsed> = Vec::with_capacity(config.commit_every);
     let mut deadline: Option<Instant> = None;
     loop {
-        let wait = deadline.map_or(TICK, |d| d.saturating_duration_since(Instant::now()).min(TICK));
+        let wait = deadline.map_or(TICK, |d| {
+            d.saturating_duration_since(Instant::now()).min(TICK)
+        });
         match parsed.recv_timeout(wait) {
             Ok(message) => {
                 deadline.get_or_insert_with(|| Instant::now() + config.commit_interval);
@@ -84,31 +86,62 @@ fn flush(
     let (mut done, mut failed, mut retried, mut items) = (0, 0, 0, 0);
     for message in group.drain(..) {
         match message {
-            Parsed::Done { page, attempts, items: count, bytes, rendered } => {
+            Parsed::Done {
+                page,
+                attempts,
+                items: count,
+                bytes,
+                rendered,
+            } => {
                 output.append(&rendered)?;
                 appended |= !rendered.is_empty();
-                settles.push(Settle::Done { page, attempts, items: count, bytes });
+                settles.push(Settle::Done {
+                    page,
+                    attempts,
+                    items: count,
+                    bytes,
+                });
                 notices.push(Settled::Finished(page));
                 done += 1;
                 items += u64::from(count);
             }
-            Parsed::Failure { page, attempts, error } => {
+            Parsed::Failure {
+                page,
+                attempts,
+                error,
+            } => {
                 if error.retryable() && attempts <= config.retries {
                     let delay = retry_delay(config, attempts, &error);
-                    log::info!("page {page}: {error}; retry {attempts} of {} in {delay:.1?}", config.retries);
+                    log::info!(
+                        "page {page}: {error}; retry {attempts} of {} in {delay:.1?}",
+                        config.retries
+                    );
                     settles.push(Settle::Retry {
                         page,
                         attempts,
                         not_before_ms: now_ms() + delay.as_millis() as u64,
                         error: error.to_string(),
                     });
-                    notices.push(Settled::Retry { page, attempts, not_before: Instant::now() + delay });
+                    notices.push(Settled::Retry {
+                        page,
+                        attempts,
+                        not_before: Instant::now() + delay,
+                    });
                     retried += 1;
                 } else {
-                    let tries = if attempts == 1 { "1 attempt".to_string() } else { format!("{attempts} attempts") };
+                    let tries = if attempts == 1 {
+                        "1 attempt".to_string()
+                    } else {
+                        format!("{attempts} attempts")
+                    };
                     let detail = format!("{error} from {} after {tries}", config.page_url(page));
                     log::warn!("page {page} failed: {detail}");
-                    settles.push(Settle::Failed { page, attempts, kind: error.kind(), detail });
+                    settles.push(Settle::Failed {
+                        page,
+                        attempts,
+                        kind: error.kind(),
+                        detail,
+                    });
                     notices.push(Settled::Finished(page));
                     failed += 1;
                 }

@@ -49,8 +49,13 @@ pub(super) fn run(
         }
         // Retries that are due go first; they are already counted in flight.
         let now = Instant::now();
-        while retries.peek().is_some_and(|Reverse((due, _, _))| *due <= now) {
-            let Some(Reverse((_, page, attempts))) = retries.pop() else { break };
+        while retries
+            .peek()
+            .is_some_and(|Reverse((due, _, _))| *due <= now)
+        {
+            let Some(Reverse((_, page, attempts))) = retries.pop() else {
+                break;
+            };
             if work.send(Work { page, attempts }).is_err() {
                 return Ok(());
             }
@@ -72,7 +77,10 @@ pub(super) fn run(
                         retries.push(Reverse((Instant::now() + wait, page, pending.attempts)));
                         continue;
                     }
-                    fresh.push_back(Work { page, attempts: pending.attempts });
+                    fresh.push_back(Work {
+                        page,
+                        attempts: pending.attempts,
+                    });
                 }
             }
             let Some(next) = fresh.pop_front() else { break };
@@ -82,20 +90,20 @@ pub(super) fn run(
             }
         }
         let drained = exhausted && fresh.is_empty();
-        if open && drained && in_flight.len() < window && store.counters().open_end().is_none() {
-            // Look ahead by at most what the window allows; the overshoot
-            // past the real end is bounded by the window.
-            let room = (window - in_flight.len()) as u64;
-            store.extend(room.min(config.concurrency as u64 + u64::from(config.stop_after_empty)))?;
+        // Open ranges look ahead only as far as keeps every fetch thread busy,
+        // so the crawl overshoots the real end by a few pages, not a window.
+        let lookahead = 2 * config.concurrency + config.stop_after_empty as usize;
+        if open && drained && in_flight.len() < lookahead && store.counters().open_end().is_none() {
+            store.extend((lookahead - in_flight.len()) as u64)?;
             exhausted = false;
             continue;
         }
         if drained && in_flight.is_empty() {
             return Ok(());
         }
-        let wait = retries
-            .peek()
-            .map_or(TICK, |Reverse((due, _, _))| due.saturating_duration_since(Instant::now()).min(TICK));
+        let wait = retries.peek().map_or(TICK, |Reverse((due, _, _))| {
+            due.saturating_duration_since(Instant::now()).min(TICK)
+        });
         select! {
             recv(settled) -> message => match message {
                 Ok(message) => settle(message, &mut in_flight, &mut retries),
@@ -106,11 +114,19 @@ pub(super) fn run(
     }
 }
 
-fn settle(message: Settled, in_flight: &mut HashSet<u64>, retries: &mut BinaryHeap<Reverse<(Instant, u64, u32)>>) {
+fn settle(
+    message: Settled,
+    in_flight: &mut HashSet<u64>,
+    retries: &mut BinaryHeap<Reverse<(Instant, u64, u32)>>,
+) {
     match message {
         Settled::Finished(page) => {
             in_flight.remove(&page);
         }
-        Settled::Retry { page, attempts, not_before } => retries.push(Reverse((not_before, page, attempts))),
+        Settled::Retry {
+            page,
+            attempts,
+            not_before,
+        } => retries.push(Reverse((not_before, page, attempts))),
     }
 }

@@ -20,14 +20,22 @@ pub(super) fn run(
     for Work { page, attempts } in work {
         let go = !shared.stopping() && limiter.is_none_or(|l| l.acquire(&shared.stop));
         let message = if !go {
-            Fetched::Abandoned { page }
+            Fetched::Abandoned
         } else {
             let url = config.page_url(page);
             match fetcher.fetch(&url) {
-                Ok(response) => Fetched::Body { page, attempts: attempts + 1, response },
+                Ok(response) => Fetched::Body {
+                    page,
+                    attempts: attempts + 1,
+                    response,
+                },
                 Err(error) => {
                     log::debug!("page {page}: {error} ({url})");
-                    Fetched::Failure { page, attempts: attempts + 1, error }
+                    Fetched::Failure {
+                        page,
+                        attempts: attempts + 1,
+                        error,
+                    }
                 }
             }
         };

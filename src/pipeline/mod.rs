@@ -45,17 +45,35 @@ struct Work {
 /// What a fetch thread passes on. `attempts` counts this attempt.
 #[derive(Debug)]
 enum Fetched {
-    Body { page: u64, attempts: u32, response: Response },
-    Failure { page: u64, attempts: u32, error: FetchError },
-    /// Not fetched because the crawl is stopping; stays pending.
-    Abandoned { page: u64 },
+    Body {
+        page: u64,
+        attempts: u32,
+        response: Response,
+    },
+    Failure {
+        page: u64,
+        attempts: u32,
+        error: FetchError,
+    },
+    /// Not fetched because the crawl is stopping; the page stays pending.
+    Abandoned,
 }
 
 /// What a parse thread passes on to the commit stage.
 #[derive(Debug)]
 enum Parsed {
-    Done { page: u64, attempts: u32, items: u32, bytes: u64, rendered: Vec<u8> },
-    Failure { page: u64, attempts: u32, error: FetchError },
+    Done {
+        page: u64,
+        attempts: u32,
+        items: u32,
+        bytes: u64,
+        rendered: Vec<u8>,
+    },
+    Failure {
+        page: u64,
+        attempts: u32,
+        error: FetchError,
+    },
     /// Passed on only so the stage sees its input end; nothing to record.
     Abandoned,
 }
@@ -66,7 +84,11 @@ enum Settled {
     /// Done or failed: no longer in flight.
     Finished(u64),
     /// Fetch again, not before `not_before`.
-    Retry { page: u64, attempts: u32, not_before: Instant },
+    Retry {
+        page: u64,
+        attempts: u32,
+        not_before: Instant,
+    },
 }
 
 /// Live counts for progress reports, updated by the commit stage.
@@ -138,14 +160,19 @@ impl Pipeline {
 
         let mut others = Vec::new();
         let spawn = |name: String, body: Box<dyn FnOnce() + Send>| {
-            std::thread::Builder::new().name(name).spawn(body).context("cannot start a pipeline thread")
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(body)
+                .context("cannot start a pipeline thread")
         };
         {
             let (store, shared, config) = (store.clone(), shared.clone(), config.clone());
             others.push(spawn(
                 "feeder".into(),
                 Box::new(move || {
-                    if let Err(e) = feeder::run(&config, &store, work_tx, settled_rx, &shared, window) {
+                    if let Err(e) =
+                        feeder::run(&config, &store, work_tx, settled_rx, &shared, window)
+                    {
                         shared.fail(e);
                     }
                 }),
@@ -154,17 +181,34 @@ impl Pipeline {
         let fetcher = Arc::new(Fetcher::new(config));
         let limiter = Arc::new(config.rate_limit.map(rate::RateLimiter::new));
         for index in 0..config.concurrency {
-            let (rx, tx, shared, config) = (work_rx.clone(), fetched_tx.clone(), shared.clone(), config.clone());
+            let (rx, tx, shared, config) = (
+                work_rx.clone(),
+                fetched_tx.clone(),
+                shared.clone(),
+                config.clone(),
+            );
             let (fetcher, limiter) = (fetcher.clone(), limiter.clone());
             others.push(spawn(
                 format!("fetch-{index}"),
-                Box::new(move || fetch::run(&config, &fetcher, limiter.as_ref().as_ref(), rx, tx, &shared)),
+                Box::new(move || {
+                    fetch::run(
+                        &config,
+                        &fetcher,
+                        limiter.as_ref().as_ref(),
+                        rx,
+                        tx,
+                        &shared,
+                    )
+                }),
             )?);
         }
         drop((work_rx, fetched_tx));
         for index in 0..config.parse_threads {
             let (rx, tx, config) = (fetched_rx.clone(), parsed_tx.clone(), config.clone());
-            others.push(spawn(format!("parse-{index}"), Box::new(move || parse::run(&config, rx, tx)))?);
+            others.push(spawn(
+                format!("parse-{index}"),
+                Box::new(move || parse::run(&config, rx, tx)),
+            )?);
         }
         drop((fetched_rx, parsed_tx));
         let commit = {
@@ -173,7 +217,9 @@ impl Pipeline {
                 .name("commit".into())
                 .spawn(move || {
                     let mut output = output;
-                    if let Err(e) = commit::run(&config, &store, &mut output, parsed_rx, settled_tx, &shared) {
+                    if let Err(e) =
+                        commit::run(&config, &store, &mut output, parsed_rx, settled_tx, &shared)
+                    {
                         shared.fail(e);
                     }
                     let _ = finished_tx.send(());
@@ -181,7 +227,12 @@ impl Pipeline {
                 })
                 .context("cannot start the commit thread")?
         };
-        Ok(Pipeline { shared, finished: finished_rx, commit: Some(commit), others })
+        Ok(Pipeline {
+            shared,
+            finished: finished_rx,
+            commit: Some(commit),
+            others,
+        })
     }
 
     /// Waits for the commit stage (and, unless aborted, every other stage),
@@ -209,7 +260,10 @@ impl Pipeline {
 /// than what the server asked for with `Retry-After`.
 fn retry_delay(config: &Config, attempts: u32, error: &FetchError) -> Duration {
     let exponent = attempts.saturating_sub(1).min(30);
-    let full = config.backoff.saturating_mul(1 << exponent).min(config.max_backoff);
+    let full = config
+        .backoff
+        .saturating_mul(1 << exponent)
+        .min(config.max_backoff);
     let jittered = full.mul_f64(0.5 + fastrand::f64() * 0.5);
     jittered.max(error.retry_after().unwrap_or(Duration::ZERO))
 }
@@ -225,10 +279,17 @@ mod tests {
         let plain = FetchError::Timeout("x".into());
         for attempts in 1..40 {
             let delay = retry_delay(&config, attempts, &plain);
-            let full = Duration::from_millis(100 * (1u64 << (attempts - 1).min(20))).min(Duration::from_secs(1));
-            assert!(delay >= full / 2 && delay <= full, "attempt {attempts}: {delay:?}");
+            let full = Duration::from_millis(100 * (1u64 << (attempts - 1).min(20)))
+                .min(Duration::from_secs(1));
+            assert!(
+                delay >= full / 2 && delay <= full,
+                "attempt {attempts}: {delay:?}"
+            );
         }
-        let polite = FetchError::Status { status: 429, retry_after: Some(Duration::from_secs(5)) };
+        let polite = FetchError::Status {
+            status: 429,
+            retry_after: Some(Duration::from_secs(5)),
+        };
         assert_eq!(retry_delay(&config, 1, &polite), Duration::from_secs(5));
     }
 }

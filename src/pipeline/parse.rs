@@ -12,8 +12,16 @@ pub(super) fn run(config: &Config, fetched: Receiver<Fetched>, parsed: Sender<Pa
     let extractor = Extractor::new(config.pattern.clone());
     for message in fetched {
         let next = match message {
-            Fetched::Body { page, attempts, response } => {
-                let (text, _) = charset::decode(response.content_type.as_deref(), &response.body, config.charset);
+            Fetched::Body {
+                page,
+                attempts,
+                response,
+            } => {
+                let (text, _) = charset::decode(
+                    response.content_type.as_deref(),
+                    &response.body,
+                    config.charset,
+                );
                 let items = extractor.extract(&text);
                 let rendered = output::render(config.format, page, &config.fields, &items);
                 Parsed::Done {
@@ -24,8 +32,16 @@ pub(super) fn run(config: &Config, fetched: Receiver<Fetched>, parsed: Sender<Pa
                     rendered,
                 }
             }
-            Fetched::Failure { page, attempts, error } => Parsed::Failure { page, attempts, error },
-            Fetched::Abandoned { .. } => Parsed::Abandoned,
+            Fetched::Failure {
+                page,
+                attempts,
+                error,
+            } => Parsed::Failure {
+                page,
+                attempts,
+                error,
+            },
+            Fetched::Abandoned => Parsed::Abandoned,
         };
         if parsed.send(next).is_err() {
             return;

@@ -14,7 +14,10 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     pub fn new(per_second: f64) -> RateLimiter {
-        RateLimiter { interval: Duration::from_secs_f64(1.01 / per_second), next_slot: Mutex::new(None) }
+        RateLimiter {
+            interval: Duration::from_secs_f64(1.01 / per_second),
+            next_slot: Mutex::new(None),
+        }
     }
 
     /// Waits for this request's slot; false if the crawl stopped meanwhile.
@@ -51,11 +54,17 @@ mod tests {
         for _ in 0..11 {
             assert!(limiter.acquire(&stop));
         }
-        assert!(start.elapsed() >= Duration::from_millis(100), "10 intervals of ≥10 ms");
+        assert!(
+            start.elapsed() >= Duration::from_millis(100),
+            "10 intervals of ≥10 ms"
+        );
         stop.store(true, Ordering::SeqCst);
         for _ in 0..5 {
             limiter.acquire(&stop);
         }
-        assert!(!limiter.acquire(&stop), "a stopped crawl does not wait for its slot");
+        assert!(
+            !limiter.acquire(&stop),
+            "a stopped crawl does not wait for its slot"
+        );
     }
 }

@@ -79,11 +79,26 @@ impl StateFilter {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settle {
     /// Its items were appended to the output.
-    Done { page: u64, attempts: u32, items: u32, bytes: u64 },
+    Done {
+        page: u64,
+        attempts: u32,
+        items: u32,
+        bytes: u64,
+    },
     /// It failed but has retries left; fetch again after `not_before_ms`.
-    Retry { page: u64, attempts: u32, not_before_ms: u64, error: String },
+    Retry {
+        page: u64,
+        attempts: u32,
+        not_before_ms: u64,
+        error: String,
+    },
     /// It failed for good.
-    Failed { page: u64, attempts: u32, kind: String, detail: String },
+    Failed {
+        page: u64,
+        attempts: u32,
+        kind: String,
+        detail: String,
+    },
 }
 
 /// What `enqueue` did.
@@ -161,8 +176,12 @@ impl Store {
                 ))
             }
         };
-        let tree = db.open_tree("queue").with_context(|| format!("cannot open the queue in {}", dir.display()))?;
-        let schema = tree.get(named_key(META, SCHEMA_KEY))?.map(|v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or_default()));
+        let tree = db
+            .open_tree("queue")
+            .with_context(|| format!("cannot open the queue in {}", dir.display()))?;
+        let schema = tree
+            .get(named_key(META, SCHEMA_KEY))?
+            .map(|v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or_default()));
         match schema {
             None => {
                 tree.insert(named_key(META, SCHEMA_KEY), &SCHEMA_VERSION.to_be_bytes())?;
@@ -177,8 +196,16 @@ impl Store {
                 .into())
             }
         }
-        let counters = tree.get(named_key(META, COUNTERS_KEY))?.map(|v| Counters::decode(&v)).unwrap_or_default();
-        Ok(Store { dir: dir.to_path_buf(), db, tree, counters: Mutex::new(counters) })
+        let counters = tree
+            .get(named_key(META, COUNTERS_KEY))?
+            .map(|v| Counters::decode(&v))
+            .unwrap_or_default();
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            db,
+            tree,
+            counters: Mutex::new(counters),
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -188,7 +215,9 @@ impl Store {
     fn lock(&self) -> MutexGuard<'_, Counters> {
         // A panic while holding the lock cannot leave a half-applied batch
         // (batches are atomic), so the counters inside are still right.
-        self.counters.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.counters
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The counters as of the last batch.
@@ -198,7 +227,9 @@ impl Store {
 
     /// The job this state belongs to, if one was recorded.
     pub fn job(&self) -> Result<Option<Job>> {
-        let Some(bytes) = self.tree.get(named_key(META, JOB_KEY))? else { return Ok(None) };
+        let Some(bytes) = self.tree.get(named_key(META, JOB_KEY))? else {
+            return Ok(None);
+        };
         let job = serde_json::from_slice(&bytes)
             .with_context(|| format!("the job record in {} is unreadable", self.dir.display()))?;
         Ok(Some(job))
@@ -221,7 +252,9 @@ impl Store {
     /// resumable if stopped half-way. Pages already in any state are left
     /// alone. Returns the number of pages added.
     pub fn seed(&self, range: &PageRange) -> Result<u64> {
-        let PageRange::Closed { end, .. } = *range else { return Ok(0) };
+        let PageRange::Closed { end, .. } = *range else {
+            return Ok(0);
+        };
         let mut added = 0;
         loop {
             let frontier = self.lock().frontier;
@@ -280,7 +313,9 @@ impl Store {
     pub fn enqueue(&self, ranges: &[PageRange]) -> Result<EnqueueReport> {
         let mut report = EnqueueReport::default();
         for range in ranges {
-            let PageRange::Closed { start, end } = *range else { continue };
+            let PageRange::Closed { start, end } = *range else {
+                continue;
+            };
             let mut chunk_start = start;
             loop {
                 let chunk_end = end.min(chunk_start.saturating_add(SEED_CHUNK - 1));
@@ -377,7 +412,11 @@ impl Store {
             None => page_key(PENDING, 0),
         };
         let mut pages = Vec::with_capacity(limit);
-        for entry in self.tree.range(from..=page_key(PENDING, u64::MAX)).take(limit) {
+        for entry in self
+            .tree
+            .range(from..=page_key(PENDING, u64::MAX))
+            .take(limit)
+        {
             let (key, value) = entry?;
             if let Some(page) = page_of(&key) {
                 pages.push((page, Pending::decode(&value)));
@@ -390,7 +429,12 @@ impl Store {
     /// atomic batch. `empty_run` (open ranges) is the number of consecutive
     /// empty pages that ends the range; an end found here is recorded in the
     /// same batch.
-    pub fn commit(&self, settled: &[Settle], output_len: u64, empty_run: Option<u32>) -> Result<()> {
+    pub fn commit(
+        &self,
+        settled: &[Settle],
+        output_len: u64,
+        empty_run: Option<u32>,
+    ) -> Result<()> {
         let mut counters = self.lock();
         let mut next = *counters;
         let now = now_ms();
@@ -399,13 +443,25 @@ impl Store {
         let mut empties_here: Vec<u64> = Vec::new();
         for settle in settled {
             match settle {
-                Settle::Done { page, attempts, items, bytes } => {
+                Settle::Done {
+                    page,
+                    attempts,
+                    items,
+                    bytes,
+                } => {
                     if !self.tree.contains_key(page_key(PENDING, *page))? {
-                        log::warn!("page {page} was committed but is no longer pending; recording it once");
+                        log::warn!(
+                            "page {page} was committed but is no longer pending; recording it once"
+                        );
                         continue;
                     }
                     batch.remove(&page_key(PENDING, *page)[..]);
-                    let done = Done { items: *items, bytes: *bytes, at_ms: now, attempts: *attempts };
+                    let done = Done {
+                        items: *items,
+                        bytes: *bytes,
+                        at_ms: now,
+                        attempts: *attempts,
+                    };
                     batch.insert(&page_key(DONE, *page)[..], done.encode());
                     next.pending -= 1;
                     next.done += 1;
@@ -415,17 +471,36 @@ impl Store {
                         empties_here.push(*page);
                     }
                 }
-                Settle::Retry { page, attempts, not_before_ms, error } => {
-                    let pending = Pending { attempts: *attempts, not_before_ms: *not_before_ms, last_error: error.clone() };
+                Settle::Retry {
+                    page,
+                    attempts,
+                    not_before_ms,
+                    error,
+                } => {
+                    let pending = Pending {
+                        attempts: *attempts,
+                        not_before_ms: *not_before_ms,
+                        last_error: error.clone(),
+                    };
                     batch.insert(&page_key(PENDING, *page)[..], pending.encode());
                     next.retries += 1;
                 }
-                Settle::Failed { page, attempts, kind, detail } => {
+                Settle::Failed {
+                    page,
+                    attempts,
+                    kind,
+                    detail,
+                } => {
                     if !self.tree.contains_key(page_key(PENDING, *page))? {
                         continue;
                     }
                     batch.remove(&page_key(PENDING, *page)[..]);
-                    let failed = Failed { attempts: *attempts, at_ms: now, kind: kind.clone(), detail: detail.clone() };
+                    let failed = Failed {
+                        attempts: *attempts,
+                        at_ms: now,
+                        kind: kind.clone(),
+                        detail: detail.clone(),
+                    };
                     batch.insert(&page_key(FAILED, *page)[..], failed.encode());
                     *reasons.entry(kind.clone()).or_default() += 1;
                     next.pending -= 1;
@@ -450,7 +525,9 @@ impl Store {
         next.last_commit_ms = now;
         self.add_reason_changes(&mut batch, &reasons)?;
         batch.insert(named_key(META, COUNTERS_KEY), next.encode());
-        self.tree.apply_batch(batch).context("cannot record the checkpoint")?;
+        self.tree
+            .apply_batch(batch)
+            .context("cannot record the checkpoint")?;
         *counters = next;
         Ok(())
     }
@@ -480,10 +557,16 @@ impl Store {
         Ok((last - first + 1 >= run).then_some(first))
     }
 
-    fn add_reason_changes(&self, batch: &mut sled::Batch, changes: &HashMap<String, i64>) -> Result<()> {
+    fn add_reason_changes(
+        &self,
+        batch: &mut sled::Batch,
+        changes: &HashMap<String, i64>,
+    ) -> Result<()> {
         for (kind, change) in changes {
             let key = named_key(REASON, kind);
-            let current = self.tree.get(&key)?.map_or(0, |v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or_default()));
+            let current = self.tree.get(&key)?.map_or(0, |v| {
+                u64::from_be_bytes(v.as_ref().try_into().unwrap_or_default())
+            });
             let updated = (current as i64 + change).max(0) as u64;
             if updated == 0 {
                 batch.remove(key);
@@ -528,7 +611,8 @@ impl Store {
         let mut next = *counters;
         next.run_started_ms = now_ms();
         next.run_done_base = next.done;
-        self.tree.insert(named_key(META, COUNTERS_KEY), next.encode())?;
+        self.tree
+            .insert(named_key(META, COUNTERS_KEY), next.encode())?;
         *counters = next;
         Ok(())
     }
@@ -560,13 +644,23 @@ fn is_end_marker(kind: &str) -> bool {
 fn create_private_dir(dir: &Path) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     if dir.exists() && !dir.is_dir() {
-        return Err(UserError::Usage(format!("the state directory {} is a file, not a folder", dir.display())).into());
+        return Err(UserError::Usage(format!(
+            "the state directory {} is a file, not a folder",
+            dir.display()
+        ))
+        .into());
     }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|e| anyhow::anyhow!("cannot create the state directory {}: {}", dir.display(), crate::util::io_reason(&e)))
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot create the state directory {}: {}",
+                dir.display(),
+                crate::util::io_reason(&e)
+            )
+        })
 }
 
 /// Turns sled's open errors into messages a user can act on.
@@ -585,7 +679,11 @@ fn open_error(dir: &Path, error: sled::Error) -> anyhow::Error {
         .into();
     }
     if let sled::Error::Io(io) = &error {
-        return anyhow::anyhow!("cannot open the state in {}: {}", dir.display(), crate::util::io_reason(io));
+        return anyhow::anyhow!(
+            "cannot open the state in {}: {}",
+            dir.display(),
+            crate::util::io_reason(io)
+        );
     }
     anyhow::anyhow!(
         "the state database in {} cannot be read ({text}); move the folder aside and start afresh",
@@ -623,25 +721,69 @@ mod tests {
         let (_dir, store) = store();
         store.set_job(&job(), &closed(1, 10)).unwrap();
         assert_eq!(store.seed(&closed(1, 10)).unwrap(), 10);
-        assert_eq!(store.seed(&closed(1, 10)).unwrap(), 0, "seeding twice adds nothing");
+        assert_eq!(
+            store.seed(&closed(1, 10)).unwrap(),
+            0,
+            "seeding twice adds nothing"
+        );
         let settled = [
-            Settle::Done { page: 1, attempts: 1, items: 20, bytes: 100 },
-            Settle::Retry { page: 2, attempts: 1, not_before_ms: 5, error: "HTTP 503".into() },
-            Settle::Failed { page: 3, attempts: 6, kind: "HTTP 500".into(), detail: "HTTP 500 at x".into() },
+            Settle::Done {
+                page: 1,
+                attempts: 1,
+                items: 20,
+                bytes: 100,
+            },
+            Settle::Retry {
+                page: 2,
+                attempts: 1,
+                not_before_ms: 5,
+                error: "HTTP 503".into(),
+            },
+            Settle::Failed {
+                page: 3,
+                attempts: 6,
+                kind: "HTTP 500".into(),
+                detail: "HTTP 500 at x".into(),
+            },
         ];
         store.commit(&settled, 42, None).unwrap();
         let counters = store.counters();
-        assert_eq!((counters.pending, counters.done, counters.failed, counters.items), (8, 1, 1, 20));
+        assert_eq!(
+            (
+                counters.pending,
+                counters.done,
+                counters.failed,
+                counters.items
+            ),
+            (8, 1, 1, 20)
+        );
         assert_eq!(counters.output_len, 42);
         assert_eq!(store.recount().unwrap(), counters);
         assert_eq!(store.reasons().unwrap(), vec![("HTTP 500".to_string(), 1)]);
-        assert_eq!(store.pending_after(None, 2).unwrap()[0], (2, Pending { attempts: 1, not_before_ms: 5, last_error: "HTTP 503".into() }));
+        assert_eq!(
+            store.pending_after(None, 2).unwrap()[0],
+            (
+                2,
+                Pending {
+                    attempts: 1,
+                    not_before_ms: 5,
+                    last_error: "HTTP 503".into()
+                }
+            )
+        );
 
         let (moved, not_failed) = store.retry(Some(&[3, 4])).unwrap();
         assert_eq!((moved, not_failed), (1, vec![4]));
         assert!(store.reasons().unwrap().is_empty());
         let report = store.enqueue(&[closed(1, 1), closed(11, 12)]).unwrap();
-        assert_eq!(report, EnqueueReport { added: 2, requeued: 1, already_pending: 0 });
+        assert_eq!(
+            report,
+            EnqueueReport {
+                added: 2,
+                requeued: 1,
+                already_pending: 0
+            }
+        );
         assert_eq!(store.recount().unwrap(), store.counters());
     }
 
@@ -653,24 +795,56 @@ mod tests {
             let store = Store::open(&path).unwrap();
             store.set_job(&job(), &closed(5, 6)).unwrap();
             store.seed(&closed(5, 6)).unwrap();
-            store.commit(&[Settle::Done { page: 5, attempts: 1, items: 3, bytes: 9 }], 7, None).unwrap();
+            store
+                .commit(
+                    &[Settle::Done {
+                        page: 5,
+                        attempts: 1,
+                        items: 3,
+                        bytes: 9,
+                    }],
+                    7,
+                    None,
+                )
+                .unwrap();
             store.flush().unwrap();
         }
         let store = Store::open_existing(&path).unwrap();
         assert_eq!(store.job().unwrap(), Some(job()));
-        assert_eq!((store.counters().done, store.counters().pending, store.counters().output_len), (1, 1, 7));
+        assert_eq!(
+            (
+                store.counters().done,
+                store.counters().pending,
+                store.counters().output_len
+            ),
+            (1, 1, 7)
+        );
         assert_eq!(store.list(StateFilter::Done, 10).unwrap().len(), 1);
     }
 
     #[test]
     fn open_range_end_is_found_from_a_run_of_empty_pages() {
         let (_dir, store) = store();
-        store.set_job(&job(), &PageRange::Open { start: 1 }).unwrap();
+        store
+            .set_job(&job(), &PageRange::Open { start: 1 })
+            .unwrap();
         store.extend(10).unwrap();
-        let done = |page, items| Settle::Done { page, attempts: 1, items, bytes: 1 };
-        store.commit(&[done(1, 5), done(4, 0), done(6, 0)], 0, Some(3)).unwrap();
+        let done = |page, items| Settle::Done {
+            page,
+            attempts: 1,
+            items,
+            bytes: 1,
+        };
+        store
+            .commit(&[done(1, 5), done(4, 0), done(6, 0)], 0, Some(3))
+            .unwrap();
         assert_eq!(store.counters().open_end(), None);
-        let not_found = Settle::Failed { page: 5, attempts: 1, kind: "HTTP 404".into(), detail: String::new() };
+        let not_found = Settle::Failed {
+            page: 5,
+            attempts: 1,
+            kind: "HTTP 404".into(),
+            detail: String::new(),
+        };
         store.commit(&[not_found], 0, Some(3)).unwrap();
         assert_eq!(store.counters().open_end(), Some(4));
     }
@@ -679,7 +853,11 @@ mod tests {
     fn a_second_open_is_refused_as_busy() {
         let (dir, _store) = store();
         let err = Store::open(&dir.path().join("state")).unwrap_err();
-        assert_eq!(crate::error::exit_for(&err), crate::exit_code::Exit::Busy, "{err:#}");
+        assert_eq!(
+            crate::error::exit_for(&err),
+            crate::exit_code::Exit::Busy,
+            "{err:#}"
+        );
     }
 
     #[test]

@@ -39,15 +39,21 @@ pub struct Failed {
 }
 
 fn u32_at(bytes: &[u8], at: usize) -> u32 {
-    bytes.get(at..at + 4).map_or(0, |b| u32::from_be_bytes(b.try_into().unwrap_or_default()))
+    bytes
+        .get(at..at + 4)
+        .map_or(0, |b| u32::from_be_bytes(b.try_into().unwrap_or_default()))
 }
 
 fn u64_at(bytes: &[u8], at: usize) -> u64 {
-    bytes.get(at..at + 8).map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap_or_default()))
+    bytes
+        .get(at..at + 8)
+        .map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap_or_default()))
 }
 
 fn text_from(bytes: &[u8], at: usize) -> String {
-    bytes.get(at..).map_or_else(String::new, |b| String::from_utf8_lossy(b).into_owned())
+    bytes
+        .get(at..)
+        .map_or_else(String::new, |b| String::from_utf8_lossy(b).into_owned())
 }
 
 impl Pending {
@@ -63,7 +69,11 @@ impl Pending {
     }
 
     pub fn decode(bytes: &[u8]) -> Pending {
-        Pending { attempts: u32_at(bytes, 0), not_before_ms: u64_at(bytes, 4), last_error: text_from(bytes, 12) }
+        Pending {
+            attempts: u32_at(bytes, 0),
+            not_before_ms: u64_at(bytes, 4),
+            last_error: text_from(bytes, 12),
+        }
     }
 }
 
@@ -78,7 +88,12 @@ impl Done {
     }
 
     pub fn decode(bytes: &[u8]) -> Done {
-        Done { items: u32_at(bytes, 0), bytes: u64_at(bytes, 4), at_ms: u64_at(bytes, 12), attempts: u32_at(bytes, 20) }
+        Done {
+            items: u32_at(bytes, 0),
+            bytes: u64_at(bytes, 4),
+            at_ms: u64_at(bytes, 12),
+            attempts: u32_at(bytes, 20),
+        }
     }
 }
 
@@ -95,12 +110,16 @@ impl Failed {
     }
 
     pub fn decode(bytes: &[u8]) -> Failed {
-        let kind_len = bytes.get(12..14).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]) as usize);
+        let kind_len = bytes
+            .get(12..14)
+            .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]) as usize);
         let kind_end = (14 + kind_len).min(bytes.len());
         Failed {
             attempts: u32_at(bytes, 0),
             at_ms: u64_at(bytes, 4),
-            kind: bytes.get(14..kind_end).map_or_else(String::new, |b| String::from_utf8_lossy(b).into_owned()),
+            kind: bytes
+                .get(14..kind_end)
+                .map_or_else(String::new, |b| String::from_utf8_lossy(b).into_owned()),
             detail: text_from(bytes, kind_end),
         }
     }
@@ -154,7 +173,10 @@ impl Counters {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        self.as_array().iter().flat_map(|v| v.to_be_bytes()).collect()
+        self.as_array()
+            .iter()
+            .flat_map(|v| v.to_be_bytes())
+            .collect()
     }
 
     pub fn decode(bytes: &[u8]) -> Counters {
@@ -183,7 +205,15 @@ impl Counters {
 
 impl fmt::Display for Failed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", if self.detail.is_empty() { &self.kind } else { &self.detail })
+        write!(
+            f,
+            "{}",
+            if self.detail.is_empty() {
+                &self.kind
+            } else {
+                &self.detail
+            }
+        )
     }
 }
 
@@ -193,15 +223,35 @@ mod tests {
 
     #[test]
     fn records_round_trip() {
-        let pending = Pending { attempts: 2, not_before_ms: 99, last_error: "HTTP 503 (retry)".into() };
+        let pending = Pending {
+            attempts: 2,
+            not_before_ms: 99,
+            last_error: "HTTP 503 (retry)".into(),
+        };
         assert_eq!(Pending::decode(&pending.encode()), pending);
         assert!(Pending::default().encode().is_empty());
         assert_eq!(Pending::decode(&[]), Pending::default());
-        let done = Done { items: 20, bytes: 20_000, at_ms: 5, attempts: 1 };
+        let done = Done {
+            items: 20,
+            bytes: 20_000,
+            at_ms: 5,
+            attempts: 1,
+        };
         assert_eq!(Done::decode(&done.encode()), done);
-        let failed = Failed { attempts: 6, at_ms: 7, kind: "HTTP 500".into(), detail: "HTTP 500 from http://x/".into() };
+        let failed = Failed {
+            attempts: 6,
+            at_ms: 7,
+            kind: "HTTP 500".into(),
+            detail: "HTTP 500 from http://x/".into(),
+        };
         assert_eq!(Failed::decode(&failed.encode()), failed);
-        let counters = Counters { pending: 1, done: 2, output_len: 3, last_commit_ms: 12, ..Counters::default() };
+        let counters = Counters {
+            pending: 1,
+            done: 2,
+            output_len: 3,
+            last_commit_ms: 12,
+            ..Counters::default()
+        };
         assert_eq!(Counters::decode(&counters.encode()), counters);
     }
 

@@ -1,0 +1,308 @@
+//! The test harness: a job in a temporary folder against a fixture server
+//! on 127.0.0.1, driven through the real `pagecrawl` binary.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use pagecrawl::fixture::wooyun::{self, Bug};
+use pagecrawl::fixture::{Server, Site};
+
+/// How long any single command may take before the test fails.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A crawl job: a fixture site, a config file and a state directory.
+pub struct Job {
+    pub dir: tempfile::TempDir,
+    pub server: Server,
+    pub site: Site,
+    pub pages: String,
+    pub concurrency: usize,
+    /// Extra config lines.
+    pub extra: Vec<String>,
+}
+
+impl Job {
+    pub fn new(site: Site) -> Job {
+        let server = Server::start(site.clone()).expect("fixture server starts");
+        Job {
+            dir: tempfile::tempdir().expect("temp dir"),
+            server,
+            pages: format!("1..={}", site.pages),
+            site,
+            concurrency: 8,
+            // Fast retries keep fault tests quick.
+            extra: vec![
+                "backoff = \"20ms\"".into(),
+                "max_backoff = \"200ms\"".into(),
+            ],
+        }
+    }
+
+    pub fn pages(mut self, pages: &str) -> Job {
+        self.pages = pages.to_string();
+        self
+    }
+
+    pub fn concurrency(mut self, concurrency: usize) -> Job {
+        self.concurrency = concurrency;
+        self
+    }
+
+    pub fn with(mut self, line: &str) -> Job {
+        let key = line
+            .split('=')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        self.extra
+            .retain(|l| l.split('=').next().unwrap_or_default().trim() != key);
+        self.extra.push(line.to_string());
+        self
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("job.toml")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Writes the config: the example config's pattern, this job's URL,
+    /// range, concurrency and extra lines.
+    pub fn write_config(&self) -> PathBuf {
+        let example = include_str!("../../data/wooyun.toml");
+        let pattern = example
+            .lines()
+            .find(|l| l.starts_with("pattern ="))
+            .expect("example has a pattern");
+        let mut text = format!(
+            "url = \"{}\"\npages = \"{}\"\n{pattern}\nconcurrency = {}\n",
+            self.server.url_template(),
+            self.pages,
+            self.concurrency
+        );
+        for line in &self.extra {
+            text.push_str(line);
+            text.push('\n');
+        }
+        std::fs::write(self.config_path(), text).expect("config written");
+        self.config_path()
+    }
+
+    /// `pagecrawl ARGS` with the state directory flag appended where the
+    /// command takes one.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = pagecrawl(args);
+        if matches!(
+            args.first(),
+            Some(&("run" | "status" | "queue" | "enqueue" | "retry" | "export"))
+        ) {
+            command.arg("--state-dir").arg(self.state_dir());
+        }
+        if args.first() == Some(&"run") || args.first() == Some(&"try") {
+            command.arg("--config").arg(self.write_config());
+        }
+        command
+    }
+
+    /// Runs a command to completion.
+    pub fn exec(&self, args: &[&str]) -> Output {
+        finish(
+            self.command(args).spawn().expect("pagecrawl starts"),
+            COMMAND_TIMEOUT,
+        )
+    }
+
+    /// Runs `pagecrawl run` to completion and checks it succeeded.
+    pub fn run_ok(&self) -> Output {
+        let output = self.exec(&["run"]);
+        assert_success(&output);
+        output
+    }
+
+    /// Starts `pagecrawl run` in the background.
+    pub fn spawn_run(&self) -> Child {
+        self.command(&["run"]).spawn().expect("pagecrawl starts")
+    }
+
+    /// `status --json`, parsed.
+    pub fn status(&self) -> serde_json::Value {
+        let output = self.exec(&["status", "--json"]);
+        assert_success(&output);
+        serde_json::from_slice(&output.stdout).expect("status --json is JSON")
+    }
+
+    pub fn output_path(&self, name: &str) -> PathBuf {
+        self.state_dir().join(name)
+    }
+
+    /// The items in the JSON Lines output, as bugs.
+    pub fn output_bugs(&self) -> Vec<Bug> {
+        read_jsonl_bugs(&self.output_path("items.jsonl"))
+    }
+
+    /// The bugs pages `pages` should yield.
+    pub fn expected_bugs(&self, pages: impl IntoIterator<Item = u64>) -> Vec<Bug> {
+        pages
+            .into_iter()
+            .flat_map(|p| wooyun::bugs_on_page(p, self.site.per_page))
+            .collect()
+    }
+}
+
+/// The binary, with the environment a test needs: no proxy settings (the
+/// fixture is on loopback) and no inherited log filter.
+pub fn pagecrawl(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pagecrawl"));
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for var in [
+        "http_proxy",
+        "HTTP_PROXY",
+        "https_proxy",
+        "HTTPS_PROXY",
+        "all_proxy",
+        "ALL_PROXY",
+        "RUST_LOG",
+        "STATE_DIRECTORY",
+        "NOTIFY_SOCKET",
+    ] {
+        command.env_remove(var);
+    }
+    command
+}
+
+/// Waits for a child with a timeout (killing it and failing the test if it
+/// runs over), and collects its output. The pipes are drained while waiting,
+/// so a command that prints a lot cannot block on a full pipe.
+pub fn finish(child: Child, timeout: Duration) -> Output {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(output) => output.expect("output collected"),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(pid.to_string())
+                .status();
+            let output = rx
+                .recv()
+                .expect("killed child is reaped")
+                .expect("output collected");
+            panic!(
+                "pagecrawl ran over {timeout:?}; stderr:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+}
+
+/// Polls `condition` until it holds or `timeout` passes; true if it held.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    condition()
+}
+
+/// Sends a signal to a child by name (`TERM`, `INT`, `KILL`).
+pub fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{name} failed");
+}
+
+pub fn assert_success(output: &Output) {
+    assert!(
+        output.status.success(),
+        "pagecrawl failed ({:?}):\nstdout:\n{}\nstderr:\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Reads a JSON Lines output into bugs; panics on any malformed line.
+pub fn read_jsonl_bugs(path: &Path) -> Vec<Bug> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        text.is_empty() || text.ends_with('\n'),
+        "the output ends with a partial line"
+    );
+    text.lines()
+        .map(|line| {
+            let v: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("bad line {line:?}: {e}"));
+            let field = |name: &str| {
+                v[name]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("no {name} in {line}"))
+                    .to_string()
+            };
+            Bug {
+                page: v["page"].as_u64().expect("page"),
+                date: field("date"),
+                url: field("url"),
+                title: field("title"),
+                author: field("author"),
+            }
+        })
+        .collect()
+}
+
+/// Asserts two multisets of bugs are equal, reporting what is missing and
+/// what is duplicated rather than dumping both lists.
+pub fn assert_same_items(actual: &[Bug], expected: &[Bug]) {
+    let mut counts: BTreeMap<&Bug, i64> = BTreeMap::new();
+    for bug in expected {
+        *counts.entry(bug).or_default() += 1;
+    }
+    for bug in actual {
+        *counts.entry(bug).or_default() -= 1;
+    }
+    let missing: Vec<_> = counts
+        .iter()
+        .filter(|(_, &c)| c > 0)
+        .map(|(b, _)| (b.page, b.url.clone()))
+        .collect();
+    let extra: Vec<_> = counts
+        .iter()
+        .filter(|(_, &c)| c < 0)
+        .map(|(b, c)| (b.page, b.url.clone(), -c))
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{} items missing (first: {:?}), {} unexpected or duplicated (first: {:?}); {} actual vs {} expected",
+        missing.len(),
+        missing.first(),
+        extra.len(),
+        extra.first(),
+        actual.len(),
+        expected.len()
+    );
+}

@@ -1,0 +1,11 @@
+//! pagecrawl's integration tests: one binary, the real `pagecrawl`
+//! executable, a fixture HTTP server on 127.0.0.1, and real sled state in
+//! temporary folders. Each module pins one guarantee or command.
+
+mod harness;
+
+mod cli;
+mod crash;
+mod crawl;
+mod errors;
+mod faults;
