@@ -42,6 +42,10 @@ pub enum Command {
         /// Default: $STATE_DIRECTORY, else NAME.state beside NAME.toml.
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
+        /// Follow mode: when the queue drains, wait this long, re-crawl the
+        /// first `refresh_pages` pages, and go on (overrides `follow`).
+        #[arg(long, value_name = "INTERVAL")]
+        follow: Option<String>,
     },
     /// Show counts, rate, ETA and the most common errors.
     #[command(after_help = "Example: pagecrawl status --state-dir wooyun.state --json")]
@@ -100,6 +104,18 @@ pub enum Command {
         /// Write here instead of standard output.
         #[arg(long, short = 'o', value_name = "FILE")]
         output: Option<PathBuf>,
+    },
+    /// Stop feeding a running crawl (in-flight requests finish).
+    #[command(after_help = "Example: pagecrawl pause --state-dir /var/lib/pagecrawl/wooyun")]
+    Pause {
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Resume feeding a paused crawl.
+    #[command(after_help = "Example: pagecrawl resume --state-dir /var/lib/pagecrawl/wooyun")]
+    Resume {
+        #[command(flatten)]
+        state: StateArgs,
     },
     /// Fetch and parse one page and print its items; touches no state.
     #[command(

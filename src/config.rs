@@ -55,6 +55,12 @@ struct RawConfig {
     commit_interval: String,
     #[serde(default = "defaults::stop_grace")]
     stop_grace: String,
+    #[serde(default)]
+    follow: Option<String>,
+    #[serde(default = "defaults::refresh_pages")]
+    refresh_pages: i64,
+    #[serde(default)]
+    key: Option<String>,
 }
 
 /// Defaults, named so the README and `RawConfig` agree on them.
@@ -101,6 +107,9 @@ mod defaults {
     pub fn stop_grace() -> String {
         "10s".into()
     }
+    pub fn refresh_pages() -> i64 {
+        1
+    }
 }
 
 /// A validated job configuration.
@@ -135,6 +144,13 @@ pub struct Config {
     pub commit_every: usize,
     pub commit_interval: Duration,
     pub stop_grace: Duration,
+    /// Follow mode: when the queue drains, re-crawl the first
+    /// `refresh_pages` pages this often instead of exiting.
+    pub follow: Option<Duration>,
+    pub refresh_pages: u64,
+    /// The field whose value identifies an item: an item whose key was
+    /// already written is not written again.
+    pub key: Option<String>,
 }
 
 impl Config {
@@ -310,6 +326,31 @@ impl Config {
                 "must not be shorter than 'backoff'".into(),
             ));
         }
+        let key = match raw.key {
+            Some(key) if !fields.contains(&key) => {
+                return Err(bad(
+                    "key",
+                    format!(
+                        "'{key}' is not a named group of the pattern (groups: {})",
+                        fields.join(", ")
+                    ),
+                ))
+            }
+            other => other,
+        };
+        let follow = match raw.follow {
+            Some(text) => {
+                let every = duration("follow", &text)?;
+                if every.is_zero() {
+                    return Err(bad("follow", "must be longer than zero".into()));
+                }
+                Some(every)
+            }
+            None => None,
+        };
+        if follow.is_some() && key.is_none() {
+            return Err(bad("follow", "needs `key` (the field that identifies an item, e.g. key = \"url\"), or re-crawled pages would repeat their items".into()));
+        }
         let request_timeout = duration("request_timeout", &raw.request_timeout)?;
         let connect_timeout = duration("connect_timeout", &raw.connect_timeout)?;
         if request_timeout.is_zero() || connect_timeout.is_zero() {
@@ -343,6 +384,9 @@ impl Config {
             commit_every: count("commit_every", raw.commit_every, 1, 100_000)? as usize,
             commit_interval: duration("commit_interval", &raw.commit_interval)?,
             stop_grace: duration("stop_grace", &raw.stop_grace)?,
+            follow,
+            refresh_pages: count("refresh_pages", raw.refresh_pages, 1, 1_000_000)?,
+            key,
         })
     }
 
@@ -432,6 +476,10 @@ pattern = '<a href="(?P<url>[^"]+)">(?P<title>[^<]*)</a>'
                 "max_body_size",
                 "'max_body_size'",
             ),
+            ("key = \"id\"", "key", "not a named group"),
+            ("follow = \"0s\"\nkey = \"url\"", "follow", "'follow'"),
+            ("follow = \"10m\"", "follow", "needs `key`"),
+            ("refresh_pages = 0", "refresh_pages", "'refresh_pages'"),
         ];
         for (line, key, expected) in cases {
             let text: String = MINIMAL

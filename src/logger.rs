@@ -1,5 +1,9 @@
 //! Diagnostics on stderr through `log` and env_logger. `RUST_LOG` wins;
-//! otherwise -q/-v pick the level for pagecrawl's own messages.
+//! otherwise -q/-v pick the level for pagecrawl's own messages. Under
+//! journald (`JOURNAL_STREAM` set) lines carry no timestamp (the journal has
+//! its own) and start with a `<N>` syslog priority so levels survive.
+
+use std::io::Write;
 
 pub fn init(verbose: u8, quiet: bool) {
     let level = match (quiet, verbose) {
@@ -13,6 +17,20 @@ pub fn init(verbose: u8, quiet: bool) {
         .filter_level(log::LevelFilter::Warn)
         .filter_module("pagecrawl", level);
     builder.format_target(false);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder
+            .format(|out, record| writeln!(out, "<{}>{}", priority(record.level()), record.args()));
+    }
     builder.parse_default_env();
     let _ = builder.try_init();
+}
+
+/// The syslog priority of a log level.
+pub fn priority(level: log::Level) -> u8 {
+    match level {
+        log::Level::Error => 3,
+        log::Level::Warn => 4,
+        log::Level::Info => 6,
+        log::Level::Debug | log::Level::Trace => 7,
+    }
 }

@@ -46,35 +46,37 @@ impl Format {
 /// Renders one page's items in `format`, ready to append.
 pub fn render(format: Format, page: u64, fields: &[String], items: &[Item]) -> Vec<u8> {
     let mut out = Vec::with_capacity(items.len() * 128);
+    for item in items {
+        render_into(&mut out, format, page, fields, item);
+    }
+    out
+}
+
+/// Appends one item, as one JSON line or one CSV row, to `out`.
+pub fn render_into(out: &mut Vec<u8>, format: Format, page: u64, fields: &[String], item: &Item) {
     match format {
         Format::Jsonl => {
-            let page = page.to_string();
-            for item in items {
-                out.extend_from_slice(b"{\"page\":");
-                out.extend_from_slice(page.as_bytes());
-                for (name, value) in fields.iter().zip(item) {
-                    out.push(b',');
-                    write_json_string(&mut out, name);
-                    out.push(b':');
-                    write_json_string(&mut out, value);
-                }
-                out.extend_from_slice(b"}\n");
+            out.extend_from_slice(b"{\"page\":");
+            out.extend_from_slice(page.to_string().as_bytes());
+            for (name, value) in fields.iter().zip(item) {
+                out.push(b',');
+                write_json_string(out, name);
+                out.push(b':');
+                write_json_string(out, value);
             }
+            out.extend_from_slice(b"}\n");
         }
         Format::Csv => {
+            let page = page.to_string();
             let mut writer = csv::WriterBuilder::new()
                 .has_headers(false)
-                .from_writer(&mut out);
-            let page = page.to_string();
-            for item in items {
-                let row = std::iter::once(page.as_str()).chain(item.iter().map(String::as_str));
-                // Writing to a Vec cannot fail.
-                let _ = writer.write_record(row);
-            }
+                .from_writer(&mut *out);
+            let row = std::iter::once(page.as_str()).chain(item.iter().map(String::as_str));
+            // Writing to a Vec cannot fail.
+            let _ = writer.write_record(row);
             let _ = writer.flush();
         }
     }
-    out
 }
 
 /// The CSV header line for `fields`.

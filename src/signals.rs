@@ -1,27 +1,36 @@
-//! SIGINT and SIGTERM, delivered as messages on a channel so the supervisor
-//! can `select!` on them beside its other events.
+//! SIGINT, SIGTERM and SIGHUP, delivered as messages on a channel so the
+//! supervisor can `select!` on them beside its other events.
 
 use anyhow::{Context, Result};
 use crossbeam_channel::{bounded, Receiver};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-/// Starts listening; each signal arrives as its name.
-pub fn listen() -> Result<Receiver<&'static str>> {
-    let mut signals = Signals::new([SIGINT, SIGTERM]).context("cannot install signal handlers")?;
-    // Two is all the supervisor ever acts on: the first stops, the second
-    // exits. Further ones may be dropped.
-    let (tx, rx) = bounded(2);
+/// A signal the supervisor acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGINT or SIGTERM (named): stop gracefully; twice: exit now.
+    Stop(&'static str),
+    /// SIGHUP: re-read the configuration.
+    Reload,
+}
+
+/// Starts listening.
+pub fn listen() -> Result<Receiver<Signal>> {
+    let mut signals =
+        Signals::new([SIGINT, SIGTERM, SIGHUP]).context("cannot install signal handlers")?;
+    // A few is all the supervisor ever needs queued: it acts on each at once.
+    let (tx, rx) = bounded(4);
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             for signal in signals.forever() {
-                let name = if signal == SIGINT {
-                    "SIGINT"
-                } else {
-                    "SIGTERM"
+                let message = match signal {
+                    SIGINT => Signal::Stop("SIGINT"),
+                    SIGTERM => Signal::Stop("SIGTERM"),
+                    _ => Signal::Reload,
                 };
-                let _ = tx.try_send(name);
+                let _ = tx.try_send(message);
             }
         })
         .context("cannot start the signal thread")?;

@@ -48,7 +48,7 @@ pub fn command(dir: Option<PathBuf>, latency_ms: u64) -> Result<Exit> {
         std::fs::remove_dir_all(&state_dir)
             .with_context(|| format!("cannot clear the old demo state {}", state_dir.display()))?;
     }
-    let exit = super::run::crawl(&config, &state_dir)?;
+    let exit = super::run::crawl(&config, &state_dir, None)?;
     eprintln!(
         "pagecrawl demo: config {}; look around with\n  pagecrawl status --state-dir {}\n  pagecrawl export --state-dir {} --format csv | head",
         config_path.display(),

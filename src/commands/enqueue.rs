@@ -4,16 +4,15 @@ use std::path::Path;
 
 use anyhow::Result;
 
+use crate::control::Backend;
 use crate::error::UserError;
 use crate::exit_code::Exit;
 use crate::range::parse_closed_ranges;
-use crate::store::Store;
 
 pub fn command(dir: &Path, ranges: &[String]) -> Result<Exit> {
-    let ranges = parse_closed_ranges(ranges).map_err(UserError::Usage)?;
-    let store = Store::open_existing(dir)?;
-    let report = store.enqueue(&ranges)?;
-    store.flush()?;
+    // Check the ranges before touching anything.
+    parse_closed_ranges(ranges).map_err(UserError::Usage)?;
+    let report = Backend::connect(dir)?.enqueue(ranges)?;
     println!(
         "queued {} pages ({} new, {} again); {} were already pending",
         report.added + report.requeued,

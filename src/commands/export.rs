@@ -5,27 +5,19 @@
 use std::io::{Read, Write};
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 use crate::cli::FormatArg;
+use crate::control::Backend;
 use crate::exit_code::Exit;
 use crate::output::{csv_header, render, Format};
-use crate::store::Store;
 
 pub fn command(dir: &Path, format: FormatArg, destination: Option<&Path>) -> Result<Exit> {
-    let store = Store::open_existing(dir)?;
-    let Some(job) = store.job()? else {
-        bail!(
-            "the state in {} has no job yet; nothing to export",
-            dir.display()
-        )
-    };
-    let committed = store.counters().output_len;
-    drop(store);
+    let job = Backend::connect(dir)?.export_info()?;
     let mut bytes = Vec::new();
     std::fs::File::open(&job.output)
         .with_context(|| format!("cannot open the output {}", job.output.display()))?
-        .take(committed)
+        .take(job.committed)
         .read_to_end(&mut bytes)
         .with_context(|| format!("cannot read {}", job.output.display()))?;
     let from = Format::from_name(&job.format).unwrap_or(Format::Jsonl);

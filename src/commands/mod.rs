@@ -3,6 +3,7 @@
 mod demo;
 mod enqueue;
 mod export;
+mod pause;
 mod queue;
 mod retry;
 pub mod run;
@@ -20,7 +21,11 @@ use crate::exit_code::Exit;
 
 pub fn dispatch(command: Command) -> Result<Exit> {
     match command {
-        Command::Run { config, state_dir } => run::command(&config, state_dir),
+        Command::Run {
+            config,
+            state_dir,
+            follow,
+        } => run::command(&config, state_dir, follow.as_deref()),
         Command::Status { state, json } => status::command(&state_dir(&state)?, json),
         Command::Queue {
             state,
@@ -35,6 +40,8 @@ pub fn dispatch(command: Command) -> Result<Exit> {
             format,
             output,
         } => export::command(&state_dir(&state)?, format, output.as_deref()),
+        Command::Pause { state } => pause::command(&state_dir(&state)?, true),
+        Command::Resume { state } => pause::command(&state_dir(&state)?, false),
         Command::Try { config, page } => try_page::command(&config, page),
         Command::Demo { dir, latency_ms } => demo::command(dir, latency_ms),
     }

@@ -11,19 +11,56 @@ use anyhow::{Context, Result};
 use crossbeam_channel::{select, tick};
 
 use crate::config::Config;
+use crate::control::server::ControlServer;
 use crate::error::UserError;
 use crate::exit_code::Exit;
+use crate::notify::Notifier;
 use crate::output::{csv_header, Format, OutputFile};
-use crate::pipeline::Pipeline;
-use crate::store::{pid_path, Job, Store};
+use crate::pipeline::{Pipeline, Shared};
+use crate::signals::Signal;
+use crate::store::{pid_path, Counters, Job, Store};
 
 /// How often a progress line is logged.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// How often systemd's STATUS= is refreshed (at most once a second).
+const STATUS_EVERY: Duration = Duration::from_secs(1);
 
-pub fn command(config_path: &Path, state_dir: Option<PathBuf>) -> Result<Exit> {
-    let config = Config::load(config_path)?;
+pub fn command(
+    config_path: &Path,
+    state_dir: Option<PathBuf>,
+    follow: Option<&str>,
+) -> Result<Exit> {
+    let follow = follow
+        .map(|text| {
+            humantime::parse_duration(text.trim())
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    UserError::Usage(format!(
+                        "--follow '{text}' is not an interval; write e.g. 10m or 30s"
+                    ))
+                })
+        })
+        .transpose()?;
+    let config = with_follow(Config::load(config_path)?, follow)?;
     let dir = super::run_state_dir(state_dir, &config);
-    crawl(&config, &dir)
+    crawl(&config, &dir, follow)
+}
+
+/// Applies `run --follow` over the config's own `follow`.
+fn with_follow(mut config: Config, follow: Option<Duration>) -> Result<Config> {
+    if follow.is_some() {
+        if config.key.is_none() {
+            return Err(UserError::Usage(format!(
+                "--follow needs `key` in {} (the field that identifies an item, e.g. key = \"url\"), \
+                 or re-crawled pages would repeat their items",
+                config.source.display()
+            ))
+            .into());
+        }
+        config.follow = follow;
+    }
+    Ok(config)
 }
 
 /// What a finished (or stopped) run did.
@@ -39,8 +76,9 @@ pub struct Summary {
 }
 
 /// Runs the job in `config` with its state in `dir`, printing the summary.
-pub fn crawl(config: &Config, dir: &Path) -> Result<Exit> {
-    let summary = crawl_quietly(config, dir)?;
+/// `follow` is the `--follow` override, kept across SIGHUP reloads.
+pub fn crawl(config: &Config, dir: &Path, follow: Option<Duration>) -> Result<Exit> {
+    let summary = crawl_quietly(config, dir, follow)?;
     let seconds = summary.elapsed.as_secs_f64();
     let rate = if seconds > 0.0 {
         summary.done as f64 / seconds
@@ -95,6 +133,7 @@ fn job_of(config: &Config, dir: &Path) -> Result<Job> {
         pattern: config.pattern_text.clone(),
         format: config.format.name().to_string(),
         fields: config.fields.clone(),
+        key: config.key.clone(),
         output,
     })
 }
@@ -107,6 +146,11 @@ fn check_job(stored: &Job, wanted: &Job, dir: &Path) -> Result<()> {
         ("pages", &stored.pages, &wanted.pages),
         ("pattern", &stored.pattern, &wanted.pattern),
         ("format", &stored.format, &wanted.format),
+        (
+            "key",
+            &stored.key.clone().unwrap_or_default(),
+            &wanted.key.clone().unwrap_or_default(),
+        ),
     ]
     .iter()
     .filter(|(_, a, b)| a != b)
@@ -132,7 +176,7 @@ fn check_job(stored: &Job, wanted: &Job, dir: &Path) -> Result<()> {
 }
 
 /// Runs the job and returns its summary without printing it.
-pub fn crawl_quietly(config: &Config, dir: &Path) -> Result<Summary> {
+pub fn crawl_quietly(config: &Config, dir: &Path, follow: Option<Duration>) -> Result<Summary> {
     let started = Instant::now();
     let wanted = job_of(config, dir)?;
     let store = Arc::new(Store::open(dir)?);
@@ -140,9 +184,11 @@ pub fn crawl_quietly(config: &Config, dir: &Path) -> Result<Summary> {
         Some(stored) => check_job(&stored, &wanted, dir)?,
         None => store.set_job(&wanted, &config.pages)?,
     }
+    restrict_dir(dir);
     let _pid = PidFile::create(dir);
     let added = store.seed(&config.pages)?;
     if added > 0 {
+        store.flush()?;
         log::info!("queued {added} pages of {}", config.pages);
     }
     let counters = store.counters();
@@ -158,10 +204,34 @@ pub fn crawl_quietly(config: &Config, dir: &Path) -> Result<Summary> {
         config.concurrency,
         wanted.output.display()
     );
-    let pipeline = Pipeline::start(config, store.clone(), output)?;
-    let interrupted = supervise(config, &pipeline)?;
+    let notifier = Notifier::from_env().map(Arc::new);
+    let heartbeat = match (&notifier, Notifier::watchdog_interval()) {
+        (Some(notifier), Some(every)) => Some(notifier.clone().heartbeat(every)),
+        _ => None,
+    };
+    let pipeline = Pipeline::start(config, store.clone(), output, heartbeat)?;
+    let control = match ControlServer::start(dir, store.clone(), pipeline.shared.clone()) {
+        Ok(control) => Some(control),
+        Err(e) => {
+            // The crawl matters more than the socket: go on without it.
+            log::warn!(
+                "{}; status and queue commands cannot reach this run",
+                crate::error::one_line(&e)
+            );
+            None
+        }
+    };
+    if let Some(notifier) = &notifier {
+        notifier.send("READY=1");
+    }
+    let interrupted = supervise(&pipeline, &store, notifier.as_deref(), follow)?;
     let shared = pipeline.shared.clone();
-    pipeline.join()?;
+    if let Some(notifier) = &notifier {
+        notifier.send("STOPPING=1");
+    }
+    let result = pipeline.join();
+    drop(control);
+    result?;
     let progress = &shared.progress;
     let after = store.counters();
     Ok(Summary {
@@ -175,45 +245,58 @@ pub fn crawl_quietly(config: &Config, dir: &Path) -> Result<Summary> {
     })
 }
 
-/// Waits for the pipeline, handling SIGINT/SIGTERM and logging progress.
-/// Returns whether a signal stopped the crawl.
-fn supervise(config: &Config, pipeline: &Pipeline) -> Result<bool> {
+/// Waits for the pipeline, handling signals, logging progress and keeping
+/// systemd informed. Returns whether a signal stopped the crawl.
+fn supervise(
+    pipeline: &Pipeline,
+    store: &Store,
+    notifier: Option<&Notifier>,
+    follow: Option<Duration>,
+) -> Result<bool> {
     let signals = crate::signals::listen()?;
-    let ticker = tick(PROGRESS_EVERY);
+    let ticker = tick(STATUS_EVERY);
     let shared = &pipeline.shared;
     let mut grace_ends: Option<Instant> = None;
-    let mut last_done = 0;
+    let mut last_log = Instant::now();
+    let mut done_at_last_log = 0;
     loop {
         let wait = grace_ends.map_or(Duration::from_secs(1), |end| {
             end.saturating_duration_since(Instant::now())
         });
         select! {
             recv(pipeline.finished) -> _ => return Ok(grace_ends.is_some()),
-            recv(signals) -> signal => {
-                let name = signal.unwrap_or_default();
-                if grace_ends.is_some() {
-                    eprintln!("pagecrawl: {name} again: exiting now; the next run resumes from the last checkpoint");
-                    std::process::exit(Exit::Interrupted as i32);
+            recv(signals) -> signal => match signal {
+                Ok(Signal::Reload) => reload(shared, follow),
+                Ok(Signal::Stop(name)) => {
+                    if grace_ends.is_some() {
+                        eprintln!("pagecrawl: {name} again: exiting now; the next run resumes from the last checkpoint");
+                        std::process::exit(Exit::Interrupted as i32);
+                    }
+                    let grace = shared.config().stop_grace;
+                    log::warn!("{name}: stopping; in-flight pages have {grace:.0?} to finish (send it again to exit at once)");
+                    if let Some(notifier) = notifier {
+                        notifier.send("STOPPING=1");
+                    }
+                    shared.stop.store(true, Ordering::SeqCst);
+                    grace_ends = Some(Instant::now() + grace);
                 }
-                log::warn!(
-                    "{name}: stopping; in-flight pages have {:.0?} to finish (send it again to exit at once)",
-                    config.stop_grace
-                );
-                shared.stop.store(true, Ordering::SeqCst);
-                grace_ends = Some(Instant::now() + config.stop_grace);
+                Err(_) => {}
             },
             recv(ticker) -> _ => {
-                let done = shared.progress.done.load(Ordering::Relaxed);
-                if grace_ends.is_none() {
-                    log::info!(
-                        "progress: {done} pages done ({:.1} pages/s), {} failed, {} retries, {} items",
-                        (done - last_done) as f64 / PROGRESS_EVERY.as_secs_f64(),
-                        shared.progress.failed.load(Ordering::Relaxed),
-                        shared.progress.retries.load(Ordering::Relaxed),
-                        shared.progress.items.load(Ordering::Relaxed),
-                    );
+                let counters = store.counters();
+                if let Some(notifier) = notifier {
+                    notifier.send(&format!("STATUS={}", status_line(&counters, shared)));
                 }
-                last_done = done;
+                if grace_ends.is_none() && last_log.elapsed() >= PROGRESS_EVERY {
+                    let done = shared.progress.done.load(Ordering::Relaxed);
+                    log::info!(
+                        "progress: {} ({:.1} pages/s)",
+                        status_line(&counters, shared),
+                        (done - done_at_last_log) as f64 / last_log.elapsed().as_secs_f64()
+                    );
+                    last_log = Instant::now();
+                    done_at_last_log = done;
+                }
             },
             default(wait) => {
                 if grace_ends.is_some_and(|end| Instant::now() >= end) && !shared.abort.load(Ordering::SeqCst) {
@@ -222,6 +305,49 @@ fn supervise(config: &Config, pipeline: &Pipeline) -> Result<bool> {
                 }
             }
         }
+    }
+}
+
+/// One line of progress, for logs and systemd's STATUS=.
+fn status_line(counters: &Counters, shared: &Shared) -> String {
+    let paused = if shared.paused.load(Ordering::SeqCst) {
+        "paused; "
+    } else {
+        ""
+    };
+    format!(
+        "{paused}{} done, {} pending, {} failed, {} items, {} retries",
+        counters.done, counters.pending, counters.failed, counters.items, counters.retries
+    )
+}
+
+/// SIGHUP: re-read the config file and apply what may change live.
+fn reload(shared: &Shared, follow: Option<Duration>) {
+    let path = shared.config().source.clone();
+    let loaded = Config::load(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|c| with_follow(c, follow).map_err(|e| e.to_string()));
+    match loaded.and_then(|config| shared.reload(config)) {
+        Ok(()) => {
+            let config = shared.config();
+            log::warn!(
+                "SIGHUP: reloaded {}: concurrency {}, rate limit {}, request timeout {:?}, retries {}",
+                path.display(),
+                config.concurrency,
+                config.rate_limit.map_or("none".to_string(), |r| format!("{r}/s")),
+                config.request_timeout,
+                config.retries
+            );
+        }
+        Err(why) => log::error!("SIGHUP: kept the running configuration; {why}"),
+    }
+}
+
+/// The state directory holds the control socket: owner only.
+fn restrict_dir(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+        log::warn!("cannot restrict {} to its owner: {e}", dir.display());
     }
 }
 

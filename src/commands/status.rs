@@ -1,78 +1,16 @@
-//! `pagecrawl status`: counts, rate, ETA, top errors; O(1) in the queue size.
+//! `pagecrawl status`: state, counts, rate, ETA, top errors; O(1) in the
+//! queue size. Asks the running daemon when there is one.
 
 use std::path::Path;
 
 use anyhow::Result;
-use serde::Serialize;
 
+use crate::control::ops::Status;
+use crate::control::Backend;
 use crate::exit_code::Exit;
-use crate::store::Store;
-
-/// The `--json` shape (documented in the README; add fields, never rename).
-#[derive(Debug, Serialize)]
-pub struct Status {
-    pub state_dir: String,
-    pub url: Option<String>,
-    pub range: Option<String>,
-    pub pending: u64,
-    pub done: u64,
-    pub failed: u64,
-    /// pending + done + failed.
-    pub total: u64,
-    pub items: u64,
-    pub retries: u64,
-    pub output: Option<String>,
-    pub output_bytes: u64,
-    /// Pages per second during the last run, if it committed anything.
-    pub rate: Option<f64>,
-    /// Seconds until the pending pages are done at that rate.
-    pub eta_seconds: Option<f64>,
-    /// Open ranges: the first page of the empty run that ended the range.
-    pub open_range_end: Option<u64>,
-    pub errors: Vec<ErrorCount>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ErrorCount {
-    pub reason: String,
-    pub pages: u64,
-}
-
-pub fn gather(store: &Store) -> Result<Status> {
-    let counters = store.counters();
-    let job = store.job()?;
-    let elapsed_ms = counters
-        .last_commit_ms
-        .saturating_sub(counters.run_started_ms);
-    let done_in_run = counters.done.saturating_sub(counters.run_done_base);
-    let rate = (elapsed_ms > 0 && done_in_run > 0)
-        .then(|| done_in_run as f64 * 1000.0 / elapsed_ms as f64);
-    let reasons = store.reasons()?;
-    Ok(Status {
-        state_dir: store.dir().display().to_string(),
-        url: job.as_ref().map(|j| j.url.clone()),
-        range: job.as_ref().map(|j| j.pages.clone()),
-        pending: counters.pending,
-        done: counters.done,
-        failed: counters.failed,
-        total: counters.pending + counters.done + counters.failed,
-        items: counters.items,
-        retries: counters.retries,
-        output: job.as_ref().map(|j| j.output.display().to_string()),
-        output_bytes: counters.output_len,
-        rate,
-        eta_seconds: rate.map(|r| counters.pending as f64 / r),
-        open_range_end: counters.open_end(),
-        errors: reasons
-            .into_iter()
-            .map(|(reason, pages)| ErrorCount { reason, pages })
-            .collect(),
-    })
-}
 
 pub fn command(dir: &Path, json: bool) -> Result<Exit> {
-    let store = Store::open_existing(dir)?;
-    let status = gather(&store)?;
+    let status = Backend::connect(dir)?.status()?;
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
@@ -81,12 +19,17 @@ pub fn command(dir: &Path, json: bool) -> Result<Exit> {
     Ok(Exit::Success)
 }
 
-fn render(s: &Status) -> String {
+/// The human summary (also printed by `pause` and `resume`).
+pub fn render(s: &Status) -> String {
     let mut out = String::new();
     let line = |out: &mut String, label: &str, value: String| {
         out.push_str(&format!("{label:<9} {value}\n"))
     };
-    line(&mut out, "state", s.state_dir.clone());
+    let state = match s.pid {
+        Some(pid) => format!("{} (pid {pid})", s.state),
+        None => s.state.clone(),
+    };
+    line(&mut out, "state", format!("{state} in {}", s.state_dir));
     if let (Some(url), Some(range)) = (&s.url, &s.range) {
         line(&mut out, "job", format!("{url} pages {range}"));
     }

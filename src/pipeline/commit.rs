@@ -3,15 +3,19 @@
 //! Pages are committed in groups (every `commit_every` pages or
 //! `commit_interval`, whichever comes first). For each group, in this order:
 //! 1. append the group's items to the output and `fsync` it;
-//! 2. apply one sled batch: pages done/failed/rescheduled, counters, and the
-//!    output's new committed length; then `flush` sled;
+//! 2. apply one sled batch: pages done/failed/rescheduled, item keys,
+//!    counters, and the output's new committed length; then `flush` sled;
 //! 3. only then tell the feeder the pages are settled.
 //!
 //! A crash before 2 leaves bytes past the committed length, which the next
 //! start truncates away (their pages are still pending and are fetched
 //! again); a crash after 2 loses nothing. Because the output is synced
 //! before the checkpoint, this also holds across power loss.
+//!
+//! When the job has a `key`, an item whose key is already in the store (or
+//! earlier in the same group) is not written again.
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -19,25 +23,26 @@ use anyhow::Result;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::{retry_delay, Parsed, Settled, Shared};
-use crate::config::Config;
 use crate::output::OutputFile;
 use crate::store::{Settle, Store};
 use crate::util::now_ms;
 
-/// Longest the stage waits without looking at the abort flag.
+/// Longest the stage waits without looking at the abort flag (and pinging
+/// the heartbeat).
 const TICK: Duration = Duration::from_millis(100);
 
 pub(super) fn run(
-    config: &Config,
     store: &Store,
     output: &mut OutputFile,
     parsed: Receiver<Parsed>,
     settled: Sender<Settled>,
     shared: &Shared,
 ) -> Result<()> {
-    let mut group: Vec<Parsed> = Vec::with_capacity(config.commit_every);
+    let mut group: Vec<Parsed> = Vec::new();
     let mut deadline: Option<Instant> = None;
     loop {
+        shared.beat();
+        let config = shared.config();
         let wait = deadline.map_or(TICK, |d| {
             d.saturating_duration_since(Instant::now()).min(TICK)
         });
@@ -46,31 +51,30 @@ pub(super) fn run(
                 deadline.get_or_insert_with(|| Instant::now() + config.commit_interval);
                 group.push(message);
                 if shared.abort.load(Ordering::SeqCst) {
-                    return flush(config, store, output, &mut group, &settled, shared);
+                    return flush(store, output, &mut group, &settled, shared);
                 }
                 if group.len() >= config.commit_every {
-                    flush(config, store, output, &mut group, &settled, shared)?;
+                    flush(store, output, &mut group, &settled, shared)?;
                     deadline = None;
                 }
             }
             Err(RecvTimeoutError::Timeout) => {
                 if shared.abort.load(Ordering::SeqCst) {
-                    return flush(config, store, output, &mut group, &settled, shared);
+                    return flush(store, output, &mut group, &settled, shared);
                 }
                 if deadline.is_some_and(|d| Instant::now() >= d) {
-                    flush(config, store, output, &mut group, &settled, shared)?;
+                    flush(store, output, &mut group, &settled, shared)?;
                     deadline = None;
                 }
             }
             Err(RecvTimeoutError::Disconnected) => {
-                return flush(config, store, output, &mut group, &settled, shared);
+                return flush(store, output, &mut group, &settled, shared);
             }
         }
     }
 }
 
 fn flush(
-    config: &Config,
     store: &Store,
     output: &mut OutputFile,
     group: &mut Vec<Parsed>,
@@ -80,30 +84,52 @@ fn flush(
     if group.is_empty() {
         return Ok(());
     }
+    let config = shared.config();
     let mut settles = Vec::with_capacity(group.len());
     let mut notices = Vec::with_capacity(group.len());
     let mut appended = false;
-    let (mut done, mut failed, mut retried, mut items) = (0, 0, 0, 0);
+    let mut keys_in_group: HashSet<String> = HashSet::new();
+    let (mut done, mut failed, mut retried, mut written, mut duplicates) = (0, 0, 0, 0, 0);
     for message in group.drain(..) {
         match message {
             Parsed::Done {
                 page,
                 attempts,
-                items: count,
                 bytes,
-                rendered,
+                items,
             } => {
-                output.append(&rendered)?;
-                appended |= !rendered.is_empty();
+                let extracted = items.ends.len() as u32;
+                let mut count = 0;
+                let mut keys = Vec::new();
+                if items.keys.is_empty() {
+                    output.append(&items.bytes)?;
+                    count = extracted;
+                } else {
+                    let mut start = 0;
+                    for (end, key) in items.ends.iter().zip(items.keys) {
+                        let seen = keys_in_group.contains(&key) || store.has_item_key(&key)?;
+                        if !seen {
+                            output.append(&items.bytes[start..*end])?;
+                            keys_in_group.insert(key.clone());
+                            keys.push(key);
+                            count += 1;
+                        }
+                        start = *end;
+                    }
+                    duplicates += u64::from(extracted - count);
+                }
+                appended |= count > 0;
                 settles.push(Settle::Done {
                     page,
                     attempts,
                     items: count,
+                    extracted,
                     bytes,
+                    keys,
                 });
                 notices.push(Settled::Finished(page));
                 done += 1;
-                items += u64::from(count);
+                written += u64::from(count);
             }
             Parsed::Failure {
                 page,
@@ -111,7 +137,7 @@ fn flush(
                 error,
             } => {
                 if error.retryable() && attempts <= config.retries {
-                    let delay = retry_delay(config, attempts, &error);
+                    let delay = retry_delay(&config, attempts, &error);
                     log::info!(
                         "page {page}: {error}; retry {attempts} of {} in {delay:.1?}",
                         config.retries
@@ -159,7 +185,8 @@ fn flush(
     progress.done.fetch_add(done, Ordering::Relaxed);
     progress.failed.fetch_add(failed, Ordering::Relaxed);
     progress.retries.fetch_add(retried, Ordering::Relaxed);
-    progress.items.fetch_add(items, Ordering::Relaxed);
+    progress.items.fetch_add(written, Ordering::Relaxed);
+    progress.duplicates.fetch_add(duplicates, Ordering::Relaxed);
     for notice in notices {
         // The feeder may already have stopped; then nobody needs to know.
         let _ = settled.try_send(notice);

@@ -3,30 +3,33 @@
 //! Pages waiting for a retry stay leased (in flight) in a timer heap rather
 //! than holding a fetch thread. In open-range mode it extends the queue past
 //! the frontier until the commit stage has found the run of empty pages
-//! that ends the range.
+//! that ends the range. In follow mode, when everything is settled, it waits
+//! for the next round and re-queues the first pages of the range.
 //!
 //! Leases live only in memory: after a crash every page that was in flight
 //! is simply pending again, which is what makes `kill -9` safe.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet, VecDeque};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use crossbeam_channel::{select, Receiver, Sender};
 
 use super::{Settled, Shared, Work};
-use crate::config::Config;
+use crate::range::PageRange;
 use crate::store::Store;
 use crate::util::now_ms;
 
 /// Pending pages read from sled per scan step.
 const SCAN_BATCH: usize = 256;
-/// Longest the feeder sleeps without looking at the stop flag.
+/// Longest the feeder sleeps without looking at its flags.
 const TICK: Duration = Duration::from_millis(100);
 
+type RetryHeap = BinaryHeap<Reverse<(Instant, u64, u32)>>;
+
 pub(super) fn run(
-    config: &Config,
     store: &Store,
     work: Sender<Work>,
     settled: Receiver<Settled>,
@@ -34,11 +37,11 @@ pub(super) fn run(
     window: usize,
 ) -> Result<()> {
     let mut in_flight: HashSet<u64> = HashSet::new();
-    let mut retries: BinaryHeap<Reverse<(Instant, u64, u32)>> = BinaryHeap::new();
+    let mut retries: RetryHeap = BinaryHeap::new();
     let mut fresh: VecDeque<Work> = VecDeque::new();
     let mut cursor: Option<u64> = None;
     let mut exhausted = false;
-    let open = config.pages.is_open();
+    let mut round_started = Instant::now();
 
     loop {
         if shared.stopping() {
@@ -47,63 +50,76 @@ pub(super) fn run(
         while let Ok(message) = settled.try_recv() {
             settle(message, &mut in_flight, &mut retries);
         }
-        // Retries that are due go first; they are already counted in flight.
-        let now = Instant::now();
-        while retries
-            .peek()
-            .is_some_and(|Reverse((due, _, _))| *due <= now)
-        {
-            let Some(Reverse((_, page, attempts))) = retries.pop() else {
-                break;
-            };
-            if work.send(Work { page, attempts }).is_err() {
-                return Ok(());
-            }
+        if shared.rescan.swap(false, Ordering::SeqCst) {
+            cursor = None;
+            exhausted = false;
+            fresh.clear();
         }
-        while in_flight.len() < window && !shared.stopping() {
-            if fresh.is_empty() && !exhausted {
-                let batch = store.pending_after(cursor, SCAN_BATCH)?;
-                exhausted = batch.len() < SCAN_BATCH;
-                let now_wall = now_ms();
-                for (page, pending) in batch {
-                    cursor = Some(page);
-                    if in_flight.contains(&page) {
-                        continue;
-                    }
-                    if pending.not_before_ms > now_wall {
-                        // A retry scheduled before a restart: keep its time.
-                        let wait = Duration::from_millis(pending.not_before_ms - now_wall);
-                        in_flight.insert(page);
-                        retries.push(Reverse((Instant::now() + wait, page, pending.attempts)));
-                        continue;
-                    }
-                    fresh.push_back(Work {
-                        page,
-                        attempts: pending.attempts,
-                    });
+        let config = shared.config();
+        let paused = shared.paused.load(Ordering::SeqCst);
+        if !paused {
+            // Retries that are due go first; they are already in flight.
+            let now = Instant::now();
+            while retries
+                .peek()
+                .is_some_and(|Reverse((due, _, _))| *due <= now)
+            {
+                let Some(Reverse((_, page, attempts))) = retries.pop() else {
+                    break;
+                };
+                if work.send(Work { page, attempts }).is_err() {
+                    return Ok(());
                 }
             }
-            let Some(next) = fresh.pop_front() else { break };
-            in_flight.insert(next.page);
-            if work.send(next).is_err() {
-                return Ok(());
+            while in_flight.len() < window && !shared.stopping() {
+                if fresh.is_empty() && !exhausted {
+                    exhausted = scan(store, &mut cursor, &mut fresh, &mut in_flight, &mut retries)?;
+                }
+                let Some(next) = fresh.pop_front() else { break };
+                in_flight.insert(next.page);
+                if work.send(next).is_err() {
+                    return Ok(());
+                }
             }
         }
         let drained = exhausted && fresh.is_empty();
         // Open ranges look ahead only as far as keeps every fetch thread busy,
         // so the crawl overshoots the real end by a few pages, not a window.
         let lookahead = 2 * config.concurrency + config.stop_after_empty as usize;
-        if open && drained && in_flight.len() < lookahead && store.counters().open_end().is_none() {
+        if !paused
+            && config.pages.is_open()
+            && drained
+            && in_flight.len() < lookahead
+            && store.counters().open_end().is_none()
+        {
             store.extend((lookahead - in_flight.len()) as u64)?;
             exhausted = false;
             continue;
         }
-        if drained && in_flight.is_empty() {
-            return Ok(());
-        }
-        let wait = retries.peek().map_or(TICK, |Reverse((due, _, _))| {
+        let mut wait = retries.peek().map_or(TICK, |Reverse((due, _, _))| {
             due.saturating_duration_since(Instant::now()).min(TICK)
         });
+        if drained && in_flight.is_empty() {
+            let Some(every) = config.follow else {
+                return Ok(());
+            };
+            let due = round_started + every;
+            if Instant::now() >= due {
+                let first = config.pages.start();
+                let last = first.saturating_add(config.refresh_pages - 1);
+                store.enqueue(&[PageRange::Closed {
+                    start: first,
+                    end: last,
+                }])?;
+                let round = shared.progress.rounds.fetch_add(1, Ordering::Relaxed) + 2;
+                log::info!("follow: round {round}, re-crawling pages {first}..={last}");
+                round_started = Instant::now();
+                cursor = None;
+                exhausted = false;
+                continue;
+            }
+            wait = wait.min(due.saturating_duration_since(Instant::now()));
+        }
         select! {
             recv(settled) -> message => match message {
                 Ok(message) => settle(message, &mut in_flight, &mut retries),
@@ -114,11 +130,40 @@ pub(super) fn run(
     }
 }
 
-fn settle(
-    message: Settled,
+/// Reads the next batch of pending pages after the cursor into `fresh`
+/// (pages with a future not-before time go to the retry heap). Returns true
+/// when the scan reached the end of the queue.
+fn scan(
+    store: &Store,
+    cursor: &mut Option<u64>,
+    fresh: &mut VecDeque<Work>,
     in_flight: &mut HashSet<u64>,
-    retries: &mut BinaryHeap<Reverse<(Instant, u64, u32)>>,
-) {
+    retries: &mut RetryHeap,
+) -> Result<bool> {
+    let batch = store.pending_after(*cursor, SCAN_BATCH)?;
+    let exhausted = batch.len() < SCAN_BATCH;
+    let now_wall = now_ms();
+    for (page, pending) in batch {
+        *cursor = Some(page);
+        if in_flight.contains(&page) {
+            continue;
+        }
+        if pending.not_before_ms > now_wall {
+            // A retry scheduled before a restart: keep its time.
+            let wait = Duration::from_millis(pending.not_before_ms - now_wall);
+            in_flight.insert(page);
+            retries.push(Reverse((Instant::now() + wait, page, pending.attempts)));
+            continue;
+        }
+        fresh.push_back(Work {
+            page,
+            attempts: pending.attempts,
+        });
+    }
+    Ok(exhausted)
+}
+
+fn settle(message: Settled, in_flight: &mut HashSet<u64>, retries: &mut RetryHeap) {
     match message {
         Settled::Finished(page) => {
             in_flight.remove(&page);

@@ -1,29 +1,34 @@
-//! The fetch pool: N threads, each one request at a time, so N is a hard cap
-//! on concurrent requests. A thread never sleeps on a retry: failures go on
-//! to the commit stage, which reschedules them through the feeder.
+//! The fetch pool. Each thread does one request at a time, and a request
+//! starts only with a permit from the gate, so `concurrency` is a hard cap on
+//! simultaneous requests even after a reload lowers it. A thread never
+//! sleeps on a retry: failures go on to the commit stage, which reschedules
+//! them through the feeder. While paused, no new request starts.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::rate::RateLimiter;
 use super::{Fetched, Shared, Work};
-use crate::config::Config;
-use crate::http::Fetcher;
 
-pub(super) fn run(
-    config: &Config,
-    fetcher: &Fetcher,
-    limiter: Option<&RateLimiter>,
-    work: Receiver<Work>,
-    fetched: Sender<Fetched>,
-    shared: &Shared,
-) {
+pub(super) fn run(work: Receiver<Work>, fetched: Sender<Fetched>, shared: &Shared) {
     for Work { page, attempts } in work {
-        let go = !shared.stopping() && limiter.is_none_or(|l| l.acquire(&shared.stop));
+        let permit = loop {
+            while shared.paused.load(Ordering::SeqCst) && !shared.stopping() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let permit = shared.gate.acquire(&shared.stop);
+            // A pause that came while this thread waited at the gate holds.
+            if permit.is_none() || !shared.paused.load(Ordering::SeqCst) {
+                break permit;
+            }
+        };
+        let go = permit.is_some() && shared.limiter.acquire(&shared.stop);
         let message = if !go {
             Fetched::Abandoned
         } else {
-            let url = config.page_url(page);
-            match fetcher.fetch(&url) {
+            let url = shared.config().page_url(page);
+            match shared.fetcher().fetch(&url) {
                 Ok(response) => Fetched::Body {
                     page,
                     attempts: attempts + 1,
@@ -39,6 +44,7 @@ pub(super) fn run(
                 }
             }
         };
+        drop(permit);
         if fetched.send(message).is_err() {
             return;
         }

@@ -14,15 +14,20 @@
 //! writes the output and the page states. Shutdown flows through the
 //! channels: the feeder stops sending, each stage ends when its input
 //! disconnects, and `Shared::abort` is the one flag for "stop now".
+//!
+//! The politeness settings (concurrency, rate, timeouts, retries, follow
+//! interval) live in [`Shared`] and can be replaced while the crawl runs
+//! ([`Shared::reload`], on SIGHUP); the job's identity cannot.
 
 mod commit;
 mod feeder;
 mod fetch;
+mod gate;
 mod parse;
 mod rate;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -59,15 +64,24 @@ enum Fetched {
     Abandoned,
 }
 
+/// A page's items, rendered in the output format, one slice per item.
+#[derive(Debug, Default)]
+struct Rendered {
+    bytes: Vec<u8>,
+    /// End offset of each item in `bytes`.
+    ends: Vec<usize>,
+    /// Each item's key (the `key` field), when the job has one.
+    keys: Vec<String>,
+}
+
 /// What a parse thread passes on to the commit stage.
 #[derive(Debug)]
 enum Parsed {
     Done {
         page: u64,
         attempts: u32,
-        items: u32,
         bytes: u64,
-        rendered: Vec<u8>,
+        items: Rendered,
     },
     Failure {
         page: u64,
@@ -98,21 +112,52 @@ pub struct Progress {
     pub failed: AtomicU64,
     pub retries: AtomicU64,
     pub items: AtomicU64,
+    /// Items not written because their key was already in the output.
+    pub duplicates: AtomicU64,
+    /// Follow mode: rounds started.
+    pub rounds: AtomicU64,
 }
 
-/// State every stage can see.
-#[derive(Debug, Default)]
+/// State every stage can see, and the knobs the supervisor and the control
+/// socket turn.
 pub struct Shared {
     /// Stop feeding; in-flight pages finish.
     pub stop: AtomicBool,
     /// Stop now: the commit stage records what it holds and ends.
     pub abort: AtomicBool,
+    /// Feed nothing new until cleared (in-flight requests finish).
+    pub paused: AtomicBool,
+    /// Pages were added behind the feeder's cursor: scan from the start.
+    pub rescan: AtomicBool,
     pub progress: Progress,
+    /// Called from the commit loop after every group or idle tick: the
+    /// systemd watchdog ping lives here, in the loop that makes progress.
+    pub heartbeat: Option<Box<dyn Fn() + Send + Sync>>,
+    config: RwLock<Arc<Config>>,
+    fetcher: RwLock<Arc<Fetcher>>,
+    limiter: rate::RateLimiter,
+    gate: gate::Gate,
     /// The first error a stage hit; it also sets `stop`.
     error: Mutex<Option<anyhow::Error>>,
 }
 
 impl Shared {
+    fn new(config: &Config) -> Shared {
+        Shared {
+            stop: AtomicBool::new(false),
+            abort: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
+            rescan: AtomicBool::new(false),
+            progress: Progress::default(),
+            heartbeat: None,
+            config: RwLock::new(Arc::new(config.clone())),
+            fetcher: RwLock::new(Arc::new(Fetcher::new(config))),
+            limiter: rate::RateLimiter::new(config.rate_limit),
+            gate: gate::Gate::new(config.concurrency),
+            error: Mutex::new(None),
+        }
+    }
+
     fn fail(&self, error: anyhow::Error) {
         if let Ok(mut slot) = self.error.lock() {
             slot.get_or_insert(error);
@@ -122,6 +167,57 @@ impl Shared {
 
     pub fn stopping(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn fetcher(&self) -> Arc<Fetcher> {
+        self.fetcher
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Applies a re-read configuration. Politeness settings take effect at
+    /// once; a change to the job's identity (URL, range, pattern, key,
+    /// format, output) is refused and the old configuration stays.
+    pub fn reload(&self, new: Config) -> Result<(), String> {
+        let old = self.config();
+        let changed: Vec<&str> = [
+            ("url", old.url != new.url),
+            ("pages", old.pages != new.pages),
+            ("pattern", old.pattern_text != new.pattern_text),
+            ("key", old.key != new.key),
+            ("format", old.format != new.format),
+            ("output", old.output != new.output),
+        ]
+        .iter()
+        .filter(|(_, differs)| *differs)
+        .map(|(key, _)| *key)
+        .collect();
+        if !changed.is_empty() {
+            return Err(format!(
+                "{} changed: that is another job, which needs a restart with a new state directory",
+                changed.join(", ")
+            ));
+        }
+        *self.fetcher.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Fetcher::new(&new));
+        self.limiter.set_rate(new.rate_limit);
+        self.gate.set_limit(new.concurrency);
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+        Ok(())
+    }
+
+    fn beat(&self) {
+        if let Some(heartbeat) = &self.heartbeat {
+            heartbeat();
+        }
     }
 }
 
@@ -141,13 +237,28 @@ fn window(config: &Config) -> usize {
     2 * config.concurrency + 2 * config.parse_threads + config.commit_every
 }
 
+/// Fetch threads are started for this many connections at least, so that a
+/// reload can raise `concurrency` up to here without a restart; the gate
+/// keeps the real number of requests at `concurrency`.
+fn fetch_threads(config: &Config) -> usize {
+    config.concurrency.max(16)
+}
+
 impl Pipeline {
-    /// Starts every stage over an opened store and output.
-    pub fn start(config: &Config, store: Arc<Store>, output: OutputFile) -> Result<Pipeline> {
-        let shared = Arc::new(Shared::default());
+    /// Starts every stage over an opened store and output. `heartbeat` is
+    /// called from the commit loop (see [`Shared::heartbeat`]).
+    pub fn start(
+        config: &Config,
+        store: Arc<Store>,
+        output: OutputFile,
+        heartbeat: Option<Box<dyn Fn() + Send + Sync>>,
+    ) -> Result<Pipeline> {
+        let mut shared = Shared::new(config);
+        shared.heartbeat = heartbeat;
+        let shared = Arc::new(shared);
         let window = window(config);
         // Fetch threads take work as soon as they are free; one queued page
-        // per thread hides the feeder's latency without hoarding pages.
+        // per connection hides the feeder's latency without hoarding pages.
         let (work_tx, work_rx) = bounded::<Work>(config.concurrency);
         // Parsing is fast; two bodies per parse thread smooth out bursts.
         let (fetched_tx, fetched_rx) = bounded::<Fetched>(2 * config.parse_threads);
@@ -166,40 +277,21 @@ impl Pipeline {
                 .context("cannot start a pipeline thread")
         };
         {
-            let (store, shared, config) = (store.clone(), shared.clone(), config.clone());
+            let (store, shared) = (store.clone(), shared.clone());
             others.push(spawn(
                 "feeder".into(),
                 Box::new(move || {
-                    if let Err(e) =
-                        feeder::run(&config, &store, work_tx, settled_rx, &shared, window)
-                    {
+                    if let Err(e) = feeder::run(&store, work_tx, settled_rx, &shared, window) {
                         shared.fail(e);
                     }
                 }),
             )?);
         }
-        let fetcher = Arc::new(Fetcher::new(config));
-        let limiter = Arc::new(config.rate_limit.map(rate::RateLimiter::new));
-        for index in 0..config.concurrency {
-            let (rx, tx, shared, config) = (
-                work_rx.clone(),
-                fetched_tx.clone(),
-                shared.clone(),
-                config.clone(),
-            );
-            let (fetcher, limiter) = (fetcher.clone(), limiter.clone());
+        for index in 0..fetch_threads(config) {
+            let (rx, tx, shared) = (work_rx.clone(), fetched_tx.clone(), shared.clone());
             others.push(spawn(
                 format!("fetch-{index}"),
-                Box::new(move || {
-                    fetch::run(
-                        &config,
-                        &fetcher,
-                        limiter.as_ref().as_ref(),
-                        rx,
-                        tx,
-                        &shared,
-                    )
-                }),
+                Box::new(move || fetch::run(rx, tx, &shared)),
             )?);
         }
         drop((work_rx, fetched_tx));
@@ -212,13 +304,12 @@ impl Pipeline {
         }
         drop((fetched_rx, parsed_tx));
         let commit = {
-            let (store, shared, config) = (store, shared.clone(), config.clone());
+            let (store, shared) = (store, shared.clone());
             std::thread::Builder::new()
                 .name("commit".into())
                 .spawn(move || {
                     let mut output = output;
-                    if let Err(e) =
-                        commit::run(&config, &store, &mut output, parsed_rx, settled_tx, &shared)
+                    if let Err(e) = commit::run(&store, &mut output, parsed_rx, settled_tx, &shared)
                     {
                         shared.fail(e);
                     }
@@ -242,6 +333,7 @@ impl Pipeline {
             let _ = commit.join();
         }
         if !self.shared.abort.load(Ordering::SeqCst) {
+            self.shared.stop.store(true, Ordering::SeqCst);
             for handle in self.others.drain(..) {
                 let _ = handle.join();
             }
@@ -272,10 +364,15 @@ fn retry_delay(config: &Config, attempts: u32, error: &FetchError) -> Duration {
 mod tests {
     use super::*;
 
+    fn config(extra: &str) -> Config {
+        let text =
+            format!("url = \"http://h/{{page}}\"\npages = \"1\"\npattern = \"(?P<a>a)\"\n{extra}");
+        Config::parse(&text, "t.toml".as_ref()).unwrap()
+    }
+
     #[test]
     fn retry_delays_grow_are_capped_and_honour_retry_after() {
-        let text = "url = \"http://h/{page}\"\npages = \"1\"\npattern = \"(?P<a>a)\"\nbackoff = \"100ms\"\nmax_backoff = \"1s\"";
-        let config = Config::parse(text, "t.toml".as_ref()).unwrap();
+        let config = config("backoff = \"100ms\"\nmax_backoff = \"1s\"");
         let plain = FetchError::Timeout("x".into());
         for attempts in 1..40 {
             let delay = retry_delay(&config, attempts, &plain);
@@ -291,5 +388,27 @@ mod tests {
             retry_after: Some(Duration::from_secs(5)),
         };
         assert_eq!(retry_delay(&config, 1, &polite), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn reload_applies_politeness_and_refuses_identity_changes() {
+        let shared = Shared::new(&config("concurrency = 4"));
+        assert!(shared
+            .reload(config("concurrency = 2\nrate_limit = 5.0"))
+            .is_ok());
+        assert_eq!(shared.gate.limit(), 2);
+        assert_eq!(shared.config().rate_limit, Some(5.0));
+        let other = Config::parse(
+            "url = \"http://h/{page}\"\npages = \"1\"\npattern = \"(?P<b>b)\"",
+            "t.toml".as_ref(),
+        )
+        .unwrap();
+        let refused = shared.reload(other).unwrap_err();
+        assert!(refused.contains("pattern"), "{refused}");
+        assert_eq!(
+            shared.config().fields,
+            ["a"],
+            "the old config stays in force"
+        );
     }
 }

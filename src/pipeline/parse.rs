@@ -3,13 +3,17 @@
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::{Fetched, Parsed};
+use super::{Fetched, Parsed, Rendered};
 use crate::config::Config;
 use crate::extract::Extractor;
 use crate::{charset, output};
 
 pub(super) fn run(config: &Config, fetched: Receiver<Fetched>, parsed: Sender<Parsed>) {
     let extractor = Extractor::new(config.pattern.clone());
+    let key_index = config
+        .key
+        .as_ref()
+        .and_then(|key| config.fields.iter().position(|f| f == key));
     for message in fetched {
         let next = match message {
             Fetched::Body {
@@ -23,13 +27,25 @@ pub(super) fn run(config: &Config, fetched: Receiver<Fetched>, parsed: Sender<Pa
                     config.charset,
                 );
                 let items = extractor.extract(&text);
-                let rendered = output::render(config.format, page, &config.fields, &items);
+                let mut rendered = Rendered::default();
+                for item in &items {
+                    output::render_into(
+                        &mut rendered.bytes,
+                        config.format,
+                        page,
+                        &config.fields,
+                        item,
+                    );
+                    rendered.ends.push(rendered.bytes.len());
+                    if let Some(index) = key_index {
+                        rendered.keys.push(item[index].clone());
+                    }
+                }
                 Parsed::Done {
                     page,
                     attempts,
-                    items: items.len() as u32,
                     bytes: response.body.len() as u64,
-                    rendered,
+                    items: rendered,
                 }
             }
             Fetched::Failure {

@@ -16,6 +16,9 @@ pub const FAILED: u8 = b'f';
 pub const REASON: u8 = b'r';
 /// Job metadata and counters: prefix + name.
 pub const META: u8 = b'm';
+/// Keys of items already written (the `key` field): prefix + key, value the
+/// page that wrote it.
+pub const ITEM_KEY: u8 = b'k';
 
 /// The key of `page` in the keyspace `prefix`.
 pub fn page_key(prefix: u8, page: u64) -> [u8; 9] {

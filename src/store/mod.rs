@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::UserError;
 use crate::range::PageRange;
 use crate::util::now_ms;
-use keys::{named_key, page_key, page_of, DONE, FAILED, META, PENDING, REASON};
+use keys::{named_key, page_key, page_of, DONE, FAILED, ITEM_KEY, META, PENDING, REASON};
 pub use records::{Counters, Done, Failed, Pending};
 
 /// Bumped when the on-disk layout changes incompatibly.
@@ -45,6 +45,10 @@ pub struct Job {
     pub pattern: String,
     pub format: String,
     pub fields: Vec<String>,
+    /// The field that identifies an item (absent in state written before
+    /// keys existed).
+    #[serde(default)]
+    pub key: Option<String>,
     /// The output file, as an absolute path.
     pub output: PathBuf,
 }
@@ -78,12 +82,15 @@ impl StateFilter {
 /// One settled page, as the commit stage records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settle {
-    /// Its items were appended to the output.
+    /// `items` of its `extracted` items were appended to the output (the
+    /// rest had keys already written); `keys` are the keys written.
     Done {
         page: u64,
         attempts: u32,
         items: u32,
+        extracted: u32,
         bytes: u64,
+        keys: Vec<String>,
     },
     /// It failed but has retries left; fetch again after `not_before_ms`.
     Retry {
@@ -102,7 +109,7 @@ pub enum Settle {
 }
 
 /// What `enqueue` did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnqueueReport {
     pub added: u64,
     /// Done or failed pages put back to be crawled again.
@@ -447,7 +454,9 @@ impl Store {
                     page,
                     attempts,
                     items,
+                    extracted,
                     bytes,
+                    keys,
                 } => {
                     if !self.tree.contains_key(page_key(PENDING, *page))? {
                         log::warn!(
@@ -461,14 +470,18 @@ impl Store {
                         bytes: *bytes,
                         at_ms: now,
                         attempts: *attempts,
+                        extracted: *extracted,
                     };
                     batch.insert(&page_key(DONE, *page)[..], done.encode());
                     next.pending -= 1;
                     next.done += 1;
                     next.items += u64::from(*items);
                     next.bytes += bytes;
-                    if *items == 0 {
+                    if *extracted == 0 {
                         empties_here.push(*page);
+                    }
+                    for key in keys {
+                        batch.insert(named_key(ITEM_KEY, key), &page.to_be_bytes());
                     }
                 }
                 Settle::Retry {
@@ -540,7 +553,7 @@ impl Store {
                 return Ok(true);
             }
             Ok(match self.state_of(p)? {
-                Some(PageState::Done(done)) => done.items == 0,
+                Some(PageState::Done(done)) => done.extracted == 0,
                 Some(PageState::Failed(failed)) => is_end_marker(&failed.kind),
                 _ => false,
             })
@@ -575,6 +588,11 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Whether an item with this key was already written.
+    pub fn has_item_key(&self, key: &str) -> Result<bool> {
+        Ok(self.tree.contains_key(named_key(ITEM_KEY, key))?)
     }
 
     /// Failure reasons with their page counts, most common first.
@@ -712,6 +730,7 @@ mod tests {
             pattern: "(?P<a>.)".into(),
             format: "jsonl".into(),
             fields: vec!["a".into()],
+            key: None,
             output: "/tmp/o".into(),
         }
     }
@@ -731,7 +750,9 @@ mod tests {
                 page: 1,
                 attempts: 1,
                 items: 20,
+                extracted: 20,
                 bytes: 100,
+                keys: vec![],
             },
             Settle::Retry {
                 page: 2,
@@ -801,7 +822,9 @@ mod tests {
                         page: 5,
                         attempts: 1,
                         items: 3,
+                        extracted: 3,
                         bytes: 9,
+                        keys: vec!["k1".into()],
                     }],
                     7,
                     None,
@@ -820,6 +843,7 @@ mod tests {
             (1, 1, 7)
         );
         assert_eq!(store.list(StateFilter::Done, 10).unwrap().len(), 1);
+        assert!(store.has_item_key("k1").unwrap() && !store.has_item_key("k2").unwrap());
     }
 
     #[test]
@@ -833,7 +857,9 @@ mod tests {
             page,
             attempts: 1,
             items,
+            extracted: items,
             bytes: 1,
+            keys: vec![],
         };
         store
             .commit(&[done(1, 5), done(4, 0), done(6, 0)], 0, Some(3))

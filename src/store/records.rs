@@ -25,6 +25,9 @@ pub struct Done {
     pub at_ms: u64,
     /// Attempts it took (1 = first try).
     pub attempts: u32,
+    /// Items the pattern found (more than `items` when some were already
+    /// written under the same key). Zero means an empty page.
+    pub extracted: u32,
 }
 
 /// A page that failed for good, with its reason.
@@ -84,15 +87,23 @@ impl Done {
         out.extend_from_slice(&self.bytes.to_be_bytes());
         out.extend_from_slice(&self.at_ms.to_be_bytes());
         out.extend_from_slice(&self.attempts.to_be_bytes());
+        out.extend_from_slice(&self.extracted.to_be_bytes());
         out
     }
 
     pub fn decode(bytes: &[u8]) -> Done {
+        let items = u32_at(bytes, 0);
         Done {
-            items: u32_at(bytes, 0),
+            items,
             bytes: u64_at(bytes, 4),
             at_ms: u64_at(bytes, 12),
             attempts: u32_at(bytes, 20),
+            // Records from before `extracted` existed wrote every item.
+            extracted: if bytes.len() >= 28 {
+                u32_at(bytes, 24)
+            } else {
+                items
+            },
         }
     }
 }
@@ -236,8 +247,15 @@ mod tests {
             bytes: 20_000,
             at_ms: 5,
             attempts: 1,
+            extracted: 25,
         };
         assert_eq!(Done::decode(&done.encode()), done);
+        let old_layout = &done.encode()[..24];
+        assert_eq!(
+            Done::decode(old_layout).extracted,
+            20,
+            "old records: extracted = items"
+        );
         let failed = Failed {
             attempts: 6,
             at_ms: 7,

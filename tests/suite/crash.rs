@@ -31,6 +31,7 @@ fn faulty_site(pages: u64, seed: u64) -> Site {
             always_fail: vec![777],
             ..Faults::default()
         },
+        ..Site::default()
     }
 }
 

@@ -99,7 +99,9 @@ impl Job {
         let mut command = pagecrawl(args);
         if matches!(
             args.first(),
-            Some(&("run" | "status" | "queue" | "enqueue" | "retry" | "export"))
+            Some(
+                &("run" | "status" | "queue" | "enqueue" | "retry" | "export" | "pause" | "resume")
+            )
         ) {
             command.arg("--state-dir").arg(self.state_dir());
         }
@@ -127,6 +129,29 @@ impl Job {
     /// Starts `pagecrawl run` in the background.
     pub fn spawn_run(&self) -> Child {
         self.command(&["run"]).spawn().expect("pagecrawl starts")
+    }
+
+    /// Waits until a running crawl answers on its control socket.
+    pub fn wait_for_daemon(&self) {
+        let socket = self.state_dir().join("control.sock");
+        assert!(
+            wait_until(Duration::from_secs(30), || socket.exists()
+                && std::os::unix::net::UnixStream::connect(&socket).is_ok()),
+            "the daemon's control socket did not appear"
+        );
+    }
+
+    /// Rewrites one `key = value` line of the written config.
+    pub fn edit_config(&self, key: &str, line: &str) {
+        let path = self.config_path();
+        let text = std::fs::read_to_string(&path).expect("config exists");
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter(|l| l.split('=').next().unwrap_or_default().trim() != key)
+            .map(str::to_string)
+            .collect();
+        lines.push(line.to_string());
+        std::fs::write(&path, lines.join("\n") + "\n").expect("config rewritten");
     }
 
     /// `status --json`, parsed.

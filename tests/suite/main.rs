@@ -7,5 +7,6 @@ mod harness;
 mod cli;
 mod crash;
 mod crawl;
+mod daemon;
 mod errors;
 mod faults;

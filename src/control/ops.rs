@@ -1,0 +1,221 @@
+//! The operations behind `status`, `queue`, `enqueue`, `retry` and `export`,
+//! computed from a store. The CLI runs them itself when no daemon runs, and
+//! the daemon runs the same functions when asked over the control socket,
+//! so the answers are the same either way.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use crate::error::UserError;
+use crate::range::parse_closed_ranges;
+use crate::store::{EnqueueReport, PageState, StateFilter, Store};
+
+/// What the running daemon adds to a status.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Daemon {
+    pub pid: u32,
+    pub paused: bool,
+}
+
+/// The `status --json` shape (documented in the README; add fields, never
+/// rename).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// `running`, `paused` (a daemon holds the state), `idle` (pages are
+    /// pending, nothing runs) or `finished` (nothing pending).
+    pub state: String,
+    /// The daemon's pid, while one runs.
+    pub pid: Option<u32>,
+    pub state_dir: String,
+    pub url: Option<String>,
+    pub range: Option<String>,
+    pub pending: u64,
+    pub done: u64,
+    pub failed: u64,
+    /// pending + done + failed.
+    pub total: u64,
+    pub items: u64,
+    pub retries: u64,
+    pub output: Option<String>,
+    pub output_bytes: u64,
+    /// Pages per second during the last run, if it committed anything.
+    pub rate: Option<f64>,
+    /// Seconds until the pending pages are done at that rate.
+    pub eta_seconds: Option<f64>,
+    /// Open ranges: the first page of the empty run that ended the range.
+    pub open_range_end: Option<u64>,
+    pub errors: Vec<ErrorCount>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorCount {
+    pub reason: String,
+    pub pages: u64,
+}
+
+pub fn status(store: &Store, daemon: Option<Daemon>) -> Result<Status> {
+    let counters = store.counters();
+    let job = store.job()?;
+    let elapsed_ms = counters
+        .last_commit_ms
+        .saturating_sub(counters.run_started_ms);
+    let done_in_run = counters.done.saturating_sub(counters.run_done_base);
+    let rate = (elapsed_ms > 0 && done_in_run > 0)
+        .then(|| done_in_run as f64 * 1000.0 / elapsed_ms as f64);
+    let state = match daemon {
+        Some(Daemon { paused: true, .. }) => "paused",
+        Some(_) => "running",
+        None if counters.pending > 0 => "idle",
+        None => "finished",
+    };
+    Ok(Status {
+        state: state.into(),
+        pid: daemon.map(|d| d.pid),
+        state_dir: store.dir().display().to_string(),
+        url: job.as_ref().map(|j| j.url.clone()),
+        range: job.as_ref().map(|j| j.pages.clone()),
+        pending: counters.pending,
+        done: counters.done,
+        failed: counters.failed,
+        total: counters.pending + counters.done + counters.failed,
+        items: counters.items,
+        retries: counters.retries,
+        output: job.as_ref().map(|j| j.output.display().to_string()),
+        output_bytes: counters.output_len,
+        rate,
+        eta_seconds: rate.map(|r| counters.pending as f64 / r),
+        open_range_end: counters.open_end(),
+        errors: store
+            .reasons()?
+            .into_iter()
+            .map(|(reason, pages)| ErrorCount { reason, pages })
+            .collect(),
+    })
+}
+
+/// One page as `queue` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueRow {
+    pub page: u64,
+    pub state: String,
+    pub attempts: u32,
+    /// Failed: the short reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Pending after a failed attempt, or failed: the full error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_ms: Option<u64>,
+}
+
+pub fn parse_state(name: &str) -> Result<StateFilter> {
+    match name {
+        "pending" => Ok(StateFilter::Pending),
+        "done" => Ok(StateFilter::Done),
+        "failed" => Ok(StateFilter::Failed),
+        other => Err(UserError::Usage(format!(
+            "'{other}' is not a page state (pending, done, failed)"
+        ))
+        .into()),
+    }
+}
+
+pub fn queue(store: &Store, state: &str, limit: usize) -> Result<Vec<QueueRow>> {
+    let rows = store.list(parse_state(state)?, limit)?;
+    Ok(rows
+        .into_iter()
+        .map(|(page, state)| {
+            let blank = QueueRow {
+                page,
+                state: String::new(),
+                attempts: 0,
+                reason: None,
+                error: None,
+                not_before_ms: None,
+                items: None,
+                bytes: None,
+                at_ms: None,
+            };
+            match state {
+                PageState::Pending(p) => QueueRow {
+                    state: "pending".into(),
+                    attempts: p.attempts,
+                    error: (!p.last_error.is_empty()).then_some(p.last_error),
+                    not_before_ms: (p.not_before_ms > 0).then_some(p.not_before_ms),
+                    ..blank
+                },
+                PageState::Done(d) => QueueRow {
+                    state: "done".into(),
+                    attempts: d.attempts,
+                    items: Some(d.items),
+                    bytes: Some(d.bytes),
+                    at_ms: Some(d.at_ms),
+                    ..blank
+                },
+                PageState::Failed(f) => QueueRow {
+                    state: "failed".into(),
+                    attempts: f.attempts,
+                    error: Some(f.to_string()),
+                    reason: Some(f.kind),
+                    at_ms: Some(f.at_ms),
+                    ..blank
+                },
+            }
+        })
+        .collect())
+}
+
+pub fn enqueue(store: &Store, ranges: &[String]) -> Result<EnqueueReport> {
+    let ranges = parse_closed_ranges(ranges).map_err(UserError::Usage)?;
+    let report = store.enqueue(&ranges)?;
+    store.flush()?;
+    Ok(report)
+}
+
+/// What `retry` did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryReport {
+    pub moved: u64,
+    /// Pages named that were not failed (left as they are).
+    pub not_failed: Vec<u64>,
+}
+
+pub fn retry(store: &Store, pages: &[u64]) -> Result<RetryReport> {
+    let (moved, not_failed) = store.retry((!pages.is_empty()).then_some(pages))?;
+    store.flush()?;
+    Ok(RetryReport { moved, not_failed })
+}
+
+/// Where the committed output is, for `export`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExportInfo {
+    pub output: PathBuf,
+    pub committed: u64,
+    pub format: String,
+    pub fields: Vec<String>,
+}
+
+pub fn export_info(store: &Store) -> Result<ExportInfo> {
+    let Some(job) = store.job()? else {
+        return Err(UserError::Usage(format!(
+            "the state in {} has no job yet; nothing to export",
+            store.dir().display()
+        ))
+        .into());
+    };
+    Ok(ExportInfo {
+        output: job.output,
+        committed: store.counters().output_len,
+        format: job.format,
+        fields: job.fields,
+    })
+}
