@@ -182,15 +182,14 @@ pub fn crawl_quietly(config: &Config, dir: &Path, follow: Option<Duration>) -> R
     let store = Arc::new(Store::open(dir)?);
     match store.job()? {
         Some(stored) => check_job(&stored, &wanted, dir)?,
-        None => store.set_job(&wanted, &config.pages)?,
+        None => {
+            store.set_job(&wanted, &config.pages)?;
+            store.flush()?;
+            log::info!("new job: pages {} of {}", config.pages, config.url);
+        }
     }
     restrict_dir(dir);
     let _pid = PidFile::create(dir);
-    let added = store.seed(&config.pages)?;
-    if added > 0 {
-        store.flush()?;
-        log::info!("queued {added} pages of {}", config.pages);
-    }
     let counters = store.counters();
     let header = (config.format == Format::Csv).then(|| csv_header(&config.fields));
     let output = OutputFile::open(&wanted.output, counters.output_len, header.as_deref())?;

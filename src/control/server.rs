@@ -43,7 +43,6 @@ impl ControlServer {
             .with_context(|| format!("cannot create the control socket {}", path.display()))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("cannot restrict {}", path.display()))?;
-        listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop_flag = stop.clone();
         std::thread::Builder::new()
@@ -57,6 +56,8 @@ impl ControlServer {
 impl Drop for ControlServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        // Wake the blocking accept so the thread sees the flag and ends.
+        let _ = UnixStream::connect(&self.path);
         let _ = std::fs::remove_file(&self.path);
     }
 }
@@ -71,17 +72,15 @@ fn accept_loop(
     while !stop.load(Ordering::SeqCst) {
         let stream = match listener.accept() {
             Ok((stream, _)) => stream,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(20));
-                continue;
-            }
             Err(e) => {
                 log::warn!("control socket: {e}");
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
         };
-        let _ = stream.set_nonblocking(false);
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
         if clients.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
             clients.fetch_sub(1, Ordering::SeqCst);
             let _ = reply_line(

@@ -40,6 +40,7 @@ pub(super) fn run(
     let mut retries: RetryHeap = BinaryHeap::new();
     let mut fresh: VecDeque<Work> = VecDeque::new();
     let mut cursor: Option<u64> = None;
+    let mut keyed_exhausted = false;
     let mut exhausted = false;
     let mut round_started = Instant::now();
 
@@ -52,6 +53,7 @@ pub(super) fn run(
         }
         if shared.rescan.swap(false, Ordering::SeqCst) {
             cursor = None;
+            keyed_exhausted = false;
             exhausted = false;
             fresh.clear();
         }
@@ -73,7 +75,17 @@ pub(super) fn run(
             }
             while in_flight.len() < window && !shared.stopping() {
                 if fresh.is_empty() && !exhausted {
-                    exhausted = scan(store, &mut cursor, &mut fresh, &mut in_flight, &mut retries)?;
+                    // Pages with keys first (retries, resumed leases), then
+                    // fresh pages from the lazy ranges.
+                    if !keyed_exhausted {
+                        keyed_exhausted =
+                            scan(store, &mut cursor, &mut fresh, &mut in_flight, &mut retries)?;
+                    }
+                    if fresh.is_empty() && keyed_exhausted {
+                        let pages = store.materialize(SCAN_BATCH)?;
+                        exhausted = pages.is_empty();
+                        fresh.extend(pages.into_iter().map(|page| Work { page, attempts: 0 }));
+                    }
                 }
                 let Some(next) = fresh.pop_front() else { break };
                 in_flight.insert(next.page);
@@ -115,6 +127,7 @@ pub(super) fn run(
                 log::info!("follow: round {round}, re-crawling pages {first}..={last}");
                 round_started = Instant::now();
                 cursor = None;
+                keyed_exhausted = false;
                 exhausted = false;
                 continue;
             }

@@ -16,6 +16,9 @@ pub const FAILED: u8 = b'f';
 pub const REASON: u8 = b'r';
 /// Job metadata and counters: prefix + name.
 pub const META: u8 = b'm';
+/// Lazy ranges of pending pages not yet given keys of their own: prefix +
+/// first page, value the last page (both big-endian, inclusive).
+pub const LAZY: u8 = b'q';
 /// Keys of items already written (the `key` field): prefix + key, value the
 /// page that wrote it.
 pub const ITEM_KEY: u8 = b'k';

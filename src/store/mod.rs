@@ -8,6 +8,7 @@
 //! after `kill -9` (the `recount` test helper checks exactly that).
 
 pub mod keys;
+mod ranges;
 pub mod records;
 
 use std::collections::HashMap;
@@ -25,9 +26,9 @@ pub use records::{Counters, Done, Failed, Pending};
 
 /// Bumped when the on-disk layout changes incompatibly.
 pub const SCHEMA_VERSION: u64 = 1;
-/// Pages per batch when seeding or enqueueing large ranges: bounds memory and
-/// keeps each batch quick, while the frontier makes a stopped seeding resume.
-const SEED_CHUNK: u64 = 50_000;
+/// Pages per batch when moving many failed pages back: bounds memory and
+/// keeps each batch quick.
+const MOVE_CHUNK: u64 = 50_000;
 /// sled's page cache. Deliberately small: the queue is streamed, never
 /// loaded, and a crawler should not grow with its queue.
 const CACHE_BYTES: u64 = 16 << 20;
@@ -242,63 +243,24 @@ impl Store {
         Ok(Some(job))
     }
 
-    /// Records the job (first run only) and where its range starts.
+    /// Records the job (first run only) and queues its range: a closed
+    /// range as one lazy range (O(1), see `ranges`), an open one by
+    /// setting the frontier the feeder extends from.
     pub fn set_job(&self, job: &Job, range: &PageRange) -> Result<()> {
-        let mut counters = self.lock();
-        let mut next = *counters;
-        next.frontier = range.start();
-        let mut batch = sled::Batch::default();
-        batch.insert(named_key(META, JOB_KEY), serde_json::to_vec(job)?);
-        batch.insert(named_key(META, COUNTERS_KEY), next.encode());
-        self.tree.apply_batch(batch)?;
-        *counters = next;
+        {
+            let mut counters = self.lock();
+            let mut next = *counters;
+            next.frontier = range.start();
+            let mut batch = sled::Batch::default();
+            batch.insert(named_key(META, JOB_KEY), serde_json::to_vec(job)?);
+            batch.insert(named_key(META, COUNTERS_KEY), next.encode());
+            self.tree.apply_batch(batch)?;
+            *counters = next;
+        }
+        if let PageRange::Closed { start, end } = *range {
+            self.add_lazy(start, end, None)?;
+        }
         Ok(())
-    }
-
-    /// Puts the rest of a closed range into the queue, from the frontier on;
-    /// resumable if stopped half-way. Pages already in any state are left
-    /// alone. Returns the number of pages added.
-    pub fn seed(&self, range: &PageRange) -> Result<u64> {
-        let PageRange::Closed { end, .. } = *range else {
-            return Ok(0);
-        };
-        let mut added = 0;
-        loop {
-            let frontier = self.lock().frontier;
-            if frontier > end {
-                return Ok(added);
-            }
-            let last = end.min(frontier.saturating_add(SEED_CHUNK - 1));
-            added += self.add_from_frontier(last)?;
-        }
-    }
-
-    /// Open ranges: queues the next `count` pages past the frontier.
-    pub fn extend(&self, count: u64) -> Result<u64> {
-        let frontier = self.lock().frontier;
-        self.add_from_frontier(frontier.saturating_add(count.max(1) - 1))
-    }
-
-    /// Queues frontier..=last (skipping pages already known) and moves the
-    /// frontier past `last`, in one batch.
-    fn add_from_frontier(&self, last: u64) -> Result<u64> {
-        let mut counters = self.lock();
-        let mut next = *counters;
-        let fresh = counters.pending + counters.done + counters.failed == 0;
-        let mut batch = sled::Batch::default();
-        for page in next.frontier..=last {
-            if !fresh && self.state_of(page)?.is_some() {
-                continue;
-            }
-            batch.insert(&page_key(PENDING, page)[..], &[][..]);
-            next.pending += 1;
-        }
-        let added = next.pending - counters.pending;
-        next.frontier = last.saturating_add(1);
-        batch.insert(named_key(META, COUNTERS_KEY), next.encode());
-        self.tree.apply_batch(batch)?;
-        *counters = next;
-        Ok(added)
     }
 
     /// The state of one page, if it is known.
@@ -313,60 +275,6 @@ impl Store {
             return Ok(Some(PageState::Failed(Failed::decode(&v))));
         }
         Ok(None)
-    }
-
-    /// Queues pages by hand: new pages are added, done and failed ones are
-    /// put back to be crawled again (that is what asking for them means).
-    pub fn enqueue(&self, ranges: &[PageRange]) -> Result<EnqueueReport> {
-        let mut report = EnqueueReport::default();
-        for range in ranges {
-            let PageRange::Closed { start, end } = *range else {
-                continue;
-            };
-            let mut chunk_start = start;
-            loop {
-                let chunk_end = end.min(chunk_start.saturating_add(SEED_CHUNK - 1));
-                self.enqueue_chunk(chunk_start, chunk_end, &mut report)?;
-                if chunk_end == end {
-                    break;
-                }
-                chunk_start = chunk_end + 1;
-            }
-        }
-        Ok(report)
-    }
-
-    fn enqueue_chunk(&self, start: u64, end: u64, report: &mut EnqueueReport) -> Result<()> {
-        let mut counters = self.lock();
-        let mut next = *counters;
-        let mut batch = sled::Batch::default();
-        let mut reasons: HashMap<String, i64> = HashMap::new();
-        for page in start..=end {
-            match self.state_of(page)? {
-                Some(PageState::Pending(_)) => report.already_pending += 1,
-                Some(PageState::Done(_)) => {
-                    batch.remove(&page_key(DONE, page)[..]);
-                    next.done -= 1;
-                    report.requeued += 1;
-                }
-                Some(PageState::Failed(failed)) => {
-                    batch.remove(&page_key(FAILED, page)[..]);
-                    next.failed -= 1;
-                    *reasons.entry(failed.kind).or_default() -= 1;
-                    report.requeued += 1;
-                }
-                None => report.added += 1,
-            }
-            if !matches!(self.tree.contains_key(page_key(PENDING, page)), Ok(true)) {
-                batch.insert(&page_key(PENDING, page)[..], &[][..]);
-                next.pending += 1;
-            }
-        }
-        self.add_reason_changes(&mut batch, &reasons)?;
-        batch.insert(named_key(META, COUNTERS_KEY), next.encode());
-        self.tree.apply_batch(batch)?;
-        *counters = next;
-        Ok(())
     }
 
     /// Moves failed pages back to pending with a fresh retry budget: the
@@ -384,7 +292,7 @@ impl Store {
         };
         let mut moved = 0;
         let mut not_failed = Vec::new();
-        for chunk in candidates.chunks(SEED_CHUNK as usize) {
+        for chunk in candidates.chunks(MOVE_CHUNK as usize) {
             let mut counters = self.lock();
             let mut next = *counters;
             let mut batch = sled::Batch::default();
@@ -607,8 +515,23 @@ impl Store {
         Ok(reasons)
     }
 
-    /// Up to `limit` pages in one state, in page order.
+    /// Up to `limit` pages in one state, in page order (pending pages of
+    /// lazy ranges included).
     pub fn list(&self, filter: StateFilter, limit: usize) -> Result<Vec<(u64, PageState)>> {
+        let mut rows = self.list_keyed(filter, limit)?;
+        if filter == StateFilter::Pending {
+            let lazy = self.lazy_pages(limit)?;
+            rows.extend(
+                lazy.into_iter()
+                    .map(|page| (page, PageState::Pending(Pending::default()))),
+            );
+            rows.sort_by_key(|(page, _)| *page);
+            rows.truncate(limit);
+        }
+        Ok(rows)
+    }
+
+    fn list_keyed(&self, filter: StateFilter, limit: usize) -> Result<Vec<(u64, PageState)>> {
         let mut rows = Vec::new();
         for entry in self.tree.scan_prefix([filter.prefix()]).take(limit) {
             let (key, value) = entry?;
@@ -639,7 +562,7 @@ impl Store {
     /// The other fields are copied from the stored counters.
     pub fn recount(&self) -> Result<Counters> {
         let mut counted = self.counters();
-        counted.pending = self.tree.scan_prefix([PENDING]).count() as u64;
+        counted.pending = self.tree.scan_prefix([PENDING]).count() as u64 + self.count_lazy()?;
         counted.done = self.tree.scan_prefix([DONE]).count() as u64;
         counted.failed = self.tree.scan_prefix([FAILED]).count() as u64;
         Ok(counted)
@@ -723,7 +646,7 @@ mod tests {
         (dir, store)
     }
 
-    fn job() -> Job {
+    pub(super) fn job() -> Job {
         Job {
             url: "http://x/{page}".into(),
             pages: "1..=10".into(),
@@ -736,15 +659,11 @@ mod tests {
     }
 
     #[test]
-    fn seed_then_commit_keeps_counters_equal_to_a_recount() {
+    fn commits_keep_counters_equal_to_a_recount() {
         let (_dir, store) = store();
         store.set_job(&job(), &closed(1, 10)).unwrap();
-        assert_eq!(store.seed(&closed(1, 10)).unwrap(), 10);
-        assert_eq!(
-            store.seed(&closed(1, 10)).unwrap(),
-            0,
-            "seeding twice adds nothing"
-        );
+        assert_eq!(store.counters().pending, 10);
+        assert_eq!(store.materialize(100).unwrap().len(), 10);
         let settled = [
             Settle::Done {
                 page: 1,
@@ -815,7 +734,7 @@ mod tests {
         {
             let store = Store::open(&path).unwrap();
             store.set_job(&job(), &closed(5, 6)).unwrap();
-            store.seed(&closed(5, 6)).unwrap();
+            store.materialize(10).unwrap();
             store
                 .commit(
                     &[Settle::Done {
@@ -853,6 +772,7 @@ mod tests {
             .set_job(&job(), &PageRange::Open { start: 1 })
             .unwrap();
         store.extend(10).unwrap();
+        store.materialize(10).unwrap();
         let done = |page, items| Settle::Done {
             page,
             attempts: 1,
