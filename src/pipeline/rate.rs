@@ -1,17 +1,37 @@
 //! The rate limit: a hard cap on requests per second across all fetch
-//! threads. Each request reserves the next free slot; slots are spaced 1%
-//! wider than 1/rate, so loopback or network jitter cannot make the host see
-//! more than `rate` requests in any one-second window. The rate can change
-//! while the crawl runs (SIGHUP) or be switched off.
+//! threads, retries included.
+//!
+//! Two rules together: requests are spaced at least 1/rate apart (smooth
+//! pacing), and no request starts until the one `rate` requests before it
+//! started more than a second (plus a margin) ago. The second rule is what
+//! makes it a cap as the *server* counts: a request delayed by the scheduler
+//! cannot let the next ones bunch up into a window with too many. The rate
+//! can change while the crawl runs (SIGHUP) or be switched off.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// Allowance for the time between a request starting here and reaching the
+/// server (connection reuse, scheduling), so the server's one-second windows
+/// hold too.
+const MARGIN: Duration = Duration::from_millis(25);
+const WINDOW: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Default)]
+struct State {
+    /// Spacing between requests; `None` = no limit.
+    interval: Option<Duration>,
+    /// Requests allowed in any one-second window.
+    per_window: usize,
+    /// Start times of the last `per_window` requests.
+    recent: VecDeque<Instant>,
+}
+
 #[derive(Debug, Default)]
 pub struct RateLimiter {
-    /// (interval between requests, next free slot); no interval = no limit.
-    state: Mutex<(Option<Duration>, Option<Instant>)>,
+    state: Mutex<State>,
 }
 
 impl RateLimiter {
@@ -22,29 +42,42 @@ impl RateLimiter {
     }
 
     pub fn set_rate(&self, per_second: Option<f64>) {
-        let interval = per_second.map(|rate| Duration::from_secs_f64(1.01 / rate));
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).0 = interval;
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.interval = per_second.map(|rate| Duration::from_secs_f64(1.0 / rate));
+        state.per_window = per_second.map_or(0, |rate| (rate.floor() as usize).max(1));
+        while state.recent.len() > state.per_window {
+            state.recent.pop_front();
+        }
     }
 
-    /// Waits for this request's slot; false if the crawl stopped meanwhile.
+    /// Waits until a request may start; false if the crawl stopped meanwhile.
     pub fn acquire(&self, stop: &AtomicBool) -> bool {
-        let slot = {
-            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(interval) = state.0 else { return true };
-            let now = Instant::now();
-            let slot = state.1.map_or(now, |next| next.max(now));
-            state.1 = Some(slot + interval);
-            slot
-        };
         loop {
             if stop.load(Ordering::SeqCst) {
                 return false;
             }
-            let now = Instant::now();
-            if now >= slot {
-                return true;
-            }
-            std::thread::sleep((slot - now).min(Duration::from_millis(50)));
+            let wait = {
+                let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                let Some(interval) = state.interval else {
+                    return true;
+                };
+                let now = Instant::now();
+                let mut earliest = state.recent.back().map_or(now, |last| *last + interval);
+                if state.recent.len() >= state.per_window {
+                    if let Some(oldest) = state.recent.front() {
+                        earliest = earliest.max(*oldest + WINDOW + MARGIN);
+                    }
+                }
+                if now >= earliest {
+                    if state.recent.len() >= state.per_window {
+                        state.recent.pop_front();
+                    }
+                    state.recent.push_back(now);
+                    return true;
+                }
+                earliest - now
+            };
+            std::thread::sleep(wait.min(Duration::from_millis(20)));
         }
     }
 }
@@ -54,26 +87,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn slots_are_spaced_by_the_interval() {
-        let limiter = RateLimiter::new(Some(100.0));
+    fn no_window_holds_more_than_the_rate() {
+        let limiter = RateLimiter::new(Some(50.0));
         let stop = AtomicBool::new(false);
-        let start = Instant::now();
-        for _ in 0..11 {
+        let mut starts = Vec::new();
+        for _ in 0..120 {
             assert!(limiter.acquire(&stop));
+            starts.push(Instant::now());
         }
-        assert!(
-            start.elapsed() >= Duration::from_millis(100),
-            "10 intervals of ≥10 ms"
-        );
+        for (i, start) in starts.iter().enumerate() {
+            let in_window = starts[i..]
+                .iter()
+                .take_while(|t| **t - *start < WINDOW)
+                .count();
+            assert!(in_window <= 50, "{in_window} starts within a second");
+        }
         stop.store(true, Ordering::SeqCst);
-        for _ in 0..5 {
-            limiter.acquire(&stop);
-        }
-        assert!(
-            !limiter.acquire(&stop),
-            "a stopped crawl does not wait for its slot"
-        );
+        assert!(!limiter.acquire(&stop), "a stopped crawl does not wait");
         limiter.set_rate(None);
+        stop.store(false, Ordering::SeqCst);
         assert!(limiter.acquire(&stop), "no limit, no wait");
     }
 }
