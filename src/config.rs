@@ -61,6 +61,8 @@ struct RawConfig {
     refresh_pages: i64,
     #[serde(default)]
     key: Option<String>,
+    #[serde(default = "defaults::robots")]
+    robots: bool,
 }
 
 /// Defaults, named so the README and `RawConfig` agree on them.
@@ -110,6 +112,9 @@ mod defaults {
     pub fn refresh_pages() -> i64 {
         1
     }
+    pub fn robots() -> bool {
+        true
+    }
 }
 
 /// A validated job configuration.
@@ -151,6 +156,9 @@ pub struct Config {
     /// The field whose value identifies an item: an item whose key was
     /// already written is not written again.
     pub key: Option<String>,
+    /// Obey the site's robots.txt (disallowed pages fail; `Crawl-delay` is a
+    /// minimum interval between requests).
+    pub robots: bool,
 }
 
 impl Config {
@@ -387,6 +395,7 @@ impl Config {
             follow,
             refresh_pages: count("refresh_pages", raw.refresh_pages, 1, 1_000_000)?,
             key,
+            robots: raw.robots,
         })
     }
 

@@ -10,6 +10,7 @@
 use std::time::{Duration, SystemTime};
 
 use crate::config::Config;
+use crate::robots::Robots;
 
 /// A page's body and what the server said about it.
 #[derive(Debug)]
@@ -40,7 +41,14 @@ pub enum FetchError {
     /// The body was larger than `max_body_size`; reading stopped there.
     #[error("body larger than max_body_size ({0} bytes)")]
     TooLarge(u64),
-    /// Anything retrying cannot fix: too many redirects, a bad URL, TLS.
+    /// A 2xx whose `Content-Type` is not text (an image, a download).
+    #[error("unexpected content type {0} (not text)")]
+    ContentType(String),
+    /// robots.txt disallows the page.
+    #[error("disallowed by robots.txt")]
+    Robots,
+    /// Anything retrying cannot fix: a redirect loop or a redirect to
+    /// another host, a bad URL, TLS.
     #[error("{0}")]
     Permanent(String),
 }
@@ -52,7 +60,10 @@ impl FetchError {
         match self {
             FetchError::Status { status, .. } => *status >= 500 || *status == 408 || *status == 429,
             FetchError::Timeout(_) | FetchError::Connection(_) | FetchError::Truncated(_) => true,
-            FetchError::TooLarge(_) | FetchError::Permanent(_) => false,
+            FetchError::TooLarge(_)
+            | FetchError::ContentType(_)
+            | FetchError::Robots
+            | FetchError::Permanent(_) => false,
         }
     }
 
@@ -64,6 +75,9 @@ impl FetchError {
             FetchError::Connection(_) => "connection".into(),
             FetchError::Truncated(_) => "truncated body".into(),
             FetchError::TooLarge(_) => "body too large".into(),
+            FetchError::ContentType(_) => "content type".into(),
+            FetchError::Robots => "robots.txt".into(),
+            FetchError::Permanent(message) if message.contains("redirect") => "redirect".into(),
             FetchError::Permanent(_) => "other".into(),
         }
     }
@@ -93,7 +107,9 @@ impl Fetcher {
             .timeout_global(Some(config.request_timeout))
             .max_idle_connections_per_host(pool)
             .max_idle_connections(pool * 2)
-            .max_redirects(5)
+            // Redirects are followed by `fetch`, same host only.
+            .max_redirects(0)
+            .max_redirects_will_error(false)
             .user_agent(config.user_agent.as_str())
             .build();
         Fetcher {
@@ -103,40 +119,142 @@ impl Fetcher {
         }
     }
 
-    /// Fetches `url`; a 2xx body no larger than the limit, or why not.
+    /// Fetches `url`; a 2xx text body no larger than the limit, or why not.
+    /// Redirects are followed (at most [`MAX_REDIRECTS`]) only within the
+    /// same host: the politeness caps are per host, and a listing that
+    /// redirects elsewhere is not the listing that was configured.
     pub fn fetch(&self, url: &str) -> Result<Response, FetchError> {
-        let mut request = self.agent.get(url);
-        for (name, value) in &self.headers {
-            request = request.header(name.as_str(), value.as_str());
+        let host = host_of(url);
+        let mut current = url.to_string();
+        for _ in 0..=MAX_REDIRECTS {
+            let mut request = self.agent.get(&current);
+            for (name, value) in &self.headers {
+                request = request.header(name.as_str(), value.as_str());
+            }
+            let mut response = request
+                .call()
+                .map_err(|e| classify(e, self.max_body_size))?;
+            let status = response.status().as_u16();
+            let header = |name: &str| {
+                response
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            if matches!(status, 301 | 302 | 303 | 307 | 308) {
+                let location = header("location").ok_or_else(|| {
+                    FetchError::Permanent(format!("HTTP {status} redirect without a Location"))
+                })?;
+                let next = resolve(&current, &location).ok_or_else(|| {
+                    FetchError::Permanent(format!("redirect to an unusable location '{location}'"))
+                })?;
+                if host_of(&next) != host {
+                    return Err(FetchError::Permanent(format!(
+                        "redirect to another host ({}) refused",
+                        host_of(&next).unwrap_or_default()
+                    )));
+                }
+                current = next;
+                continue;
+            }
+            if !(200..300).contains(&status) {
+                let retry_after =
+                    header("retry-after").and_then(|v| parse_retry_after(&v, SystemTime::now()));
+                return Err(FetchError::Status {
+                    status,
+                    retry_after,
+                });
+            }
+            let content_type = header("content-type");
+            if let Some(kind) = content_type.as_deref().filter(|t| !is_text(t)) {
+                return Err(FetchError::ContentType(
+                    kind.split(';').next().unwrap_or(kind).trim().to_string(),
+                ));
+            }
+            let body = response
+                .body_mut()
+                .with_config()
+                .limit(self.max_body_size)
+                .read_to_vec()
+                .map_err(|e| classify(e, self.max_body_size))?;
+            return Ok(Response { body, content_type });
         }
-        let mut response = request
-            .call()
-            .map_err(|e| classify(e, self.max_body_size))?;
-        let status = response.status().as_u16();
-        if !(200..300).contains(&status) {
-            let retry_after = response
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| parse_retry_after(v, SystemTime::now()));
-            return Err(FetchError::Status {
-                status,
-                retry_after,
-            });
-        }
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let body = response
-            .body_mut()
-            .with_config()
-            .limit(self.max_body_size)
-            .read_to_vec()
-            .map_err(|e| classify(e, self.max_body_size))?;
-        Ok(Response { body, content_type })
+        Err(FetchError::Permanent(format!(
+            "more than {MAX_REDIRECTS} redirects (a redirect loop?)"
+        )))
     }
+
+    /// robots.txt for the site of `url`: its rules, or allow-all when there
+    /// is none (4xx) or it cannot be read (logged), as Scrapy and wget do.
+    pub fn robots(&self, url: &str, agent: &str) -> Robots {
+        let Some(robots_url) = crate::robots::robots_url(url) else {
+            return Robots::allow_all();
+        };
+        match self.fetch(&robots_url) {
+            Ok(response) => Robots::parse(&String::from_utf8_lossy(&response.body), agent),
+            Err(FetchError::Status { status, .. }) if (400..500).contains(&status) => {
+                Robots::allow_all()
+            }
+            Err(error) => {
+                log::warn!(
+                    "cannot read {robots_url} ({error}); crawling as if it allowed everything"
+                );
+                Robots::allow_all()
+            }
+        }
+    }
+}
+
+/// Redirects followed before a page fails.
+pub const MAX_REDIRECTS: usize = 5;
+
+/// Whether a `Content-Type` is something a pattern can be run on.
+fn is_text(content_type: &str) -> bool {
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    mime.is_empty()
+        || mime.starts_with("text/")
+        || mime.ends_with("+xml")
+        || mime.ends_with("+json")
+        || matches!(
+            mime.as_str(),
+            "application/json"
+                | "application/xml"
+                | "application/javascript"
+                | "application/x-javascript"
+        )
+}
+
+/// The host (lower-case, without port) of an absolute URL.
+fn host_of(url: &str) -> Option<String> {
+    let uri: ureq::http::Uri = url.parse().ok()?;
+    uri.host().map(str::to_ascii_lowercase)
+}
+
+/// Resolves a `Location` against the URL it came from.
+fn resolve(base: &str, location: &str) -> Option<String> {
+    let location = location.trim();
+    if location.starts_with("http://") || location.starts_with("https://") {
+        return Some(location.to_string());
+    }
+    let uri: ureq::http::Uri = base.parse().ok()?;
+    let scheme = uri.scheme_str()?;
+    let authority = uri.authority()?.as_str();
+    if let Some(rest) = location.strip_prefix("//") {
+        return Some(format!("{scheme}://{rest}"));
+    }
+    if location.starts_with('/') {
+        return Some(format!("{scheme}://{authority}{location}"));
+    }
+    let path = uri.path();
+    let folder = &path[..path.rfind('/').map_or(0, |i| i + 1)];
+    let folder = if folder.is_empty() { "/" } else { folder };
+    Some(format!("{scheme}://{authority}{folder}{location}"))
 }
 
 /// Sorts a ureq error into a [`FetchError`].
@@ -203,6 +321,44 @@ mod tests {
             Some(Duration::from_secs(3600))
         );
         assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn redirect_locations_resolve_against_the_page() {
+        let base = "http://h:8/a/b.php?page=2";
+        assert_eq!(
+            resolve(base, "/x?page=3").as_deref(),
+            Some("http://h:8/x?page=3")
+        );
+        assert_eq!(
+            resolve(base, "c.php").as_deref(),
+            Some("http://h:8/a/c.php")
+        );
+        assert_eq!(
+            resolve(base, "//other/x").as_deref(),
+            Some("http://other/x")
+        );
+        assert_eq!(resolve(base, "https://o/y").as_deref(), Some("https://o/y"));
+        assert_eq!(
+            host_of("http://Example.COM:80/x").as_deref(),
+            Some("example.com")
+        );
+    }
+
+    #[test]
+    fn text_content_types() {
+        for ok in [
+            "text/html",
+            "text/html; charset=gbk",
+            "application/json",
+            "application/rss+xml",
+            "",
+        ] {
+            assert!(is_text(ok), "{ok}");
+        }
+        for bad in ["image/png", "application/octet-stream", "application/pdf"] {
+            assert!(!is_text(bad), "{bad}");
+        }
     }
 
     #[test]

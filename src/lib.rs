@@ -27,6 +27,7 @@ pub mod notify;
 pub mod output;
 pub mod pipeline;
 pub mod range;
+pub mod robots;
 pub mod signals;
 pub mod store;
 pub mod util;

@@ -13,9 +13,17 @@ pub fn init(verbose: u8, quiet: bool) {
         (false, _) => log::LevelFilter::Trace,
     };
     let mut builder = env_logger::Builder::new();
+    // sled logs its own view of a damaged database before returning the
+    // error that pagecrawl turns into one clear line; show it only with -vv.
+    let sled_level = if verbose >= 2 {
+        log::LevelFilter::Trace
+    } else {
+        log::LevelFilter::Off
+    };
     builder
         .filter_level(log::LevelFilter::Warn)
-        .filter_module("pagecrawl", level);
+        .filter_module("pagecrawl", level)
+        .filter_module("sled", sled_level);
     builder.format_target(false);
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         builder

@@ -5,7 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use crate::extract::Item;
 
@@ -97,6 +97,15 @@ fn write_json_string(out: &mut Vec<u8>, value: &str) {
     let _ = serde_json::to_writer(&mut *out, value);
 }
 
+/// "WHAT PATH: reason", without Rust's "(os error N)".
+fn io_error(error: std::io::Error, what: &str, path: &Path) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{what} {}: {}",
+        path.display(),
+        crate::util::io_reason(&error)
+    )
+}
+
 /// The append-only output file. Only the commit stage writes it.
 #[derive(Debug)]
 pub struct OutputFile {
@@ -113,7 +122,7 @@ impl OutputFile {
     pub fn open(path: &Path, committed: u64, header: Option<&[u8]>) -> Result<OutputFile> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)
-                .with_context(|| format!("cannot create the output folder {}", parent.display()))?;
+                .map_err(|e| io_error(e, "cannot create the output folder", parent))?;
         }
         let mut file = OpenOptions::new()
             .create(true)
@@ -121,12 +130,10 @@ impl OutputFile {
             .write(true)
             .truncate(false)
             .open(path)
-            .with_context(|| {
-                format!("cannot open the output file {} for writing", path.display())
-            })?;
+            .map_err(|e| io_error(e, "cannot open the output file", path))?;
         let actual = file
             .metadata()
-            .with_context(|| format!("cannot read {}", path.display()))?
+            .map_err(|e| io_error(e, "cannot read", path))?
             .len();
         if actual < committed {
             bail!(
@@ -142,9 +149,10 @@ impl OutputFile {
                 path.display()
             );
             file.set_len(committed)
-                .with_context(|| format!("cannot truncate {}", path.display()))?;
+                .map_err(|e| io_error(e, "cannot truncate", path))?;
         }
-        file.seek(SeekFrom::Start(committed))?;
+        file.seek(SeekFrom::Start(committed))
+            .map_err(|e| io_error(e, "cannot seek in", path))?;
         let mut output = OutputFile {
             path: path.to_path_buf(),
             file,
@@ -162,7 +170,7 @@ impl OutputFile {
     pub fn append(&mut self, bytes: &[u8]) -> Result<()> {
         self.file
             .write_all(bytes)
-            .with_context(|| format!("cannot write to the output file {}", self.path.display()))?;
+            .map_err(|e| io_error(e, "cannot write to the output file", &self.path))?;
         self.len += bytes.len() as u64;
         Ok(())
     }
@@ -171,7 +179,7 @@ impl OutputFile {
     pub fn sync(&mut self) -> Result<()> {
         self.file
             .sync_data()
-            .with_context(|| format!("cannot sync the output file {}", self.path.display()))
+            .map_err(|e| io_error(e, "cannot sync the output file", &self.path))
     }
 
     /// Bytes written, committed or not.

@@ -14,7 +14,9 @@ use crate::config::Config;
 use crate::control::server::ControlServer;
 use crate::error::UserError;
 use crate::exit_code::Exit;
+use crate::http::Fetcher;
 use crate::notify::Notifier;
+use crate::robots::Robots;
 use crate::output::{csv_header, Format, OutputFile};
 use crate::pipeline::{Pipeline, Shared};
 use crate::signals::Signal;
@@ -180,19 +182,22 @@ pub fn crawl_quietly(config: &Config, dir: &Path, follow: Option<Duration>) -> R
     let started = Instant::now();
     let wanted = job_of(config, dir)?;
     let store = Arc::new(Store::open(dir)?);
-    match store.job()? {
-        Some(stored) => check_job(&stored, &wanted, dir)?,
-        None => {
-            store.set_job(&wanted, &config.pages)?;
-            store.flush()?;
-            log::info!("new job: pages {} of {}", config.pages, config.url);
-        }
+    let existing = store.job()?;
+    if let Some(stored) = &existing {
+        check_job(stored, &wanted, dir)?;
+    }
+    // The output is opened before a new job is recorded, so a job whose
+    // output cannot be written leaves no state behind.
+    let header = (config.format == Format::Csv).then(|| csv_header(&config.fields));
+    let output = OutputFile::open(&wanted.output, store.counters().output_len, header.as_deref())?;
+    if existing.is_none() {
+        store.set_job(&wanted, &config.pages)?;
+        store.flush()?;
+        log::info!("new job: pages {} of {}", config.pages, config.url);
     }
     restrict_dir(dir);
     let _pid = PidFile::create(dir);
     let counters = store.counters();
-    let header = (config.format == Format::Csv).then(|| csv_header(&config.fields));
-    let output = OutputFile::open(&wanted.output, counters.output_len, header.as_deref())?;
     store.start_run()?;
     log::info!(
         "crawling {} ({} pending, {} done, {} failed) with {} connections into {}",
@@ -208,7 +213,16 @@ pub fn crawl_quietly(config: &Config, dir: &Path, follow: Option<Duration>) -> R
         (Some(notifier), Some(every)) => Some(notifier.clone().heartbeat(every)),
         _ => None,
     };
-    let pipeline = Pipeline::start(config, store.clone(), output, heartbeat)?;
+    let robots = if config.robots {
+        let robots = Fetcher::new(config).robots(&config.page_url(config.pages.start()), &config.user_agent);
+        if let Some(delay) = robots.crawl_delay {
+            log::info!("robots.txt asks for {delay:?} between requests; keeping to it");
+        }
+        robots
+    } else {
+        Robots::allow_all()
+    };
+    let pipeline = Pipeline::start(config, store.clone(), output, robots, heartbeat)?;
     let control = match ControlServer::start(dir, store.clone(), pipeline.shared.clone()) {
         Ok(control) => Some(control),
         Err(e) => {

@@ -181,6 +181,7 @@ fn flush(
     let empty_run = config.pages.is_open().then_some(config.stop_after_empty);
     store.commit(&settles, output.len(), empty_run)?;
     store.flush()?;
+    fault_injection::after_commit();
     let progress = &shared.progress;
     progress.done.fetch_add(done, Ordering::Relaxed);
     progress.failed.fetch_add(failed, Ordering::Relaxed);
@@ -192,4 +193,29 @@ fn flush(
         let _ = settled.try_send(notice);
     }
     Ok(())
+}
+
+/// A hook for the durability test: with `PAGECRAWL_FAULT_ABORT_AFTER_COMMITS=N`
+/// set, the process aborts (no destructors, no flush: as abrupt as
+/// `kill -9`) right after its Nth durable commit. Unset, it costs one
+/// relaxed atomic load per commit group.
+mod fault_injection {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+
+    static LIMIT: OnceLock<Option<u64>> = OnceLock::new();
+    static COMMITS: AtomicU64 = AtomicU64::new(0);
+
+    pub fn after_commit() {
+        let limit = LIMIT.get_or_init(|| {
+            std::env::var("PAGECRAWL_FAULT_ABORT_AFTER_COMMITS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+        });
+        if let Some(limit) = limit {
+            if COMMITS.fetch_add(1, Ordering::Relaxed) + 1 >= *limit {
+                std::process::abort();
+            }
+        }
+    }
 }

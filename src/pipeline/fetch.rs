@@ -28,7 +28,12 @@ pub(super) fn run(work: Receiver<Work>, fetched: Sender<Fetched>, shared: &Share
             Fetched::Abandoned
         } else {
             let url = shared.config().page_url(page);
-            match shared.fetcher().fetch(&url) {
+            let fetched = if shared.robots.allows(&crate::robots::path_and_query(&url)) {
+                shared.fetcher().fetch(&url)
+            } else {
+                Err(crate::http::FetchError::Robots)
+            };
+            match fetched {
                 Ok(response) => Fetched::Body {
                     page,
                     attempts: attempts + 1,

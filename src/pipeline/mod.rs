@@ -37,6 +37,7 @@ use crossbeam_channel::{bounded, Receiver};
 use crate::config::Config;
 use crate::http::{FetchError, Fetcher, Response};
 use crate::output::OutputFile;
+use crate::robots::Robots;
 use crate::store::Store;
 
 /// A page the feeder hands to the fetch pool.
@@ -137,12 +138,14 @@ pub struct Shared {
     fetcher: RwLock<Arc<Fetcher>>,
     limiter: rate::RateLimiter,
     gate: gate::Gate,
+    /// The site's robots.txt rules (allow-all when `robots = false`).
+    robots: Robots,
     /// The first error a stage hit; it also sets `stop`.
     error: Mutex<Option<anyhow::Error>>,
 }
 
 impl Shared {
-    fn new(config: &Config) -> Shared {
+    fn new(config: &Config, robots: Robots) -> Shared {
         Shared {
             stop: AtomicBool::new(false),
             abort: AtomicBool::new(false),
@@ -152,8 +155,9 @@ impl Shared {
             heartbeat: None,
             config: RwLock::new(Arc::new(config.clone())),
             fetcher: RwLock::new(Arc::new(Fetcher::new(config))),
-            limiter: rate::RateLimiter::new(config.rate_limit),
+            limiter: rate::RateLimiter::new(effective_rate(config, &robots)),
             gate: gate::Gate::new(config.concurrency),
+            robots,
             error: Mutex::new(None),
         }
     }
@@ -208,7 +212,7 @@ impl Shared {
             ));
         }
         *self.fetcher.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Fetcher::new(&new));
-        self.limiter.set_rate(new.rate_limit);
+        self.limiter.set_rate(effective_rate(&new, &self.robots));
         self.gate.set_limit(new.concurrency);
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
         Ok(())
@@ -228,6 +232,19 @@ pub struct Pipeline {
     pub finished: Receiver<()>,
     commit: Option<JoinHandle<OutputFile>>,
     others: Vec<JoinHandle<()>>,
+}
+
+/// The request rate to keep: the configured limit, or the site's
+/// `Crawl-delay`, whichever is slower.
+fn effective_rate(config: &Config, robots: &Robots) -> Option<f64> {
+    let delay_rate = robots
+        .crawl_delay
+        .filter(|d| !d.is_zero())
+        .map(|d| 1.0 / d.as_secs_f64());
+    match (config.rate_limit, delay_rate) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// How many pages the feeder may have out at once: enough to keep every
@@ -251,9 +268,10 @@ impl Pipeline {
         config: &Config,
         store: Arc<Store>,
         output: OutputFile,
+        robots: Robots,
         heartbeat: Option<Box<dyn Fn() + Send + Sync>>,
     ) -> Result<Pipeline> {
-        let mut shared = Shared::new(config);
+        let mut shared = Shared::new(config, robots);
         shared.heartbeat = heartbeat;
         let shared = Arc::new(shared);
         let window = window(config);
@@ -391,8 +409,23 @@ mod tests {
     }
 
     #[test]
+    fn crawl_delay_slows_the_rate_but_never_speeds_it_up() {
+        let robots = Robots::parse("User-agent: *\nCrawl-delay: 2", "pagecrawl");
+        assert_eq!(effective_rate(&config(""), &robots), Some(0.5));
+        assert_eq!(
+            effective_rate(&config("rate_limit = 0.1"), &robots),
+            Some(0.1)
+        );
+        assert_eq!(
+            effective_rate(&config("rate_limit = 3.0"), &Robots::allow_all()),
+            Some(3.0)
+        );
+        assert_eq!(effective_rate(&config(""), &Robots::allow_all()), None);
+    }
+
+    #[test]
     fn reload_applies_politeness_and_refuses_identity_changes() {
-        let shared = Shared::new(&config("concurrency = 4"));
+        let shared = Shared::new(&config("concurrency = 4"), Robots::allow_all());
         assert!(shared
             .reload(config("concurrency = 2\nrate_limit = 5.0"))
             .is_ok());

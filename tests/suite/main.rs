@@ -10,3 +10,5 @@ mod crawl;
 mod daemon;
 mod errors;
 mod faults;
+mod hostile;
+mod properties;
