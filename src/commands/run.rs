@@ -16,9 +16,9 @@ use crate::error::UserError;
 use crate::exit_code::Exit;
 use crate::http::Fetcher;
 use crate::notify::Notifier;
-use crate::robots::Robots;
 use crate::output::{csv_header, Format, OutputFile};
 use crate::pipeline::{Pipeline, Shared};
+use crate::robots::Robots;
 use crate::signals::Signal;
 use crate::store::{pid_path, Counters, Job, Store};
 
@@ -189,7 +189,11 @@ pub fn crawl_quietly(config: &Config, dir: &Path, follow: Option<Duration>) -> R
     // The output is opened before a new job is recorded, so a job whose
     // output cannot be written leaves no state behind.
     let header = (config.format == Format::Csv).then(|| csv_header(&config.fields));
-    let output = OutputFile::open(&wanted.output, store.counters().output_len, header.as_deref())?;
+    let output = OutputFile::open(
+        &wanted.output,
+        store.counters().output_len,
+        header.as_deref(),
+    )?;
     if existing.is_none() {
         store.set_job(&wanted, &config.pages)?;
         store.flush()?;
@@ -214,7 +218,8 @@ pub fn crawl_quietly(config: &Config, dir: &Path, follow: Option<Duration>) -> R
         _ => None,
     };
     let robots = if config.robots {
-        let robots = Fetcher::new(config).robots(&config.page_url(config.pages.start()), &config.user_agent);
+        let robots =
+            Fetcher::new(config).robots(&config.page_url(config.pages.start()), &config.user_agent);
         if let Some(delay) = robots.crawl_delay {
             log::info!("robots.txt asks for {delay:?} between requests; keeping to it");
         }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 /// Allowance for the time between a request starting here and reaching the
 /// server (connection reuse, scheduling), so the server's one-second windows
 /// hold too.
-const MARGIN: Duration = Duration::from_millis(25);
+const MARGIN: Duration = Duration::from_millis(50);
 const WINDOW: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Default)]
