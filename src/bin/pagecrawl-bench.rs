@@ -299,6 +299,8 @@ struct Counters {
     requests: AtomicU64,
     /// Requests for a page that had been requested before.
     repeats: AtomicU64,
+    /// Requests for anything else (e.g. `/robots.txt`).
+    other: AtomicU64,
     active: AtomicUsize,
     peak: AtomicUsize,
     /// Unix time in ns of the first and the latest page request (0: none).
@@ -312,6 +314,7 @@ impl Counters {
         Counters {
             requests: AtomicU64::new(0),
             repeats: AtomicU64::new(0),
+            other: AtomicU64::new(0),
             active: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
             first_ns: AtomicU64::new(0),
@@ -321,7 +324,13 @@ impl Counters {
     }
 
     fn reset(&self) {
-        for counter in [&self.requests, &self.repeats, &self.first_ns, &self.last_ns] {
+        for counter in [
+            &self.requests,
+            &self.repeats,
+            &self.other,
+            &self.first_ns,
+            &self.last_ns,
+        ] {
             counter.store(0, Ordering::SeqCst);
         }
         self.peak
@@ -333,9 +342,10 @@ impl Counters {
 
     fn json(&self) -> String {
         format!(
-            "{{\"requests\":{},\"repeats\":{},\"peak\":{},\"first_ns\":{},\"last_ns\":{}}}",
+            "{{\"requests\":{},\"repeats\":{},\"other\":{},\"peak\":{},\"first_ns\":{},\"last_ns\":{}}}",
             self.requests.load(Ordering::SeqCst),
             self.repeats.load(Ordering::SeqCst),
+            self.other.load(Ordering::SeqCst),
             self.peak.load(Ordering::SeqCst),
             self.first_ns.load(Ordering::SeqCst),
             self.last_ns.load(Ordering::SeqCst),
@@ -453,6 +463,7 @@ fn serve_connection(stream: TcpStream, pages: &Pages, counters: &Counters, laten
             counters.reset();
             writer.write_all(&response("200 OK", "text/plain", b"ok\n", close))
         } else {
+            counters.other.fetch_add(1, Ordering::SeqCst);
             writer.write_all(&response(
                 "404 Not Found",
                 "text/plain",
@@ -528,6 +539,7 @@ struct ServerProcess {
 struct ServerStats {
     requests: u64,
     repeats: u64,
+    other: u64,
     peak: u64,
     first_ns: u64,
 }
@@ -587,6 +599,7 @@ impl ServerProcess {
         Some(ServerStats {
             requests: field("requests"),
             repeats: field("repeats"),
+            other: field("other"),
             peak: field("peak"),
             first_ns: field("first_ns"),
         })
@@ -653,6 +666,8 @@ struct Usage {
     /// accounting of reaped children (`/proc/self/stat` cutime + cstime,
     /// which is what `getrusage(RUSAGE_CHILDREN)` reads).
     cpu: Duration,
+    /// The system part of `cpu`.
+    sys: Duration,
     /// Highest `VmHWM` seen while it ran, KiB.
     peak_rss_kib: u64,
     status: Option<ExitStatus>,
@@ -698,11 +713,20 @@ fn clock_ticks() -> u64 {
 
 /// CPU time (user + sys) of this process's reaped children so far.
 fn children_cpu() -> Result<Duration> {
+    let (user, sys) = children_times()?;
+    Ok(user + sys)
+}
+
+/// User and system time of this process's reaped children so far.
+fn children_times() -> Result<(Duration, Duration)> {
     let stat = fs::read_to_string("/proc/self/stat").context("cannot read /proc/self/stat")?;
     let fields = stat_fields(&stat).context("unexpected /proc/self/stat")?;
     // Fields 16 and 17 (1-based) of stat(5); the slice starts at field 3.
-    let ticks: u64 = fields[13].parse::<u64>()? + fields[14].parse::<u64>()?;
-    Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64))
+    let ticks = |i: usize| -> Result<Duration> {
+        let t: u64 = fields[i].parse()?;
+        Ok(Duration::from_secs_f64(t as f64 / clock_ticks() as f64))
+    };
+    Ok((ticks(13)?, ticks(14)?))
 }
 
 /// The fields of a `/proc/PID/stat` line from the state (field 3) on.
@@ -762,7 +786,7 @@ fn measure(
     }
     command.env("no_proxy", "127.0.0.1,localhost");
     command.env("NO_PROXY", "127.0.0.1,localhost");
-    let before = children_cpu()?;
+    let (user_before, sys_before) = children_times()?;
     let started = Instant::now();
     let mut child = command
         .spawn()
@@ -797,7 +821,9 @@ fn measure(
     };
     let _ = waiter.join();
     usage.wall = ended - started;
-    usage.cpu = children_cpu()?.saturating_sub(before);
+    let (user, sys) = children_times()?;
+    usage.sys = sys.saturating_sub(sys_before);
+    usage.cpu = user.saturating_sub(user_before) + usage.sys;
     usage.status = status.ok();
     usage.stdout = fs::read_to_string(&out_path).unwrap_or_default();
     usage.stderr = fs::read_to_string(&err_path).unwrap_or_default();
@@ -835,6 +861,7 @@ struct Row {
     latency_ms: u64,
     wall: Duration,
     cpu: Duration,
+    sys: Duration,
     peak_rss_kib: u64,
     /// What the server (or the client) says, e.g. repeats or mismatches.
     check: String,
@@ -1196,10 +1223,15 @@ fn count_lines(path: &Path) -> u64 {
 fn server_check(stats: Option<ServerStats>, expected: u64) -> String {
     match stats {
         Some(s) => format!(
-            "{} req{}, peak {}",
+            "{} pages{}{}, peak {} at once",
             s.requests,
             if s.repeats > 0 || s.requests != expected {
                 format!(" ({} repeated)", s.repeats)
+            } else {
+                String::new()
+            },
+            if s.other > 0 {
+                format!(" + {} other", s.other)
             } else {
                 String::new()
             },
@@ -1231,7 +1263,13 @@ fn crawl_once(ctx: &Bench, server: &ServerProcess, crawl: &Crawl, run: usize) ->
     if !ok {
         check = format!(
             "FAILED: {}; {done} done, {failed} failed, {items} items in the output (want {expected_items}, summary says {reported_items}); {check}",
-            if usage.ok() { "finished".into() } else { usage.describe_failure() }
+            if usage.stdout.starts_with("stopped:") {
+                "stopped by a signal the benchmark did not send".into()
+            } else if usage.ok() {
+                "finished".into()
+            } else {
+                usage.describe_failure()
+            }
         );
     }
     if !ctx.verbose && ok {
@@ -1245,6 +1283,7 @@ fn crawl_once(ctx: &Bench, server: &ServerProcess, crawl: &Crawl, run: usize) ->
         latency_ms: crawl.latency_ms,
         wall: usage.wall,
         cpu: usage.cpu,
+        sys: usage.sys,
         peak_rss_kib: usage.peak_rss_kib,
         check,
         ok,
@@ -1307,6 +1346,7 @@ fn peer_once(
         latency_ms: crawl.latency_ms,
         wall: usage.wall,
         cpu: usage.cpu,
+        sys: usage.sys,
         peak_rss_kib: usage.peak_rss_kib,
         check,
         ok,
@@ -1462,6 +1502,7 @@ fn scale_once(ctx: &Bench, scale: &Scale, run: usize) -> Result<ScaleResult> {
         latency_ms: 0,
         wall: crawl_usage.wall,
         cpu: crawl_usage.cpu,
+        sys: crawl_usage.sys,
         peak_rss_kib: crawl_usage.peak_rss_kib,
         check,
         ok,
@@ -1487,15 +1528,26 @@ fn median<T: Copy + PartialOrd>(values: &mut [T]) -> T {
 
 /// A row whose wall, CPU and RSS are the medians of `runs` (each column on
 /// its own).
-fn median_row(runs: &[Row]) -> Row {
+fn median_row(all: &[Row]) -> Row {
+    let good: Vec<&Row> = all.iter().filter(|r| r.ok).collect();
+    let failed = all.len() - good.len();
+    let runs: Vec<&Row> = if good.is_empty() {
+        all.iter().collect()
+    } else {
+        good
+    };
     let mut row = runs[runs.len() / 2].clone();
     row.wall = median(&mut runs.iter().map(|r| r.wall).collect::<Vec<_>>());
     row.cpu = median(&mut runs.iter().map(|r| r.cpu).collect::<Vec<_>>());
+    row.sys = median(&mut runs.iter().map(|r| r.sys).collect::<Vec<_>>());
     row.pages = median(&mut runs.iter().map(|r| r.pages).collect::<Vec<_>>());
     row.peak_rss_kib = median(&mut runs.iter().map(|r| r.peak_rss_kib).collect::<Vec<_>>());
-    row.ok = runs.iter().all(|r| r.ok);
-    if let Some(failed) = runs.iter().find(|r| !r.ok) {
-        row.check = failed.check.clone();
+    if failed > 0 && row.ok {
+        row.check = format!(
+            "{}; {failed} of {} runs failed and are left out",
+            row.check,
+            all.len()
+        );
     }
     row
 }
@@ -1542,7 +1594,7 @@ fn print_header(ctx: &Bench, args: &BenchArgs, repeat: usize) {
 
 fn print_row_line(row: &Row, tag: &str) {
     println!(
-        "  {tag}: {} / {}: {} pages in {:.2} s ({:.0} pages/s{}), CPU {:.3} ms/page, peak RSS {:.1} MiB; {}",
+        "  {tag}: {} / {}: {} pages in {:.2} s ({:.0} pages/s{}), CPU {:.3} ms/page ({:.0}% sys), peak RSS {:.1} MiB; {}",
         row.scenario,
         row.client,
         row.pages,
@@ -1551,17 +1603,18 @@ fn print_row_line(row: &Row, tag: &str) {
         row.efficiency()
             .map_or(String::new(), |e| format!(", efficiency {e:.2}")),
         row.cpu_ms_per_page(),
+        100.0 * row.sys.as_secs_f64() / row.cpu.as_secs_f64().max(1e-9),
         row.peak_rss_kib as f64 / 1024.0,
         row.check
     );
 }
 
 fn print_table(rows: &[Row]) {
-    println!("| scenario | client | pages | conc. | latency | wall s | pages/s | efficiency | CPU ms/page | peak RSS MiB | server saw |");
-    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+    println!("| scenario | client | pages | conc. | latency | wall s | pages/s | efficiency | CPU ms/page | of it sys | peak RSS MiB | server saw |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
     for row in rows {
         println!(
-            "| {} | {} | {} | {} | {} ms | {:.2} | {:.0} | {} | {:.3} | {:.1} | {} |",
+            "| {} | {} | {} | {} | {} ms | {:.2} | {:.0} | {} | {:.3} | {:.0}% | {:.1} | {} |",
             row.scenario,
             row.client,
             row.pages,
@@ -1571,6 +1624,7 @@ fn print_table(rows: &[Row]) {
             row.pages_per_s(),
             row.efficiency().map_or("–".into(), |e| format!("{e:.2}")),
             row.cpu_ms_per_page(),
+            100.0 * row.sys.as_secs_f64() / row.cpu.as_secs_f64().max(1e-9),
             row.peak_rss_kib as f64 / 1024.0,
             row.check
         );
@@ -1940,7 +1994,10 @@ fn profile(
         }
         Tool::Perf => {
             let mut c = Command::new("perf");
-            c.args(["record", "-e", "cpu-clock", "-F", "2999", "-g", "-o"])
+            // cpu-clock: a software event, so it works in a VM too; no
+            // call graphs (release builds have no frame pointers), the
+            // inclusive view is callgrind's.
+            c.args(["record", "-e", "cpu-clock", "-F", "2999", "-o"])
                 .arg(&data)
                 .arg("--");
             c
@@ -1983,22 +2040,22 @@ fn profile(
             ]
         }
         Tool::Perf => {
-            let report = |children: &str| {
+            let report = |sort: &str| {
                 let mut c = Command::new("perf");
                 c.args([
                     "report",
                     "--stdio",
+                    "--no-children",
                     "--percent-limit",
                     "0.5",
-                    children,
-                    "-i",
                 ])
+                .args(["--sort", sort, "-i"])
                 .arg(&data);
                 c
             };
             vec![
-                ("perf-self.txt", report("--no-children")),
-                ("perf-inclusive.txt", report("--children")),
+                ("perf-threads.txt", report("comm")),
+                ("perf-self.txt", report("dso,sym")),
             ]
         }
     };
