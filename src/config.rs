@@ -183,7 +183,15 @@ impl Config {
                 .span()
                 .map(|span| 1 + text[..span.start].matches('\n').count());
             let at = line.map(|l| format!(" line {l}")).unwrap_or_default();
-            UserError::Config(format!("config {where_}{at}: {}", e.message().trim()))
+            // toml's messages can span lines ("invalid table header\nexpected
+            // `.`, `]`"); an error here is one line (found by fuzzing).
+            let message: Vec<&str> = e
+                .message()
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            UserError::Config(format!("config {where_}{at}: {}", message.join("; ")))
         })?;
         let bad = |key: &str, why: String| {
             UserError::Config(format!("config {where_}: key '{key}': {why}"))
@@ -509,6 +517,13 @@ pattern = '<a href="(?P<url>[^"]+)">(?P<title>[^<]*)</a>'
         assert!(err.contains("colour") && err.contains("line 6"), "{err}");
         let err = parse("pages = \"1..\"\npattern = '(?P<a>x)'").unwrap_err();
         assert!(err.contains("url"), "{err}");
+    }
+
+    #[test]
+    fn a_multi_line_toml_error_becomes_one_line() {
+        // Found by `cargo fuzz run config`: "[l." gave a two-line message.
+        let err = parse("[l.\n").unwrap_err();
+        assert!(!err.contains('\n') && err.contains("line 1"), "{err}");
     }
 
     #[test]
