@@ -15,13 +15,17 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     name = "pagecrawl",
     version,
     propagate_version = true,
-    after_help = "Start with: pagecrawl demo"
+    after_help = "Start with:\n  \
+                  pagecrawl demo                          crawl a built-in local mirror\n  \
+                  pagecrawl init myjob                    write myjob.toml to edit\n  \
+                  pagecrawl try -c myjob.toml --page 1    check the pattern on one page\n  \
+                  pagecrawl run -c myjob.toml             crawl (Ctrl-C stops; run again resumes)"
 )]
 pub struct Cli {
     /// More log output (-v debug, -vv trace).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
-    /// Only warnings and errors on stderr.
+    /// Only warnings and errors on stderr (no progress bar or progress log).
     #[arg(short, long, global = true)]
     pub quiet: bool,
     #[command(subcommand)]
@@ -31,6 +35,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Crawl until the queue drains (resumes where the last run stopped).
+    ///
+    /// On a terminal a progress bar shows pages done of the total, pages/s,
+    /// ETA, items, retries and failures; elsewhere a progress line is logged
+    /// every 5 seconds. Ctrl-C stops gracefully; the same command resumes.
     #[command(
         after_help = "Example: pagecrawl run --config wooyun.toml --state-dir /var/lib/pagecrawl/wooyun"
     )]
@@ -47,12 +55,12 @@ pub enum Command {
         #[arg(long, value_name = "INTERVAL")]
         follow: Option<String>,
     },
-    /// Show counts, rate, ETA and the most common errors.
+    /// Show state, counts, rate, ETA, the most common errors and the output.
     #[command(after_help = "Example: pagecrawl status --state-dir wooyun.state --json")]
     Status {
         #[command(flatten)]
         state: StateArgs,
-        /// Machine-readable output.
+        /// Machine-readable output (fields listed in the README).
         #[arg(long)]
         json: bool,
     },
@@ -99,6 +107,7 @@ pub enum Command {
     Export {
         #[command(flatten)]
         state: StateArgs,
+        /// The format to write, whatever the job's own format is.
         #[arg(long, value_enum, default_value = "jsonl")]
         format: FormatArg,
         /// Write here instead of standard output.
@@ -118,15 +127,28 @@ pub enum Command {
         state: StateArgs,
     },
     /// Fetch and parse one page and print its items; touches no state.
+    ///
+    /// On a terminal each item is shown field by field, and the first match
+    /// with what each group captured highlighted; piped, the items are JSON
+    /// Lines. When the pattern matches nothing it says why it might not.
     #[command(
         name = "try",
         after_help = "Example: pagecrawl try --config wooyun.toml --page 1"
     )]
     Try {
+        /// The job's TOML configuration.
         #[arg(long, short = 'c', value_name = "FILE")]
         config: PathBuf,
+        /// The page number to fetch.
         #[arg(long, value_name = "N")]
         page: u64,
+        /// Print JSON Lines even on a terminal.
+        #[arg(long, conflicts_with = "pretty")]
+        json: bool,
+        /// Print the readable view even when piped (colors only on a
+        /// terminal).
+        #[arg(long)]
+        pretty: bool,
     },
     /// Crawl a built-in local mirror of a WooYun-style bug list.
     #[command(after_help = "Example: pagecrawl demo")]
@@ -139,6 +161,33 @@ pub enum Command {
         #[arg(long, default_value_t = 20)]
         latency_ms: u64,
     },
+    /// Write NAME.toml here: a commented config with every key to edit.
+    ///
+    /// Never overwrites a file. The required keys (url, pages, pattern) hold
+    /// placeholders; every other key is commented out at its default.
+    #[command(
+        after_help = "Example: pagecrawl init myjob && $EDITOR myjob.toml && pagecrawl try -c myjob.toml --page 1"
+    )]
+    Init {
+        /// The job's name: the file is NAME.toml, its state NAME.state/.
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+    /// Print a shell completion script.
+    #[command(after_help = "Examples:\n  \
+                      pagecrawl completions bash > ~/.local/share/bash-completion/completions/pagecrawl\n  \
+                      pagecrawl completions zsh > ~/.zfunc/_pagecrawl    # with fpath+=(~/.zfunc)\n  \
+                      pagecrawl completions fish > ~/.config/fish/completions/pagecrawl.fish")]
+    Completions {
+        /// The shell to complete in.
+        #[arg(value_enum)]
+        shell: ShellArg,
+    },
+    /// Print the manual page (roff), generated from this help.
+    #[command(after_help = "Examples:\n  \
+                      pagecrawl man | man -l -\n  \
+                      pagecrawl man > /usr/local/share/man/man1/pagecrawl.1")]
+    Man,
 }
 
 /// Where the state directory is, for the commands that inspect it.
@@ -164,4 +213,12 @@ pub enum PageStateArg {
 pub enum FormatArg {
     Jsonl,
     Csv,
+}
+
+/// The shells `completions` writes scripts for.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ShellArg {
+    Bash,
+    Zsh,
+    Fish,
 }

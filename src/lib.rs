@@ -7,15 +7,18 @@
 //!    └──────────── done / failed / counters, one sled batch per commit ◀─────┘
 //! ```
 //!
-//! Modules: `config` (TOML → validated `Config`), `range` (page ranges),
-//! `store` (the sled queue and checkpoint), `pipeline` (the stages), `http`
-//! (one fetch), `charset` and `extract` (parsing), `output` (the output file),
-//! `commands` (one per subcommand), `fixture` (the local test/demo site).
+//! Modules: `config` (TOML → validated `Config`), `config_reference` (every
+//! key documented once), `range` (page ranges), `store` (the sled queue and
+//! checkpoint), `pipeline` (the stages), `http` (one fetch), `charset` and
+//! `extract` (parsing), `output` (the output file), `progress` (the bar on a
+//! terminal), `commands` (one per subcommand), `fixture` (the local test/demo
+//! site).
 
 pub mod charset;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod config_reference;
 pub mod control;
 pub mod error;
 pub mod exit_code;
@@ -26,6 +29,7 @@ pub mod logger;
 pub mod notify;
 pub mod output;
 pub mod pipeline;
+pub mod progress;
 pub mod range;
 pub mod robots;
 pub mod signals;

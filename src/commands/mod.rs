@@ -1,8 +1,10 @@
 //! One file per subcommand, and the one `match` that dispatches to them.
 
+mod completions;
 mod demo;
 mod enqueue;
 mod export;
+pub mod init;
 mod pause;
 mod queue;
 mod retry;
@@ -42,8 +44,16 @@ pub fn dispatch(command: Command) -> Result<Exit> {
         } => export::command(&state_dir(&state)?, format, output.as_deref()),
         Command::Pause { state } => pause::command(&state_dir(&state)?, true),
         Command::Resume { state } => pause::command(&state_dir(&state)?, false),
-        Command::Try { config, page } => try_page::command(&config, page),
+        Command::Try {
+            config,
+            page,
+            json,
+            pretty,
+        } => try_page::command(&config, page, try_page::View::choose(json, pretty)),
         Command::Demo { dir, latency_ms } => demo::command(dir, latency_ms),
+        Command::Init { name } => init::command(&name),
+        Command::Completions { shell } => completions::completions(shell),
+        Command::Man => completions::man(),
     }
 }
 
@@ -78,4 +88,20 @@ fn state_dir(args: &StateArgs) -> Result<PathBuf> {
         "no state directory given: pass --state-dir DIR (or --config FILE to use the one beside it)".into(),
     )
     .into())
+}
+
+/// Writes a command's output to stdout. A reader that went away (`| head`)
+/// is not an error: it has what it wanted.
+pub fn write_stdout(bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot write to standard output: {}",
+                crate::util::io_reason(&e)
+            )
+        }),
+    }
 }

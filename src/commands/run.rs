@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use crossbeam_channel::{select, tick};
+use crossbeam_channel::{never, select, tick};
 
 use crate::config::Config;
 use crate::control::server::ControlServer;
@@ -18,6 +18,7 @@ use crate::http::Fetcher;
 use crate::notify::Notifier;
 use crate::output::{csv_header, Format, OutputFile};
 use crate::pipeline::{Pipeline, Shared};
+use crate::progress::{publish_recent_rate, ProgressView, RateWindow, Snapshot, RATE_WINDOW};
 use crate::robots::Robots;
 use crate::signals::Signal;
 use crate::store::{pid_path, Counters, Job, Store};
@@ -26,6 +27,8 @@ use crate::store::{pid_path, Counters, Job, Store};
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// How often systemd's STATUS= is refreshed (at most once a second).
 const STATUS_EVERY: Duration = Duration::from_secs(1);
+/// How often the progress bar's numbers are refreshed on a terminal.
+const REDRAW_EVERY: Duration = Duration::from_millis(200);
 
 pub fn command(
     config_path: &Path,
@@ -277,6 +280,26 @@ fn supervise(
     let mut grace_ends: Option<Instant> = None;
     let mut last_log = Instant::now();
     let mut done_at_last_log = 0;
+    // A bar on a terminal; otherwise (a service, a pipe) the progress log.
+    let view = ProgressView::start(shared.config().pages.is_open());
+    let redraw = if view.is_some() {
+        tick(REDRAW_EVERY)
+    } else {
+        never()
+    };
+    let mut window = RateWindow::new(RATE_WINDOW);
+    window.record(Instant::now(), store.counters().done);
+    publish_recent_rate(None);
+    let show = |view: &Option<ProgressView>, window: &RateWindow, stopping: bool| {
+        if let Some(view) = view {
+            view.show(&Snapshot {
+                paused: shared.paused.load(Ordering::SeqCst),
+                stopping,
+                ..Snapshot::new(&store.counters(), view.open_range(), window.rate())
+            });
+        }
+    };
+    show(&view, &window, false);
     loop {
         let wait = grace_ends.map_or(Duration::from_secs(1), |end| {
             end.saturating_duration_since(Instant::now())
@@ -287,7 +310,7 @@ fn supervise(
                 Ok(Signal::Reload) => reload(shared, follow),
                 Ok(Signal::Stop(name)) => {
                     if grace_ends.is_some() {
-                        eprintln!("pagecrawl: {name} again: exiting now; the next run resumes from the last checkpoint");
+                        crate::logger::eprint_line(&format!("pagecrawl: {name} again: exiting now; the next run resumes from the last checkpoint"));
                         std::process::exit(Exit::Interrupted as i32);
                     }
                     let grace = shared.config().stop_grace;
@@ -300,12 +323,15 @@ fn supervise(
                 }
                 Err(_) => {}
             },
+            recv(redraw) -> _ => show(&view, &window, grace_ends.is_some()),
             recv(ticker) -> _ => {
                 let counters = store.counters();
+                window.record(Instant::now(), counters.done);
+                publish_recent_rate(window.rate());
                 if let Some(notifier) = notifier {
                     notifier.send(&format!("STATUS={}", status_line(&counters, shared)));
                 }
-                if grace_ends.is_none() && last_log.elapsed() >= PROGRESS_EVERY {
+                if view.is_none() && grace_ends.is_none() && last_log.elapsed() >= PROGRESS_EVERY {
                     let done = shared.progress.done.load(Ordering::Relaxed);
                     log::info!(
                         "progress: {} ({:.1} pages/s)",

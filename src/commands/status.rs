@@ -8,83 +8,235 @@ use anyhow::Result;
 use crate::control::ops::Status;
 use crate::control::Backend;
 use crate::exit_code::Exit;
+use crate::progress::human_duration;
+
+/// How many failure reasons the summary lists.
+const TOP_ERRORS: usize = 5;
 
 pub fn command(dir: &Path, json: bool) -> Result<Exit> {
     let status = Backend::connect(dir)?.status()?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+    let text = if json {
+        serde_json::to_string_pretty(&status)? + "\n"
     } else {
-        print!("{}", render(&status));
-    }
+        render(&status)
+    };
+    super::write_stdout(text.as_bytes())?;
     Ok(Exit::Success)
 }
 
-/// The human summary (also printed by `pause` and `resume`).
+/// The human summary (also printed by `pause` and `resume`), one labelled
+/// line per fact:
+///
+/// ```text
+/// state     running (pid 4242)
+/// job       http://127.0.0.1:8080/wooyun/bugs.php?page={page}, pages 1..=295
+/// pages     120 done, 173 pending, 2 failed (of 295), 41% finished
+/// items     2400
+/// rate      35.2 pages/s over the last minute
+/// eta       5s
+/// retries   7
+/// errors    2 pages failed:
+///             2 × HTTP 500
+///           list them: pagecrawl queue --state failed --state-dir wooyun.state
+/// output    /srv/wooyun.state/items.jsonl (1048576 bytes)
+/// state dir /srv/wooyun.state
+/// ```
 pub fn render(s: &Status) -> String {
     let mut out = String::new();
-    let line = |out: &mut String, label: &str, value: String| {
-        out.push_str(&format!("{label:<9} {value}\n"))
-    };
-    let state = match s.pid {
-        Some(pid) => format!("{} (pid {pid})", s.state),
-        None => s.state.clone(),
-    };
-    line(&mut out, "state", format!("{state} in {}", s.state_dir));
-    if let (Some(url), Some(range)) = (&s.url, &s.range) {
-        line(&mut out, "job", format!("{url} pages {range}"));
-    }
-    line(
-        &mut out,
-        "pages",
-        format!(
-            "{} done, {} pending, {} failed (of {})",
-            s.done, s.pending, s.failed, s.total
-        ),
-    );
-    if let Some(output) = &s.output {
-        line(
-            &mut out,
-            "items",
-            format!("{} in {} ({} bytes)", s.items, output, s.output_bytes),
-        );
-    }
-    let rate = match (s.rate, s.eta_seconds) {
-        (Some(rate), Some(eta)) if s.pending > 0 => {
-            format!("{rate:.1} pages/s in the last run; ETA {}", duration(eta))
+    let mut line = |label: &str, value: String| {
+        for (index, text) in value.lines().enumerate() {
+            let label = if index == 0 { label } else { "" };
+            out.push_str(&format!("{label:<9} {text}\n"));
         }
-        (Some(rate), _) => format!("{rate:.1} pages/s in the last run"),
-        _ => "no pages committed yet".into(),
     };
-    line(&mut out, "rate", rate);
-    line(&mut out, "retries", s.retries.to_string());
-    if let Some(end) = s.open_range_end {
-        line(
-            &mut out,
-            "end",
-            format!("open range ended at page {end} (a run of empty pages)"),
-        );
+    let state = match (s.state.as_str(), s.pid) {
+        ("running", Some(pid)) => format!("running (pid {pid})"),
+        ("paused", Some(pid)) => format!("paused (pid {pid}); `pagecrawl resume` goes on"),
+        ("idle", _) => {
+            "idle: no crawl is running; `pagecrawl run` with the same config resumes".to_string()
+        }
+        ("finished", _) => "finished: nothing pending".to_string(),
+        (other, Some(pid)) => format!("{other} (pid {pid})"),
+        (other, None) => other.to_string(),
+    };
+    line("state", state);
+    if let (Some(url), Some(range)) = (&s.url, &s.range) {
+        line("job", format!("{url}, pages {range}"));
     }
+    let finished = s.done + s.failed;
+    let mut pages = format!(
+        "{} done, {} pending, {} failed (of {})",
+        s.done, s.pending, s.failed, s.total
+    );
+    match (s.open_range, s.open_range_end, s.frontier) {
+        (_, Some(end), _) => pages.push_str(&format!(
+            "; open range ended at page {end} (a run of empty pages)"
+        )),
+        (true, None, Some(frontier)) => {
+            pages.push_str(&format!("; open range, frontier page {frontier}"))
+        }
+        _ if s.total > 0 => {
+            pages.push_str(&format!(", {}% finished", finished * 100 / s.total.max(1)))
+        }
+        _ => {}
+    }
+    line("pages", pages);
+    line("items", s.items.to_string());
+    let rate = match (s.rate_last_minute, s.rate) {
+        (Some(recent), _) => format!("{recent:.1} pages/s over the last minute"),
+        (None, Some(rate)) if s.pid.is_some() => format!("{rate:.1} pages/s in this run"),
+        (None, Some(rate)) => format!("{rate:.1} pages/s in the last run"),
+        (None, None) => "no pages committed yet".into(),
+    };
+    line("rate", rate);
+    if s.pending > 0 {
+        let eta = match s.eta_seconds {
+            _ if s.open_range && s.open_range_end.is_none() => {
+                "unknown: an open range ends at its first run of empty pages".to_string()
+            }
+            Some(eta) if s.pid.is_some() => human_duration(eta),
+            Some(eta) => format!(
+                "{} once resumed, at the last run's rate",
+                human_duration(eta)
+            ),
+            None => "unknown until pages are committed".into(),
+        };
+        line("eta", eta);
+    }
+    line("retries", s.retries.to_string());
     if !s.errors.is_empty() {
-        let top: Vec<String> = s
-            .errors
-            .iter()
-            .take(5)
-            .map(|e| format!("{} × {}", e.reason, e.pages))
-            .collect();
-        line(
-            &mut out,
-            "errors",
-            format!("{} (see: pagecrawl queue --state failed)", top.join(", ")),
+        let mut errors = format!(
+            "{} page{} failed:\n",
+            s.failed,
+            if s.failed == 1 { "" } else { "s" }
         );
+        for error in s.errors.iter().take(TOP_ERRORS) {
+            errors.push_str(&format!("  {} × {}\n", error.pages, error.reason));
+        }
+        if s.errors.len() > TOP_ERRORS {
+            errors.push_str(&format!(
+                "  ... and {} other reasons\n",
+                s.errors.len() - TOP_ERRORS
+            ));
+        }
+        errors.push_str(&format!(
+            "list them: pagecrawl queue --state failed --state-dir {}; retry: pagecrawl retry --state-dir {}",
+            s.state_dir, s.state_dir
+        ));
+        line("errors", errors);
     }
+    if let Some(output) = &s.output {
+        line("output", format!("{output} ({} bytes)", s.output_bytes));
+    }
+    line("state dir", s.state_dir.clone());
     out
 }
 
-fn duration(seconds: f64) -> String {
-    let s = seconds.round() as u64;
-    match s {
-        0..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
-        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::ops::ErrorCount;
+
+    fn status() -> Status {
+        Status {
+            state: "running".into(),
+            pid: Some(4242),
+            state_dir: "/srv/job.state".into(),
+            url: Some("http://127.0.0.1:8080/bugs.php?page={page}".into()),
+            range: Some("1..=295".into()),
+            pending: 173,
+            done: 120,
+            failed: 2,
+            total: 295,
+            items: 2400,
+            retries: 7,
+            output: Some("/srv/job.state/items.jsonl".into()),
+            output_bytes: 1_048_576,
+            rate: Some(30.0),
+            eta_seconds: Some(4.9),
+            open_range_end: None,
+            errors: vec![
+                ErrorCount {
+                    reason: "HTTP 500".into(),
+                    pages: 1,
+                },
+                ErrorCount {
+                    reason: "timed out".into(),
+                    pages: 1,
+                },
+            ],
+            rate_last_minute: Some(35.24),
+            open_range: false,
+            frontier: None,
+        }
+    }
+
+    #[test]
+    fn a_running_crawl_reads_as_labelled_lines() {
+        assert_eq!(
+            render(&status()),
+            "state     running (pid 4242)\n\
+             job       http://127.0.0.1:8080/bugs.php?page={page}, pages 1..=295\n\
+             pages     120 done, 173 pending, 2 failed (of 295), 41% finished\n\
+             items     2400\n\
+             rate      35.2 pages/s over the last minute\n\
+             eta       5s\n\
+             retries   7\n\
+             errors    2 pages failed:\n\
+             \x20           1 × HTTP 500\n\
+             \x20           1 × timed out\n\
+             \x20         list them: pagecrawl queue --state failed --state-dir /srv/job.state; retry: pagecrawl retry --state-dir /srv/job.state\n\
+             output    /srv/job.state/items.jsonl (1048576 bytes)\n\
+             state dir /srv/job.state\n"
+        );
+    }
+
+    #[test]
+    fn idle_finished_and_open_ranges_say_what_they_are() {
+        let idle = render(&Status {
+            state: "idle".into(),
+            pid: None,
+            rate_last_minute: None,
+            eta_seconds: Some(130.0),
+            ..status()
+        });
+        assert!(
+            idle.starts_with("state     idle: no crawl is running"),
+            "{idle}"
+        );
+        assert!(
+            idle.contains("rate      30.0 pages/s in the last run\n"),
+            "{idle}"
+        );
+        assert!(idle.contains("eta       2m10s once resumed"), "{idle}");
+        let finished = render(&Status {
+            state: "finished".into(),
+            pid: None,
+            pending: 0,
+            errors: Vec::new(),
+            failed: 0,
+            ..status()
+        });
+        assert!(finished.contains("finished: nothing pending"), "{finished}");
+        assert!(!finished.contains("eta"), "{finished}");
+        assert!(!finished.contains("errors"), "{finished}");
+        let open = render(&Status {
+            open_range: true,
+            frontier: Some(140),
+            ..status()
+        });
+        assert!(open.contains("; open range, frontier page 140\n"), "{open}");
+        assert!(open.contains("eta       unknown: an open range"), "{open}");
+        let many = render(&Status {
+            errors: (1..=7)
+                .map(|n| ErrorCount {
+                    reason: format!("HTTP 50{n}"),
+                    pages: 8 - n,
+                })
+                .collect(),
+            ..status()
+        });
+        assert!(many.contains("  ... and 2 other reasons\n"), "{many}");
+        assert!(!many.contains("HTTP 506"), "{many}");
     }
 }

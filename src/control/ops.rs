@@ -42,11 +42,23 @@ pub struct Status {
     pub output_bytes: u64,
     /// Pages per second during the last run, if it committed anything.
     pub rate: Option<f64>,
-    /// Seconds until the pending pages are done at that rate.
+    /// Seconds until the pending pages are done: at `rate_last_minute`
+    /// while a crawl runs and has measured it, else at `rate`.
     pub eta_seconds: Option<f64>,
     /// Open ranges: the first page of the empty run that ended the range.
     pub open_range_end: Option<u64>,
     pub errors: Vec<ErrorCount>,
+    /// Pages per second over the last minute, while a crawl runs (null
+    /// otherwise, and in its first second). Added after 0.1.0.
+    #[serde(default)]
+    pub rate_last_minute: Option<f64>,
+    /// Whether the job's range is open (`"1.."`). Added after 0.1.0.
+    #[serde(default)]
+    pub open_range: bool,
+    /// Open ranges: the next page the range has not queued yet. Added after
+    /// 0.1.0.
+    #[serde(default)]
+    pub frontier: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,6 +76,13 @@ pub fn status(store: &Store, daemon: Option<Daemon>) -> Result<Status> {
     let done_in_run = counters.done.saturating_sub(counters.run_done_base);
     let rate = (elapsed_ms > 0 && done_in_run > 0)
         .then(|| done_in_run as f64 * 1000.0 / elapsed_ms as f64);
+    // Measured by the crawl running in this process: only the daemon has one.
+    let rate_last_minute = daemon.and_then(|_| crate::progress::recent_rate());
+    let eta_rate = rate_last_minute.or(rate).filter(|r| *r > 0.0);
+    let open_range = job
+        .as_ref()
+        .and_then(|j| crate::range::parse_range(&j.pages).ok())
+        .is_some_and(|range| range.is_open());
     let state = match daemon {
         Some(Daemon { paused: true, .. }) => "paused",
         Some(_) => "running",
@@ -85,13 +104,16 @@ pub fn status(store: &Store, daemon: Option<Daemon>) -> Result<Status> {
         output: job.as_ref().map(|j| j.output.display().to_string()),
         output_bytes: counters.output_len,
         rate,
-        eta_seconds: rate.map(|r| counters.pending as f64 / r),
+        eta_seconds: eta_rate.map(|r| counters.pending as f64 / r),
         open_range_end: counters.open_end(),
         errors: store
             .reasons()?
             .into_iter()
             .map(|(reason, pages)| ErrorCount { reason, pages })
             .collect(),
+        rate_last_minute,
+        open_range,
+        frontier: open_range.then_some(counters.frontier),
     })
 }
 

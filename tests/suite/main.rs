@@ -12,3 +12,4 @@ mod errors;
 mod faults;
 mod hostile;
 mod properties;
+mod ux;
