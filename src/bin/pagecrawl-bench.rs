@@ -303,7 +303,8 @@ struct Counters {
     other: AtomicU64,
     active: AtomicUsize,
     peak: AtomicUsize,
-    /// Unix time in ns of the first and the latest page request (0: none).
+    /// Unix time in ns of the first page request's arrival and of the
+    /// latest page response's end (0: none).
     first_ns: AtomicU64,
     last_ns: AtomicU64,
     seen: Vec<AtomicU32>,
@@ -358,7 +359,6 @@ impl Counters {
         let _ = self
             .first_ns
             .compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst);
-        self.last_ns.fetch_max(now, Ordering::SeqCst);
         self.requests.fetch_add(1, Ordering::SeqCst);
         let slot = usize::try_from(page)
             .unwrap_or(usize::MAX)
@@ -376,6 +376,7 @@ struct Active<'a>(&'a Counters);
 
 impl Drop for Active<'_> {
     fn drop(&mut self) {
+        self.0.last_ns.fetch_max(unix_ns(), Ordering::SeqCst);
         self.0.active.fetch_sub(1, Ordering::SeqCst);
     }
 }
@@ -542,6 +543,7 @@ struct ServerStats {
     other: u64,
     peak: u64,
     first_ns: u64,
+    last_ns: u64,
 }
 
 impl ServerProcess {
@@ -602,6 +604,7 @@ impl ServerProcess {
             other: field("other"),
             peak: field("peak"),
             first_ns: field("first_ns"),
+            last_ns: field("last_ns"),
         })
     }
 
@@ -1241,6 +1244,22 @@ fn server_check(stats: Option<ServerStats>, expected: u64) -> String {
     }
 }
 
+/// Where the wall time went: start-up until the first page request, and
+/// from the last page sent until the client exited.
+fn timing(stats: Option<ServerStats>, spawned_ns: u64, wall: Duration) -> String {
+    match stats {
+        Some(s) if s.first_ns > 0 && s.last_ns > 0 => {
+            let ended_ns = spawned_ns + wall.as_nanos() as u64;
+            format!(
+                "; first page +{:.0} ms, exit {:.0} ms after the last",
+                s.first_ns.saturating_sub(spawned_ns) as f64 / 1e6,
+                ended_ns.saturating_sub(s.last_ns) as f64 / 1e6
+            )
+        }
+        _ => String::new(),
+    }
+}
+
 fn crawl_once(ctx: &Bench, server: &ServerProcess, crawl: &Crawl, run: usize) -> Result<Row> {
     let dir = fresh_dir(ctx, &format!("{:?}-{run}", crawl.name).to_lowercase())?;
     let config = write_config(
@@ -1253,12 +1272,13 @@ fn crawl_once(ctx: &Bench, server: &ServerProcess, crawl: &Crawl, run: usize) ->
     let state = dir.join("state");
     let mut command = pagecrawl_command(ctx, &["run", "--config"]);
     command.arg(&config).arg("--state-dir").arg(&state);
+    let spawned_ns = unix_ns();
     let usage = measure(command, &dir.join("run"), ctx.limit, |_, _| {})?;
     let stats = server.stats();
     let items = count_lines(&state.join("items.jsonl"));
     let (done, failed, reported_items) = parse_summary(&usage.stdout).unwrap_or_default();
     let expected_items = crawl.pages * PER_PAGE as u64;
-    let mut check = server_check(stats, crawl.pages);
+    let mut check = server_check(stats, crawl.pages) + &timing(stats, spawned_ns, usage.wall);
     let ok = usage.ok() && done == crawl.pages && failed == 0 && items == expected_items;
     if !ok {
         check = format!(
@@ -1319,11 +1339,13 @@ fn peer_once(
         .arg("--out")
         .arg(&out)
         .env("PYTHONDONTWRITEBYTECODE", "1");
+    let spawned_ns = unix_ns();
     let usage = measure(command, &dir.join("run"), ctx.limit, |_, _| {})?;
     let items = count_lines(&out);
     let done = parse_pairs(&usage.stdout, "pages").unwrap_or(0);
     let expected_items = crawl.pages * PER_PAGE as u64;
-    let mut check = server_check(server.stats(), crawl.pages);
+    let stats = server.stats();
+    let mut check = server_check(stats, crawl.pages) + &timing(stats, spawned_ns, usage.wall);
     let ok = usage.ok() && done == crawl.pages && items == expected_items;
     if !ok {
         check = format!(
