@@ -171,7 +171,7 @@ fn the_systemd_notify_protocol() {
     command
         .env("NOTIFY_SOCKET", &socket_path)
         .env("WATCHDOG_USEC", "400000");
-    let child = command.spawn().unwrap();
+    let child = Running::new(command.spawn().unwrap());
     let mut messages: Vec<String> = Vec::new();
     let mut buffer = [0u8; 4096];
     let started = Instant::now();

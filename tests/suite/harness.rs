@@ -127,8 +127,8 @@ impl Job {
     }
 
     /// Starts `pagecrawl run` in the background.
-    pub fn spawn_run(&self) -> Child {
-        self.command(&["run"]).spawn().expect("pagecrawl starts")
+    pub fn spawn_run(&self) -> Running {
+        Running::new(self.command(&["run"]).spawn().expect("pagecrawl starts"))
     }
 
     /// Waits until a running crawl answers on its control socket.
@@ -204,10 +204,49 @@ pub fn pagecrawl(args: &[&str]) -> Command {
     command
 }
 
+/// A process in the background that is killed when the test ends, even
+/// by a failed assertion, so no test leaves a crawler running.
+pub struct Running(Option<Child>);
+
+impl Running {
+    pub fn new(child: Child) -> Running {
+        Running(Some(child))
+    }
+}
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        self.0.as_ref().expect("the child is still owned")
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        self.0.as_mut().expect("the child is still owned")
+    }
+}
+
+impl From<Running> for Child {
+    fn from(mut running: Running) -> Child {
+        running.0.take().expect("the child is still owned")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Waits for a child with a timeout (killing it and failing the test if it
 /// runs over), and collects its output. The pipes are drained while waiting,
 /// so a command that prints a lot cannot block on a full pipe.
-pub fn finish(child: Child, timeout: Duration) -> Output {
+pub fn finish(child: impl Into<Child>, timeout: Duration) -> Output {
+    let child: Child = child.into();
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
