@@ -1614,9 +1614,19 @@ fn print_header(ctx: &Bench, args: &BenchArgs, repeat: usize) {
     }
 }
 
+/// KiB as MiB for a table; "n/a" when the process ended before the first
+/// reading.
+fn mib(kib: u64) -> String {
+    if kib == 0 {
+        "n/a".into()
+    } else {
+        format!("{:.1}", kib as f64 / 1024.0)
+    }
+}
+
 fn print_row_line(row: &Row, tag: &str) {
     println!(
-        "  {tag}: {} / {}: {} pages in {:.2} s ({:.0} pages/s{}), CPU {:.3} ms/page ({:.0}% sys), peak RSS {:.1} MiB; {}",
+        "  {tag}: {} / {}: {} pages in {:.2} s ({:.0} pages/s{}), CPU {:.3} ms/page ({:.0}% sys), peak RSS {} MiB; {}",
         row.scenario,
         row.client,
         row.pages,
@@ -1626,7 +1636,7 @@ fn print_row_line(row: &Row, tag: &str) {
             .map_or(String::new(), |e| format!(", efficiency {e:.2}")),
         row.cpu_ms_per_page(),
         100.0 * row.sys.as_secs_f64() / row.cpu.as_secs_f64().max(1e-9),
-        row.peak_rss_kib as f64 / 1024.0,
+        mib(row.peak_rss_kib),
         row.check
     );
 }
@@ -1636,7 +1646,7 @@ fn print_table(rows: &[Row]) {
     println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
     for row in rows {
         println!(
-            "| {} | {} | {} | {} | {} ms | {:.2} | {:.0} | {} | {:.3} | {:.0}% | {:.1} | {} |",
+            "| {} | {} | {} | {} | {} ms | {:.2} | {:.0} | {} | {:.3} | {:.0}% | {} | {} |",
             row.scenario,
             row.client,
             row.pages,
@@ -1647,7 +1657,7 @@ fn print_table(rows: &[Row]) {
             row.efficiency().map_or("–".into(), |e| format!("{e:.2}")),
             row.cpu_ms_per_page(),
             100.0 * row.sys.as_secs_f64() / row.cpu.as_secs_f64().max(1e-9),
-            row.peak_rss_kib as f64 / 1024.0,
+            mib(row.peak_rss_kib),
             row.check
         );
     }
@@ -1690,11 +1700,11 @@ fn print_scale(scale: &Scale, results: &[ScaleResult]) {
     );
     println!("| --- | ---: | ---: |");
     println!(
-        "| `enqueue 1..={}` into a one-page state | {:.2} s (CPU {:.2} s, peak RSS {:.1} MiB) | ≤ 5 s |",
+        "| `enqueue 1..={}` into a one-page state | {:.2} s (CPU {:.2} s, peak RSS {} MiB) | ≤ 5 s |",
         scale.enqueue,
         median(&mut enqueue),
         median(&mut results.iter().map(|r| r.enqueue.cpu.as_secs_f64()).collect::<Vec<_>>()),
-        median(&mut enqueue_rss) as f64 / 1024.0
+        mib(median(&mut enqueue_rss))
     );
     println!(
         "| `run` start to first request, {} pending | {} | ≤ 1000 ms |",
@@ -1706,10 +1716,10 @@ fn print_scale(scale: &Scale, results: &[ScaleResult]) {
         }
     );
     println!(
-        "| `status` after the crawl ({} calls) | {:.1} ms (peak RSS {:.1} MiB) | ≤ 50 ms |",
+        "| `status` after the crawl ({} calls) | {:.1} ms (peak RSS {} MiB) | ≤ 50 ms |",
         status.len(),
         median(&mut status),
-        median(&mut status_rss) as f64 / 1024.0
+        mib(median(&mut status_rss))
     );
     let mut live: Vec<f64> = results
         .iter()
