@@ -112,8 +112,13 @@ impl Fetcher {
             .max_redirects_will_error(false)
             .user_agent(config.user_agent.as_str())
             .build();
+        let agent = ureq::Agent::with_parts(
+            agent_config,
+            ureq::unversioned::transport::DefaultConnector::default(),
+            crate::dns::CachingResolver::default(),
+        );
         Fetcher {
-            agent: ureq::Agent::new_with_config(agent_config),
+            agent,
             headers: config.headers.clone(),
             max_body_size: config.max_body_size,
         }
@@ -172,12 +177,7 @@ impl Fetcher {
                     kind.split(';').next().unwrap_or(kind).trim().to_string(),
                 ));
             }
-            let body = response
-                .body_mut()
-                .with_config()
-                .limit(self.max_body_size)
-                .read_to_vec()
-                .map_err(|e| classify(e, self.max_body_size))?;
+            let body = read_body(response.body_mut(), self.max_body_size)?;
             return Ok(Response { body, content_type });
         }
         Err(FetchError::Permanent(format!(
@@ -204,6 +204,20 @@ impl Fetcher {
             }
         }
     }
+}
+
+/// Reads a body of at most `limit` bytes into a buffer sized from its
+/// `Content-Length` (so a 20 KB page is one allocation, not a growing one).
+fn read_body(body: &mut ureq::Body, limit: u64) -> Result<Vec<u8>, FetchError> {
+    use std::io::Read;
+    let expected = body.content_length().unwrap_or(0).min(limit).min(16 << 20) as usize;
+    let mut buffer = Vec::with_capacity(expected.max(8 << 10));
+    body.with_config()
+        .limit(limit)
+        .reader()
+        .read_to_end(&mut buffer)
+        .map_err(|e| classify(ureq::Error::Io(e), limit))?;
+    Ok(buffer)
 }
 
 /// Redirects followed before a page fails.

@@ -20,6 +20,7 @@ pub mod commands;
 pub mod config;
 pub mod config_reference;
 pub mod control;
+pub mod dns;
 pub mod error;
 pub mod exit_code;
 pub mod extract;

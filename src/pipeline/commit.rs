@@ -1,7 +1,8 @@
 //! The commit stage, the only writer of the output and of page states.
 //!
 //! Pages are committed in groups (every `commit_every` pages or
-//! `commit_interval`, whichever comes first). For each group, in this order:
+//! `commit_interval`, whichever comes first, or at once when the feeder can
+//! send nothing more until pages settle: the end of a crawl, a full window). For each group, in this order:
 //! 1. append the group's items to the output and `fsync` it;
 //! 2. apply one sled batch: pages done/failed/rescheduled, item keys,
 //!    counters, and the output's new committed length; then `flush` sled;
@@ -53,7 +54,9 @@ pub(super) fn run(
                 if shared.abort.load(Ordering::SeqCst) {
                     return flush(store, output, &mut group, &settled, shared);
                 }
-                if group.len() >= config.commit_every {
+                let feeder_waits =
+                    shared.waiting_on_commits.load(Ordering::SeqCst) && parsed.is_empty();
+                if group.len() >= config.commit_every || feeder_waits {
                     flush(store, output, &mut group, &settled, shared)?;
                     deadline = None;
                 }
@@ -62,7 +65,10 @@ pub(super) fn run(
                 if shared.abort.load(Ordering::SeqCst) {
                     return flush(store, output, &mut group, &settled, shared);
                 }
-                if deadline.is_some_and(|d| Instant::now() >= d) {
+                let feeder_waits = shared.waiting_on_commits.load(Ordering::SeqCst);
+                if deadline.is_some_and(|d| Instant::now() >= d)
+                    || (feeder_waits && !group.is_empty())
+                {
                     flush(store, output, &mut group, &settled, shared)?;
                     deadline = None;
                 }

@@ -95,6 +95,10 @@ pub(super) fn run(
             }
         }
         let drained = exhausted && fresh.is_empty();
+        // Nothing more can go out until pages settle: the commit stage should
+        // not sit on a part-filled group waiting for `commit_interval`.
+        let blocked = (drained && retries.is_empty()) || in_flight.len() >= window;
+        shared.waiting_on_commits.store(blocked, Ordering::SeqCst);
         // Open ranges look ahead only as far as keeps every fetch thread busy,
         // so the crawl overshoots the real end by a few pages, not a window.
         let lookahead = 2 * config.concurrency + config.stop_after_empty as usize;

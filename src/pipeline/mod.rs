@@ -130,6 +130,9 @@ pub struct Shared {
     pub paused: AtomicBool,
     /// Pages were added behind the feeder's cursor: scan from the start.
     pub rescan: AtomicBool,
+    /// Set by the feeder when it can dispatch nothing until pages settle;
+    /// the commit stage then flushes without waiting for `commit_interval`.
+    waiting_on_commits: AtomicBool,
     pub progress: Progress,
     /// Called from the commit loop after every group or idle tick: the
     /// systemd watchdog ping lives here, in the loop that makes progress.
@@ -151,6 +154,7 @@ impl Shared {
             abort: AtomicBool::new(false),
             paused: AtomicBool::new(false),
             rescan: AtomicBool::new(false),
+            waiting_on_commits: AtomicBool::new(false),
             progress: Progress::default(),
             heartbeat: None,
             config: RwLock::new(Arc::new(config.clone())),
