@@ -1,6 +1,8 @@
 //! Turning a decoded page into items: every match of the pattern is an item,
 //! every named group a field, HTML entities unescaped and whitespace trimmed.
 
+use std::borrow::Cow;
+
 use regex::Regex;
 
 /// A compiled pattern with its field names in group order.
@@ -26,19 +28,37 @@ impl Extractor {
 
     /// All items on a page; zero matches is a valid, empty page.
     pub fn extract(&self, text: &str) -> Vec<Item> {
-        self.pattern
-            .captures_iter(text)
-            .map(|captures| {
-                self.groups
-                    .iter()
-                    .map(|&index| {
-                        captures
-                            .get(index)
-                            .map_or_else(String::new, |m| clean(m.as_str()))
-                    })
-                    .collect()
-            })
-            .collect()
+        let mut items = Vec::new();
+        self.for_each(text, |values| {
+            items.push(values.iter().map(|v| v.to_string()).collect())
+        });
+        items
+    }
+
+    /// Calls `visit` with each item's cleaned field values, borrowed from
+    /// `text` where no unescaping was needed: the parse stage renders them
+    /// straight into the output format without building an `Item`.
+    pub fn for_each<'t>(&self, text: &'t str, mut visit: impl FnMut(&[Cow<'t, str>])) {
+        let mut values: Vec<Cow<'t, str>> = Vec::with_capacity(self.groups.len());
+        for captures in self.pattern.captures_iter(text) {
+            values.clear();
+            values.extend(self.groups.iter().map(|&index| {
+                captures
+                    .get(index)
+                    .map_or(Cow::Borrowed(""), |m| clean_borrowed(m.as_str()))
+            }));
+            visit(&values);
+        }
+    }
+}
+
+/// Unescapes HTML entities and trims surrounding whitespace, borrowing when
+/// there is nothing to unescape.
+fn clean_borrowed(raw: &str) -> Cow<'_, str> {
+    if raw.contains('&') {
+        Cow::Owned(html_escape::decode_html_entities(raw).trim().to_string())
+    } else {
+        Cow::Borrowed(raw.trim())
     }
 }
 

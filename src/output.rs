@@ -53,7 +53,13 @@ pub fn render(format: Format, page: u64, fields: &[String], items: &[Item]) -> V
 }
 
 /// Appends one item, as one JSON line or one CSV row, to `out`.
-pub fn render_into(out: &mut Vec<u8>, format: Format, page: u64, fields: &[String], item: &Item) {
+pub fn render_into<S: AsRef<str>>(
+    out: &mut Vec<u8>,
+    format: Format,
+    page: u64,
+    fields: &[String],
+    item: &[S],
+) {
     match format {
         Format::Jsonl => {
             out.extend_from_slice(b"{\"page\":");
@@ -62,7 +68,7 @@ pub fn render_into(out: &mut Vec<u8>, format: Format, page: u64, fields: &[Strin
                 out.push(b',');
                 write_json_string(out, name);
                 out.push(b':');
-                write_json_string(out, value);
+                write_json_string(out, value.as_ref());
             }
             out.extend_from_slice(b"}\n");
         }
@@ -71,7 +77,7 @@ pub fn render_into(out: &mut Vec<u8>, format: Format, page: u64, fields: &[Strin
             let mut writer = csv::WriterBuilder::new()
                 .has_headers(false)
                 .from_writer(&mut *out);
-            let row = std::iter::once(page.as_str()).chain(item.iter().map(String::as_str));
+            let row = std::iter::once(page.as_str()).chain(item.iter().map(|value| value.as_ref()));
             // Writing to a Vec cannot fail.
             let _ = writer.write_record(row);
             let _ = writer.flush();
@@ -92,6 +98,13 @@ pub fn csv_header(fields: &[String]) -> Vec<u8> {
 }
 
 fn write_json_string(out: &mut Vec<u8>, value: &str) {
+    // Most values need no escaping at all: copy them as they are.
+    if !value.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.push(b'"');
+        out.extend_from_slice(value.as_bytes());
+        out.push(b'"');
+        return;
+    }
     // serde_json escapes exactly what JSON requires; writing into a Vec
     // cannot fail.
     let _ = serde_json::to_writer(&mut *out, value);

@@ -26,21 +26,20 @@ pub(super) fn run(config: &Config, fetched: Receiver<Fetched>, parsed: Sender<Pa
                     &response.body,
                     config.charset,
                 );
-                let items = extractor.extract(&text);
                 let mut rendered = Rendered::default();
-                for item in &items {
+                extractor.for_each(&text, |values| {
                     output::render_into(
                         &mut rendered.bytes,
                         config.format,
                         page,
                         &config.fields,
-                        item,
+                        values,
                     );
                     rendered.ends.push(rendered.bytes.len());
                     if let Some(index) = key_index {
-                        rendered.keys.push(item[index].clone());
+                        rendered.keys.push(values[index].to_string());
                     }
-                }
+                });
                 Parsed::Done {
                     page,
                     attempts,
