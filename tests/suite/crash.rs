@@ -67,6 +67,11 @@ fn kill_9_at_several_moments_loses_and_repeats_nothing() {
     }
     assert!(kills >= 4, "only {kills} kills landed mid-crawl");
     job.run_ok();
+    eprintln!(
+        "kill -9 at fixed moments | pages {pages} | faults injected {} | kills {kills} | peak concurrency {}",
+        job.server.stats().total().saturating_sub(pages),
+        job.server.stats().peak_concurrency()
+    );
 
     let mut expected = job.expected_bugs(1..=pages);
     expected.retain(|b| b.page != 777);
