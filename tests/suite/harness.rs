@@ -179,6 +179,24 @@ impl Job {
     }
 }
 
+/// Variables of the test's own environment that would change what
+/// pagecrawl does: proxies (the fixture is on loopback), a log filter, a
+/// systemd state directory or notify socket, journald's log format, and the
+/// colour switch.
+pub const ENVIRONMENT_TO_DROP: &[&str] = &[
+    "http_proxy",
+    "HTTP_PROXY",
+    "https_proxy",
+    "HTTPS_PROXY",
+    "all_proxy",
+    "ALL_PROXY",
+    "RUST_LOG",
+    "STATE_DIRECTORY",
+    "NOTIFY_SOCKET",
+    "JOURNAL_STREAM",
+    "NO_COLOR",
+];
+
 /// The binary, with the environment a test needs: no proxy settings (the
 /// fixture is on loopback) and no inherited log filter.
 pub fn pagecrawl(args: &[&str]) -> Command {
@@ -188,17 +206,7 @@ pub fn pagecrawl(args: &[&str]) -> Command {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    for var in [
-        "http_proxy",
-        "HTTP_PROXY",
-        "https_proxy",
-        "HTTPS_PROXY",
-        "all_proxy",
-        "ALL_PROXY",
-        "RUST_LOG",
-        "STATE_DIRECTORY",
-        "NOTIFY_SOCKET",
-    ] {
+    for var in ENVIRONMENT_TO_DROP {
         command.env_remove(var);
     }
     command

@@ -73,20 +73,7 @@ impl Tmux {
             .stdin(Stdio::null())
             .env("LANG", "C.UTF-8")
             .env("TERM", "xterm-256color");
-        for var in [
-            "TMUX",
-            "http_proxy",
-            "HTTP_PROXY",
-            "https_proxy",
-            "HTTPS_PROXY",
-            "all_proxy",
-            "ALL_PROXY",
-            "RUST_LOG",
-            "STATE_DIRECTORY",
-            "NOTIFY_SOCKET",
-            "NO_COLOR",
-            "JOURNAL_STREAM",
-        ] {
+        for var in ENVIRONMENT_TO_DROP.iter().chain(&["TMUX"]) {
             command.env_remove(var);
         }
         let output = command
