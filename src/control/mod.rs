@@ -28,6 +28,9 @@ use crate::store::{EnqueueReport, Store};
 pub const VERSION: u32 = 1;
 /// Largest request the daemon reads; anything longer gets an error reply.
 pub const MAX_REQUEST: usize = 64 * 1024;
+/// How long a command waits for a daemon that holds the state but has not
+/// opened its socket yet.
+const STARTUP_WAIT: Duration = Duration::from_secs(3);
 /// Largest reply the CLI reads (a long `queue --limit`).
 const MAX_REPLY: u64 = 256 << 20;
 
@@ -86,7 +89,24 @@ impl Backend {
         }
         // No daemon answers (none runs, or a killed one left its socket):
         // open the state ourselves; sled's lock tells us if one does run.
-        Ok(Backend::Direct(Store::open_existing(dir)?))
+        match Store::open_existing(dir) {
+            Ok(store) => Ok(Backend::Direct(store)),
+            Err(error) if crate::error::exit_for(&error) == crate::exit_code::Exit::Busy => {
+                // A daemon holds the state but is not answering yet: it is
+                // starting (the socket comes up once the queue is open).
+                // Give it a moment before reporting it busy.
+                let answers = || UnixStream::connect(&socket).is_ok();
+                let deadline = std::time::Instant::now() + STARTUP_WAIT;
+                while std::time::Instant::now() < deadline {
+                    if answers() {
+                        return Ok(Backend::Daemon(socket));
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(error)
+            }
+            Err(error) => Err(error),
+        }
     }
 
     pub fn status(&self) -> Result<ops::Status> {
