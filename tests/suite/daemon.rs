@@ -317,3 +317,37 @@ fn sighup_applies_a_new_rate_and_refuses_a_new_pattern() {
         stderr(&output)
     );
 }
+
+#[test]
+fn under_journald_log_lines_carry_priorities_and_no_timestamps() {
+    let job = Job::new(Site {
+        pages: 3,
+        faults: pagecrawl::fixture::Faults {
+            not_found: vec![2],
+            ..Default::default()
+        },
+        ..Site::default()
+    });
+    let mut command = job.command(&["run"]);
+    command.env("JOURNAL_STREAM", "8:12345");
+    let output = finish(Running::new(command.spawn().unwrap()), COMMAND_TIMEOUT);
+    assert_success(&output);
+    let log = stderr(&output);
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(
+        lines.iter().any(|l| l.starts_with("<6>crawling ")),
+        "info lines are <6>: {log}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("<4>page 2 failed: HTTP 404")),
+        "warnings are <4>: {log}"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.starts_with('<') && !l.contains("T1") && !l.contains("Z ")),
+        "no timestamps: {log}"
+    );
+}
