@@ -350,19 +350,32 @@ impl Pipeline {
 
     /// Waits for the commit stage (and, unless aborted, every other stage),
     /// and returns the first error any stage hit.
+    /// A stage that panicked (a bug, reported by the panic hook) makes the
+    /// run fail rather than end as if the queue had drained; the checkpoint
+    /// is still consistent, so the next run resumes.
     pub fn join(mut self) -> Result<()> {
+        let mut panicked: Vec<String> = Vec::new();
         if let Some(commit) = self.commit.take() {
-            let _ = commit.join();
+            if commit.join().is_err() {
+                panicked.push("commit".into());
+            }
         }
         if !self.shared.abort.load(Ordering::SeqCst) {
             self.shared.stop.store(true, Ordering::SeqCst);
             for handle in self.others.drain(..) {
-                let _ = handle.join();
+                let name = handle.thread().name().unwrap_or("pipeline").to_string();
+                if handle.join().is_err() {
+                    panicked.push(name);
+                }
             }
         }
         let error = self.shared.error.lock().ok().and_then(|mut e| e.take());
         match error {
             Some(error) => Err(error),
+            None if !panicked.is_empty() => Err(anyhow::anyhow!(
+                "internal error in the {} thread; everything committed is safe and the next run resumes",
+                panicked.join(", ")
+            )),
             None => Ok(()),
         }
     }
