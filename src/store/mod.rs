@@ -26,9 +26,9 @@ pub use records::{Counters, Done, Failed, Pending};
 
 /// Bumped when the on-disk layout changes incompatibly.
 pub const SCHEMA_VERSION: u64 = 1;
-/// Pages per batch when moving many failed pages back: bounds memory and
-/// keeps each batch quick.
-const MOVE_CHUNK: u64 = 50_000;
+/// Pages per batch when moving many done or failed pages back to pending:
+/// bounds memory and keeps each batch quick.
+const MOVE_CHUNK: usize = 10_000;
 /// sled's page cache. Deliberately small: the queue is streamed, never
 /// loaded, and a crawler should not grow with its queue.
 const CACHE_BYTES: u64 = 16 << 20;
@@ -281,39 +281,16 @@ impl Store {
     /// given ones, or all. Returns the pages moved and those that were not
     /// failed.
     pub fn retry(&self, only: Option<&[u64]>) -> Result<(u64, Vec<u64>)> {
-        let candidates: Vec<u64> = match only {
-            Some(pages) => pages.to_vec(),
-            None => self
-                .tree
-                .scan_prefix([FAILED])
-                .keys()
-                .filter_map(|k| k.ok().and_then(|k| page_of(&k)))
-                .collect(),
+        let Some(pages) = only else {
+            return Ok((self.requeue(FAILED, 0, u64::MAX)?, Vec::new()));
         };
         let mut moved = 0;
         let mut not_failed = Vec::new();
-        for chunk in candidates.chunks(MOVE_CHUNK as usize) {
-            let mut counters = self.lock();
-            let mut next = *counters;
-            let mut batch = sled::Batch::default();
-            let mut reasons: HashMap<String, i64> = HashMap::new();
-            for &page in chunk {
-                let Some(value) = self.tree.get(page_key(FAILED, page))? else {
-                    not_failed.push(page);
-                    continue;
-                };
-                let failed = Failed::decode(&value);
-                batch.remove(&page_key(FAILED, page)[..]);
-                batch.insert(&page_key(PENDING, page)[..], &[][..]);
-                *reasons.entry(failed.kind).or_default() -= 1;
-                next.failed -= 1;
-                next.pending += 1;
-                moved += 1;
+        for &page in pages {
+            match self.requeue(FAILED, page, page)? {
+                0 => not_failed.push(page),
+                count => moved += count,
             }
-            self.add_reason_changes(&mut batch, &reasons)?;
-            batch.insert(named_key(META, COUNTERS_KEY), next.encode());
-            self.tree.apply_batch(batch)?;
-            *counters = next;
         }
         Ok((moved, not_failed))
     }

@@ -17,11 +17,8 @@ use std::collections::HashSet;
 use anyhow::Result;
 
 use super::keys::{named_key, page_key, page_of, DONE, FAILED, LAZY, META, PENDING};
-use super::{EnqueueReport, Failed, Store, COUNTERS_KEY};
+use super::{EnqueueReport, Failed, Store, COUNTERS_KEY, MOVE_CHUNK};
 use crate::range::PageRange;
-
-/// Keys moved per batch when re-queuing done or failed pages.
-const MOVE_CHUNK: usize = 10_000;
 
 /// How many pages two inclusive ranges share.
 fn overlap(a: (u64, u64), b: (u64, u64)) -> u64 {
@@ -221,8 +218,9 @@ impl Store {
         Ok(report)
     }
 
-    /// Moves every done or failed page of `first..=last` back to pending.
-    fn requeue(&self, prefix: u8, first: u64, last: u64) -> Result<u64> {
+    /// Moves every done (or failed, by `prefix`) page of `first..=last`
+    /// back to pending with a fresh retry budget; returns how many moved.
+    pub(super) fn requeue(&self, prefix: u8, first: u64, last: u64) -> Result<u64> {
         let mut moved = 0;
         loop {
             let mut counters = self.lock();
