@@ -316,16 +316,15 @@ impl Config {
                     ),
                 )
             })?;
-        let format = match raw.format.as_str() {
-            "jsonl" => Format::Jsonl,
-            "csv" => Format::Csv,
-            other => {
-                return Err(bad(
-                    "format",
-                    format!("'{other}' is not an output format; use \"jsonl\" or \"csv\""),
-                ))
-            }
-        };
+        let format = Format::from_name(&raw.format).ok_or_else(|| {
+            bad(
+                "format",
+                format!(
+                    "'{}' is not an output format; use \"jsonl\" or \"csv\"",
+                    raw.format
+                ),
+            )
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let output = raw.output.map(|o| base.join(o));
         let parse_threads = match raw.parse_threads {

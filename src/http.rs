@@ -47,8 +47,11 @@ pub enum FetchError {
     /// robots.txt disallows the page.
     #[error("disallowed by robots.txt")]
     Robots,
-    /// Anything retrying cannot fix: a redirect loop or a redirect to
-    /// another host, a bad URL, TLS.
+    /// A redirect that is not followed: a loop (more than
+    /// [`MAX_REDIRECTS`]), another host, no usable `Location`.
+    #[error("{0}")]
+    Redirect(String),
+    /// Anything else retrying cannot fix: a bad URL, TLS.
     #[error("{0}")]
     Permanent(String),
 }
@@ -63,6 +66,7 @@ impl FetchError {
             FetchError::TooLarge(_)
             | FetchError::ContentType(_)
             | FetchError::Robots
+            | FetchError::Redirect(_)
             | FetchError::Permanent(_) => false,
         }
     }
@@ -77,7 +81,7 @@ impl FetchError {
             FetchError::TooLarge(_) => "body too large".into(),
             FetchError::ContentType(_) => "content type".into(),
             FetchError::Robots => "robots.txt".into(),
-            FetchError::Permanent(message) if message.contains("redirect") => "redirect".into(),
+            FetchError::Redirect(_) => "redirect".into(),
             FetchError::Permanent(_) => "other".into(),
         }
     }
@@ -149,13 +153,13 @@ impl Fetcher {
             };
             if matches!(status, 301 | 302 | 303 | 307 | 308) {
                 let location = header("location").ok_or_else(|| {
-                    FetchError::Permanent(format!("HTTP {status} redirect without a Location"))
+                    FetchError::Redirect(format!("HTTP {status} redirect without a Location"))
                 })?;
                 let next = resolve(&current, &location).ok_or_else(|| {
-                    FetchError::Permanent(format!("redirect to an unusable location '{location}'"))
+                    FetchError::Redirect(format!("redirect to an unusable location '{location}'"))
                 })?;
                 if host_of(&next) != host {
-                    return Err(FetchError::Permanent(format!(
+                    return Err(FetchError::Redirect(format!(
                         "redirect to another host ({}) refused",
                         host_of(&next).unwrap_or_default()
                     )));
@@ -180,7 +184,7 @@ impl Fetcher {
             let body = read_body(response.body_mut(), self.max_body_size)?;
             return Ok(Response { body, content_type });
         }
-        Err(FetchError::Permanent(format!(
+        Err(FetchError::Redirect(format!(
             "more than {MAX_REDIRECTS} redirects (a redirect loop?)"
         )))
     }
