@@ -74,6 +74,8 @@ pub struct Summary {
     pub done: u64,
     pub failed: u64,
     pub items: u64,
+    /// Items not written because their key was already in the output.
+    pub duplicates: u64,
     pub pending: u64,
     pub elapsed: Duration,
     pub output: PathBuf,
@@ -104,6 +106,12 @@ pub fn crawl(config: &Config, dir: &Path, follow: Option<Duration>) -> Result<Ex
         rate,
         summary.output.display()
     );
+    if summary.duplicates > 0 {
+        println!(
+            "{} items were already in the output (same key) and were not written again",
+            summary.duplicates
+        );
+    }
     if summary.pending > 0 {
         println!(
             "{} pages still pending; run the same command again to resume",
@@ -259,6 +267,7 @@ pub fn crawl_quietly(config: &Config, dir: &Path, follow: Option<Duration>) -> R
         done: progress.done.load(Ordering::Relaxed),
         failed: progress.failed.load(Ordering::Relaxed),
         items: progress.items.load(Ordering::Relaxed),
+        duplicates: progress.duplicates.load(Ordering::Relaxed),
         pending: after.pending,
         elapsed: started.elapsed(),
         output: wanted.output,

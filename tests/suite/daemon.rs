@@ -262,7 +262,12 @@ fn recrawling_a_page_with_a_key_writes_nothing_twice() {
     .with("key = \"url\"");
     job.run_ok();
     assert_success(&job.exec(&["enqueue", "1..=2"]));
-    job.run_ok();
+    let second = job.run_ok();
+    assert!(
+        stdout(&second).contains("40 items were already in the output (same key)"),
+        "{}",
+        stdout(&second)
+    );
     assert_eq!(
         job.server.stats().requests_for(1),
         2,
