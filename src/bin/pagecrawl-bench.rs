@@ -684,6 +684,15 @@ impl Usage {
         !self.timed_out && self.status.is_some_and(|s| s.success())
     }
 
+    /// How the run ended, for a FAILED row.
+    fn outcome(&self) -> String {
+        if self.ok() {
+            "finished".into()
+        } else {
+            self.describe_failure()
+        }
+    }
+
     fn describe_failure(&self) -> String {
         if self.timed_out {
             return "timed out (killed)".into();
@@ -1285,10 +1294,8 @@ fn crawl_once(ctx: &Bench, server: &ServerProcess, crawl: &Crawl, run: usize) ->
             "FAILED: {}; {done} done, {failed} failed, {items} items in the output (want {expected_items}, summary says {reported_items}); {check}",
             if usage.stdout.starts_with("stopped:") {
                 "stopped by a signal the benchmark did not send".into()
-            } else if usage.ok() {
-                "finished".into()
             } else {
-                usage.describe_failure()
+                usage.outcome()
             }
         );
     }
@@ -1350,11 +1357,7 @@ fn peer_once(
     if !ok {
         check = format!(
             "FAILED: {}; {done} pages, {items} items (want {expected_items}); {check}",
-            if usage.ok() {
-                "finished".into()
-            } else {
-                usage.describe_failure()
-            }
+            usage.outcome()
         );
     }
     if !ctx.verbose && ok {
@@ -1504,14 +1507,7 @@ fn scale_once(ctx: &Bench, scale: &Scale, run: usize) -> Result<ScaleResult> {
         && done >= scale.crawl;
     let mut check = server_check(stats, scale.crawl);
     if !ok {
-        check = format!(
-            "FAILED: {}; {done} done; {check}",
-            if crawl_usage.ok() {
-                "finished".into()
-            } else {
-                crawl_usage.describe_failure()
-            }
-        );
+        check = format!("FAILED: {}; {done} done; {check}", crawl_usage.outcome());
     }
     if !ctx.verbose && ok {
         let _ = fs::remove_dir_all(&dir);
