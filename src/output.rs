@@ -120,12 +120,21 @@ fn io_error(error: std::io::Error, what: &str, path: &Path) -> anyhow::Error {
 }
 
 /// The append-only output file. Only the commit stage writes it.
+///
+/// Appended items are gathered in memory and written with one `write` per
+/// commit group (or per [`WRITE_EVERY`] bytes), just before the `fsync`.
 #[derive(Debug)]
 pub struct OutputFile {
     path: PathBuf,
     file: File,
+    /// Appended, not yet written to the file.
+    buffer: Vec<u8>,
+    /// Bytes appended in all (written or buffered).
     len: u64,
 }
+
+/// Buffered bytes that are written out even before the next sync.
+const WRITE_EVERY: usize = 1 << 20;
 
 impl OutputFile {
     /// Opens the output and cuts it back to `committed` bytes, dropping any
@@ -169,11 +178,13 @@ impl OutputFile {
         let mut output = OutputFile {
             path: path.to_path_buf(),
             file,
+            buffer: Vec::new(),
             len: committed,
         };
         if committed == 0 {
             if let Some(header) = header {
                 output.append(header)?;
+                output.write_buffer()?;
             }
         }
         Ok(output)
@@ -181,15 +192,23 @@ impl OutputFile {
 
     /// Appends bytes (not yet durable: see [`OutputFile::sync`]).
     pub fn append(&mut self, bytes: &[u8]) -> Result<()> {
-        self.file
-            .write_all(bytes)
-            .map_err(|e| io_error(e, "cannot write to the output file", &self.path))?;
+        self.buffer.extend_from_slice(bytes);
         self.len += bytes.len() as u64;
+        if self.buffer.len() >= WRITE_EVERY {
+            self.write_buffer()?;
+        }
         Ok(())
+    }
+
+    fn write_buffer(&mut self) -> Result<()> {
+        let written = self.file.write_all(&self.buffer);
+        self.buffer.clear();
+        written.map_err(|e| io_error(e, "cannot write to the output file", &self.path))
     }
 
     /// Makes everything appended so far durable.
     pub fn sync(&mut self) -> Result<()> {
+        self.write_buffer()?;
         self.file
             .sync_data()
             .map_err(|e| io_error(e, "cannot sync the output file", &self.path))
@@ -244,6 +263,12 @@ mod tests {
         std::fs::write(&path, b"committed\npartial").unwrap();
         let mut output = OutputFile::open(&path, 10, None).unwrap();
         output.append(b"next\n").unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"committed\n",
+            "appended bytes wait in memory for the sync"
+        );
+        output.sync().unwrap();
         drop(output);
         assert_eq!(std::fs::read(&path).unwrap(), b"committed\nnext\n");
         let err = OutputFile::open(&path, 100, None).unwrap_err().to_string();

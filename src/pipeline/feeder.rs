@@ -40,6 +40,9 @@ pub(super) fn run(
     let mut retries: RetryHeap = BinaryHeap::new();
     let mut fresh: VecDeque<Work> = VecDeque::new();
     let mut cursor: Option<u64> = None;
+    // The last page taken from the lazy ranges; those pages get no key
+    // until they settle, so this cursor (not sled) says what was handed out.
+    let mut lazy_cursor: Option<u64> = None;
     let mut keyed_exhausted = false;
     let mut exhausted = false;
     let mut round_started = Instant::now();
@@ -53,6 +56,7 @@ pub(super) fn run(
         }
         if shared.rescan.swap(false, Ordering::SeqCst) {
             cursor = None;
+            lazy_cursor = None;
             keyed_exhausted = false;
             exhausted = false;
             fresh.clear();
@@ -82,13 +86,18 @@ pub(super) fn run(
                             scan(store, &mut cursor, &mut fresh, &mut in_flight, &mut retries)?;
                     }
                     if fresh.is_empty() && keyed_exhausted {
-                        let pages = store.materialize(SCAN_BATCH)?;
+                        let pages = store.lazy_after(lazy_cursor, SCAN_BATCH)?;
                         exhausted = pages.is_empty();
+                        lazy_cursor = pages.last().copied().or(lazy_cursor);
                         fresh.extend(pages.into_iter().map(|page| Work { page, attempts: 0 }));
                     }
                 }
                 let Some(next) = fresh.pop_front() else { break };
-                in_flight.insert(next.page);
+                // After a rescan the ranges are read from the start again,
+                // and their pages in flight have no key yet.
+                if !in_flight.insert(next.page) {
+                    continue;
+                }
                 if work.send(next).is_err() {
                     return Ok(());
                 }
@@ -131,6 +140,7 @@ pub(super) fn run(
                 log::info!("follow: round {round}, re-crawling pages {first}..={last}");
                 round_started = Instant::now();
                 cursor = None;
+                lazy_cursor = None;
                 keyed_exhausted = false;
                 exhausted = false;
                 continue;

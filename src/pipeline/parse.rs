@@ -8,14 +8,29 @@ use crate::config::Config;
 use crate::extract::Extractor;
 use crate::{charset, output};
 
-pub(super) fn run(config: &Config, fetched: Receiver<Fetched>, parsed: Sender<Parsed>) {
-    let extractor = Extractor::new(config.pattern.clone());
-    let key_index = config
-        .key
-        .as_ref()
-        .and_then(|key| config.fields.iter().position(|f| f == key));
-    for message in fetched {
-        let next = match message {
+/// What one thread needs to turn fetched pages into rendered items.
+pub(super) struct Parser {
+    config: Config,
+    extractor: Extractor,
+    key_index: Option<usize>,
+}
+
+impl Parser {
+    pub(super) fn new(config: &Config) -> Parser {
+        let key_index = config
+            .key
+            .as_ref()
+            .and_then(|key| config.fields.iter().position(|f| f == key));
+        Parser {
+            config: config.clone(),
+            extractor: Extractor::new(config.pattern.clone()),
+            key_index,
+        }
+    }
+
+    pub(super) fn parse(&self, message: Fetched) -> Parsed {
+        let config = &self.config;
+        match message {
             Fetched::Body {
                 page,
                 attempts,
@@ -27,7 +42,7 @@ pub(super) fn run(config: &Config, fetched: Receiver<Fetched>, parsed: Sender<Pa
                     config.charset,
                 );
                 let mut rendered = Rendered::default();
-                extractor.for_each(&text, |values| {
+                self.extractor.for_each(&text, |values| {
                     output::render_into(
                         &mut rendered.bytes,
                         config.format,
@@ -36,7 +51,7 @@ pub(super) fn run(config: &Config, fetched: Receiver<Fetched>, parsed: Sender<Pa
                         values,
                     );
                     rendered.ends.push(rendered.bytes.len());
-                    if let Some(index) = key_index {
+                    if let Some(index) = self.key_index {
                         rendered.keys.push(values[index].to_string());
                     }
                 });
@@ -57,8 +72,14 @@ pub(super) fn run(config: &Config, fetched: Receiver<Fetched>, parsed: Sender<Pa
                 error,
             },
             Fetched::Abandoned => Parsed::Abandoned,
-        };
-        if parsed.send(next).is_err() {
+        }
+    }
+}
+
+pub(super) fn run(config: &Config, fetched: Receiver<Fetched>, parsed: Sender<Parsed>) {
+    let parser = Parser::new(config);
+    for message in fetched {
+        if parsed.send(parser.parse(message)).is_err() {
             return;
         }
     }

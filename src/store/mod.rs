@@ -11,7 +11,7 @@ pub mod keys;
 mod ranges;
 pub mod records;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
@@ -80,6 +80,13 @@ impl StateFilter {
     }
 }
 
+/// How a page is pending (see [`Store::pending_as`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PendingAs {
+    Keyed,
+    InRange,
+}
+
 /// One settled page, as the commit stage records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settle {
@@ -107,6 +114,16 @@ pub enum Settle {
         kind: String,
         detail: String,
     },
+}
+
+impl Settle {
+    pub fn page(&self) -> u64 {
+        match self {
+            Settle::Done { page, .. }
+            | Settle::Retry { page, .. }
+            | Settle::Failed { page, .. } => *page,
+        }
+    }
 }
 
 /// What `enqueue` did.
@@ -343,13 +360,15 @@ impl Store {
                     bytes,
                     keys,
                 } => {
-                    if !self.tree.contains_key(page_key(PENDING, *page))? {
+                    let Some(pending) = self.pending_as(*page)? else {
                         log::warn!(
                             "page {page} was committed but is no longer pending; recording it once"
                         );
                         continue;
+                    };
+                    if pending == PendingAs::Keyed {
+                        batch.remove(&page_key(PENDING, *page)[..]);
                     }
-                    batch.remove(&page_key(PENDING, *page)[..]);
                     let done = Done {
                         items: *items,
                         bytes: *bytes,
@@ -389,10 +408,12 @@ impl Store {
                     kind,
                     detail,
                 } => {
-                    if !self.tree.contains_key(page_key(PENDING, *page))? {
+                    let Some(pending) = self.pending_as(*page)? else {
                         continue;
+                    };
+                    if pending == PendingAs::Keyed {
+                        batch.remove(&page_key(PENDING, *page)[..]);
                     }
-                    batch.remove(&page_key(PENDING, *page)[..]);
                     let failed = Failed {
                         attempts: *attempts,
                         at_ms: now,
@@ -422,12 +443,26 @@ impl Store {
         next.output_len = output_len;
         next.last_commit_ms = now;
         self.add_reason_changes(&mut batch, &reasons)?;
+        let keyed_now: HashSet<u64> = settled.iter().map(Settle::page).collect();
+        self.trim_lazy(&mut batch, &keyed_now)?;
         batch.insert(named_key(META, COUNTERS_KEY), next.encode());
         self.tree
             .apply_batch(batch)
             .context("cannot record the checkpoint")?;
         *counters = next;
         Ok(())
+    }
+
+    /// How `page` is pending, if it is: by a pending key, or by lying in a
+    /// lazy range with no key of any state (pages being fetched from a range
+    /// have no key; see `ranges`).
+    fn pending_as(&self, page: u64) -> Result<Option<PendingAs>> {
+        if self.tree.contains_key(page_key(PENDING, page))? {
+            return Ok(Some(PendingAs::Keyed));
+        }
+        let settled = self.tree.contains_key(page_key(DONE, page))?
+            || self.tree.contains_key(page_key(FAILED, page))?;
+        Ok((!settled && self.in_lazy_range(page)?).then_some(PendingAs::InRange))
     }
 
     /// Whether `page` lies in a run of `run` consecutive empty pages; returns
@@ -640,7 +675,7 @@ mod tests {
         let (_dir, store) = store();
         store.set_job(&job(), &closed(1, 10)).unwrap();
         assert_eq!(store.counters().pending, 10);
-        assert_eq!(store.materialize(100).unwrap().len(), 10);
+        assert_eq!(store.lazy_after(None, 100).unwrap().len(), 10);
         let settled = [
             Settle::Done {
                 page: 1,
@@ -711,7 +746,6 @@ mod tests {
         {
             let store = Store::open(&path).unwrap();
             store.set_job(&job(), &closed(5, 6)).unwrap();
-            store.materialize(10).unwrap();
             store
                 .commit(
                     &[Settle::Done {
@@ -749,7 +783,6 @@ mod tests {
             .set_job(&job(), &PageRange::Open { start: 1 })
             .unwrap();
         store.extend(10).unwrap();
-        store.materialize(10).unwrap();
         let done = |page, items| Settle::Done {
             page,
             attempts: 1,

@@ -1,16 +1,24 @@
-//! Lazy ranges: how a million pages are queued in O(1).
+//! Lazy ranges: how a million pages are queued in O(1), and crawled with
+//! one write per page.
 //!
 //! Queuing `1..=1000000` does not write a million keys (sled needs seconds
-//! and hundreds of MiB for that). It writes one range record; the feeder
-//! then *materializes* pages from the lowest range a few hundred at a time,
-//! giving each a pending key just before it is fetched.
+//! and hundreds of MiB for that). It writes one range record. The feeder
+//! reads pages from the ranges in order ([`Store::lazy_after`]) and hands
+//! them out without writing anything; a page gets its first key when it
+//! settles (done, failed, or waiting for a retry), in the commit's batch.
+//! So a page costs one sled write, not three (a pending key, its removal
+//! and the done key). After each commit the lowest range's start moves past
+//! the settled pages at its head ([`Store::trim_lazy`]).
 //!
 //! Invariants, kept by every batch under the store's lock:
 //! - ranges never overlap or touch (adding one merges its neighbours);
 //! - a range may cover pages that have keys (pending, done or failed); those
-//!   are counted by their keys, not by the range, and materializing skips
-//!   them;
+//!   are counted by their keys, not by the range, and reading the range
+//!   skips them;
 //! - `counters.pending` = pending keys + pages in ranges that have no key.
+//!
+//! A crash loses nothing: a page handed out but not committed still has no
+//! key inside its range, so it is pending again.
 
 use std::collections::HashSet;
 
@@ -124,66 +132,105 @@ impl Store {
         self.add_lazy(first, last, Some(last.saturating_add(1)))
     }
 
-    /// Gives up to `limit` pages of the lowest lazy range pending keys of
-    /// their own and returns them, in order; empty when no range is left.
-    pub fn materialize(&self, limit: usize) -> Result<Vec<u64>> {
-        let counters = self.lock();
-        loop {
-            let Some(entry) = self.tree.scan_prefix([LAZY]).next() else {
-                return Ok(Vec::new());
-            };
-            let (key, value) = entry?;
-            let Some((start, end)) = range_of(&key, &value) else {
-                self.tree.remove(key)?;
-                continue;
-            };
-            let last = end.min(start.saturating_add(limit.max(1) as u64 - 1));
-            let keyed: HashSet<u64> = self.keyed_pages(start, last)?.into_iter().collect();
-            let mut batch = sled::Batch::default();
-            let mut pages = Vec::new();
-            for page in start..=last {
-                if !keyed.contains(&page) {
-                    batch.insert(&page_key(PENDING, page)[..], &[][..]);
-                    pages.push(page);
-                }
-            }
-            batch.remove(key);
-            if last < end {
-                batch.insert(&page_key(LAZY, last + 1)[..], &end.to_be_bytes()[..]);
-            }
-            // The pending count does not change: these pages were counted
-            // by their range and are now counted by their keys.
-            batch.insert(named_key(META, COUNTERS_KEY), counters.encode());
-            self.tree.apply_batch(batch)?;
-            if !pages.is_empty() {
-                return Ok(pages);
-            }
-        }
-    }
-
-    /// The first `limit` lazily queued pages (no key yet), in order.
-    pub(super) fn lazy_pages(&self, limit: usize) -> Result<Vec<u64>> {
+    /// Up to `limit` lazily queued pages (in a range, with no key) after
+    /// `after` (from the start if `None`), in page order. Nothing is
+    /// written: a page handed out to be fetched stays counted by its range
+    /// until the commit stage gives it a done, failed or retry key.
+    pub fn lazy_after(&self, after: Option<u64>, limit: usize) -> Result<Vec<u64>> {
         let mut pages = Vec::new();
-        for entry in self.tree.scan_prefix([LAZY]) {
+        let first = match after {
+            Some(u64::MAX) => return Ok(pages),
+            Some(page) => page + 1,
+            None => 0,
+        };
+        // The range starting before `first` (it may hold it), then every
+        // range from `first` on.
+        let before = self
+            .tree
+            .range(page_key(LAZY, 0)..page_key(LAZY, first))
+            .next_back();
+        let later = self.tree.range(page_key(LAZY, first)..);
+        for entry in before.into_iter().chain(later) {
             let (key, value) = entry?;
             let Some((start, end)) = range_of(&key, &value) else {
                 continue;
             };
-            let mut page = start;
-            while page <= end && pages.len() < limit {
-                if self.state_of(page)?.is_none() {
-                    pages.push(page);
-                }
-                if page == u64::MAX {
+            let mut from = start.max(first);
+            while from <= end && pages.len() < limit {
+                // Look at a window of the range at a time: its keyed pages
+                // are skipped.
+                let to = end.min(from.saturating_add(limit.max(64) as u64 - 1));
+                let keyed: HashSet<u64> = self.keyed_pages(from, to)?.into_iter().collect();
+                pages.extend(
+                    (from..=to)
+                        .filter(|page| !keyed.contains(page))
+                        .take(limit - pages.len()),
+                );
+                if to == u64::MAX {
                     break;
                 }
-                page += 1;
+                from = to + 1;
             }
             if pages.len() >= limit {
                 break;
             }
         }
         Ok(pages)
+    }
+
+    /// Whether `page` lies in a lazy range.
+    pub(super) fn in_lazy_range(&self, page: u64) -> Result<bool> {
+        let Some(entry) = self
+            .tree
+            .range(page_key(LAZY, 0)..=page_key(LAZY, page))
+            .next_back()
+        else {
+            return Ok(false);
+        };
+        let (key, value) = entry?;
+        Ok(range_of(&key, &value).is_some_and(|(_, end)| page <= end))
+    }
+
+    /// Adds to `batch` what moves the start of the lowest range past the
+    /// pages at its head that have keys (settled, waiting for a retry, or
+    /// getting a key in this batch: `keyed_now`), or drops the range when
+    /// none of its pages is left. Counts do not change: those pages are
+    /// counted by their keys. Done at each commit, this keeps the lowest
+    /// range starting at most a window behind the crawl, so reading the
+    /// queue never wades through pages that are long done.
+    pub(super) fn trim_lazy(
+        &self,
+        batch: &mut sled::Batch,
+        keyed_now: &HashSet<u64>,
+    ) -> Result<()> {
+        /// Pages looked at per commit; the rest waits for the next one.
+        const STEP: u64 = 4096;
+        let Some(entry) = self.tree.scan_prefix([LAZY]).next() else {
+            return Ok(());
+        };
+        let (key, value) = entry?;
+        let Some((start, end)) = range_of(&key, &value) else {
+            batch.remove(key);
+            return Ok(());
+        };
+        let last = end.min(start.saturating_add(STEP - 1));
+        let keyed: HashSet<u64> = self.keyed_pages(start, last)?.into_iter().collect();
+        let settled = (start..=last)
+            .take_while(|p| keyed.contains(p) || keyed_now.contains(p))
+            .count() as u64;
+        if settled > 0 {
+            batch.remove(key);
+            // `None`: every page up to u64::MAX has a key.
+            if let Some(head) = start.checked_add(settled).filter(|&head| head <= end) {
+                batch.insert(&page_key(LAZY, head)[..], &end.to_be_bytes()[..]);
+            }
+        }
+        Ok(())
+    }
+
+    /// The first `limit` lazily queued pages (no key yet), in order.
+    pub(super) fn lazy_pages(&self, limit: usize) -> Result<Vec<u64>> {
+        self.lazy_after(None, limit)
     }
 
     /// Pages in lazy ranges that have no key (for `recount`).
@@ -273,7 +320,7 @@ mod tests {
     }
 
     #[test]
-    fn a_million_pages_queue_in_one_record_and_materialize_in_order() {
+    fn a_million_pages_queue_in_one_record_and_are_read_in_order() {
         let (_dir, store) = store();
         let report = store.enqueue(&[closed(1, 1_000_000)]).unwrap();
         assert_eq!(
@@ -285,12 +332,12 @@ mod tests {
             }
         );
         assert_eq!(store.counters().pending, 1_000_000);
-        assert_eq!(store.materialize(3).unwrap(), vec![1, 2, 3]);
-        assert_eq!(store.materialize(2).unwrap(), vec![4, 5]);
+        assert_eq!(store.lazy_after(None, 3).unwrap(), vec![1, 2, 3]);
+        assert_eq!(store.lazy_after(Some(3), 2).unwrap(), vec![4, 5]);
         assert_eq!(
             store.counters().pending,
             1_000_000,
-            "materializing does not change the count"
+            "reading does not change the count"
         );
         assert_eq!(store.recount().unwrap(), store.counters());
         let listed: Vec<u64> = store
@@ -306,7 +353,6 @@ mod tests {
     fn overlapping_enqueues_count_each_page_once() {
         let (_dir, store) = store();
         store.enqueue(&[closed(10, 20)]).unwrap();
-        store.materialize(2).unwrap(); // 10 and 11 get keys
         store
             .commit(
                 &[Settle::Done {
@@ -337,16 +383,16 @@ mod tests {
         assert_eq!(store.recount().unwrap(), store.counters());
         let mut all = Vec::new();
         loop {
-            let pages = store.materialize(4).unwrap();
+            let pages = store.lazy_after(all.last().copied(), 4).unwrap();
             if pages.is_empty() {
                 break;
             }
             all.extend(pages);
         }
-        let expected: Vec<u64> = (5..=9).chain(12..=22).chain([30]).collect();
+        let expected: Vec<u64> = (5..=9).chain(11..=22).chain([30]).collect();
         assert_eq!(
             all, expected,
-            "keyed pages (10, 11) are not materialized again"
+            "the keyed page (10, pending again) is not read from the ranges"
         );
         assert_eq!(store.recount().unwrap(), store.counters());
     }
@@ -359,6 +405,54 @@ mod tests {
             .unwrap();
         assert_eq!(store.extend(4).unwrap(), 4);
         assert_eq!(store.counters().frontier, 7);
-        assert_eq!(store.materialize(100).unwrap(), vec![3, 4, 5, 6]);
+        assert_eq!(store.lazy_after(None, 100).unwrap(), vec![3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn pages_settle_with_one_key_and_the_range_start_follows() {
+        let (_dir, store) = store();
+        store.enqueue(&[closed(1, 100)]).unwrap();
+        let done = |page| Settle::Done {
+            page,
+            attempts: 1,
+            items: 1,
+            extracted: 1,
+            bytes: 1,
+            keys: vec![],
+        };
+        // 1, 2 and 4 settle (3 is still out), plus a retry of 5.
+        let retry = Settle::Retry {
+            page: 5,
+            attempts: 1,
+            not_before_ms: 0,
+            error: "HTTP 503".into(),
+        };
+        store
+            .commit(&[done(1), done(2), done(4), retry], 0, None)
+            .unwrap();
+        let counters = store.counters();
+        assert_eq!((counters.pending, counters.done), (97, 3));
+        assert_eq!(store.recount().unwrap(), counters);
+        assert_eq!(
+            store.ranges_near(1, 100).unwrap(),
+            vec![(3, 100)],
+            "trimmed to page 3"
+        );
+        assert_eq!(
+            store.tree.scan_prefix([PENDING]).count(),
+            1,
+            "only the retry has a pending key"
+        );
+        // Reading the ranges skips settled and keyed pages.
+        assert_eq!(store.lazy_after(None, 3).unwrap(), vec![3, 6, 7]);
+        store.commit(&[done(3), done(5)], 0, None).unwrap();
+        assert_eq!(store.ranges_near(1, 100).unwrap(), vec![(6, 100)]);
+        // A page committed twice is recorded once.
+        store.commit(&[done(3)], 0, None).unwrap();
+        assert_eq!(store.counters().done, 5);
+        assert_eq!(store.recount().unwrap(), store.counters());
+        // A page outside every range and without a key is not pending.
+        store.commit(&[done(500)], 0, None).unwrap();
+        assert_eq!(store.counters().done, 5);
     }
 }
