@@ -11,8 +11,14 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::{Fetched, Shared, Work};
 
-pub(super) fn run(work: Receiver<Work>, fetched: Sender<Fetched>, shared: &Shared) {
-    for Work { page, attempts } in work {
+/// Fetch thread number `index` (from 0): threads past the concurrency limit
+/// take no work until a reload raises it, and end with the others.
+pub(super) fn run(index: usize, work: Receiver<Work>, fetched: Sender<Fetched>, shared: &Shared) {
+    let done = || shared.stopping() || shared.feeder_ended.load(Ordering::SeqCst);
+    while shared.gate.stand_by(index, done) {
+        let Ok(Work { page, attempts }) = work.recv() else {
+            return;
+        };
         let permit = loop {
             while shared.paused.load(Ordering::SeqCst) && !shared.stopping() {
                 std::thread::sleep(Duration::from_millis(20));

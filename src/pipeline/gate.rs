@@ -1,6 +1,11 @@
 //! An adjustable semaphore: at most `limit` fetches at once. The limit can
 //! be lowered or raised while the crawl runs (SIGHUP), and a fetch thread
 //! waits here rather than exceeding it.
+//!
+//! There are more fetch threads than the limit (so a reload can raise it);
+//! the ones numbered past it stand by without taking work, so that the
+//! working ones never queue for a permit and hand it over with a wake-up
+//! per page.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
@@ -10,7 +15,10 @@ use std::time::Duration;
 pub struct Gate {
     /// (limit, permits in use)
     state: Mutex<(usize, usize)>,
+    /// A permit was returned or the limit changed.
     changed: Condvar,
+    /// The limit changed (for threads standing by).
+    resized: Condvar,
 }
 
 /// A held permit; dropping it lets the next fetch in.
@@ -21,6 +29,26 @@ impl Gate {
         Gate {
             state: Mutex::new((limit, 0)),
             changed: Condvar::new(),
+            resized: Condvar::new(),
+        }
+    }
+
+    /// Waits while fetch thread number `index` (from 0) is past the limit;
+    /// false if `done` (no more work will come) says so first.
+    pub fn stand_by(&self, index: usize, done: impl Fn() -> bool) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if done() {
+                return false;
+            }
+            if index < state.0 {
+                return true;
+            }
+            state = self
+                .resized
+                .wait_timeout(state, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
@@ -46,6 +74,7 @@ impl Gate {
     pub fn set_limit(&self, limit: usize) {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).0 = limit;
         self.changed.notify_all();
+        self.resized.notify_all();
     }
 
     #[cfg(test)]
@@ -83,5 +112,23 @@ mod tests {
             gate.acquire(&stop).is_none(),
             "lowered below use: nobody new gets in"
         );
+    }
+
+    #[test]
+    fn threads_past_the_limit_stand_by_until_it_is_raised() {
+        let gate = std::sync::Arc::new(Gate::new(2));
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let done = || stop.load(Ordering::SeqCst);
+        assert!(gate.stand_by(1, done), "thread 1 of 2 works");
+        let waiter = {
+            let (gate, stop) = (gate.clone(), stop.clone());
+            std::thread::spawn(move || gate.stand_by(3, || stop.load(Ordering::SeqCst)))
+        };
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(!waiter.is_finished(), "thread 3 of 2 stands by");
+        gate.set_limit(4);
+        assert!(waiter.join().unwrap(), "raising the limit lets it work");
+        stop.store(true, Ordering::SeqCst);
+        assert!(!gate.stand_by(9, done), "stop ends the wait");
     }
 }

@@ -133,6 +133,9 @@ pub struct Shared {
     /// Set by the feeder when it can dispatch nothing until pages settle;
     /// the commit stage then flushes without waiting for `commit_interval`.
     waiting_on_commits: AtomicBool,
+    /// The feeder has returned: no work will come (fetch threads standing
+    /// by end).
+    feeder_ended: AtomicBool,
     pub progress: Progress,
     /// Called from the commit loop after every group or idle tick: the
     /// systemd watchdog ping lives here, in the loop that makes progress.
@@ -155,6 +158,7 @@ impl Shared {
             paused: AtomicBool::new(false),
             rescan: AtomicBool::new(false),
             waiting_on_commits: AtomicBool::new(false),
+            feeder_ended: AtomicBool::new(false),
             progress: Progress::default(),
             heartbeat: None,
             config: RwLock::new(Arc::new(config.clone())),
@@ -306,6 +310,7 @@ impl Pipeline {
                     if let Err(e) = feeder::run(&store, work_tx, settled_rx, &shared, window) {
                         shared.fail(e);
                     }
+                    shared.feeder_ended.store(true, Ordering::SeqCst);
                 }),
             )?);
         }
@@ -313,7 +318,7 @@ impl Pipeline {
             let (rx, tx, shared) = (work_rx.clone(), fetched_tx.clone(), shared.clone());
             others.push(spawn(
                 format!("fetch-{index}"),
-                Box::new(move || fetch::run(rx, tx, &shared)),
+                Box::new(move || fetch::run(index, rx, tx, &shared)),
             )?);
         }
         drop((work_rx, fetched_tx));

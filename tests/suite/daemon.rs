@@ -324,6 +324,29 @@ fn sighup_applies_a_new_rate_and_refuses_a_new_pattern() {
 }
 
 #[test]
+fn sighup_raises_concurrency_past_the_threads_that_were_working() {
+    let job = Job::new(slow_site(300, 150)).concurrency(1);
+    let child = job.spawn_run();
+    job.wait_for_daemon();
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(job.server.stats().peak_concurrency(), 1);
+
+    job.edit_config("concurrency", "concurrency = 6");
+    signal(&child, "HUP");
+    assert!(
+        wait_until(Duration::from_secs(15), || job
+            .server
+            .stats()
+            .peak_concurrency()
+            == 6),
+        "threads standing by joined in: peak {}",
+        job.server.stats().peak_concurrency()
+    );
+    signal(&child, "TERM");
+    assert_success(&finish(child, COMMAND_TIMEOUT));
+}
+
+#[test]
 fn under_journald_log_lines_carry_priorities_and_no_timestamps() {
     let job = Job::new(Site {
         pages: 3,
