@@ -774,6 +774,29 @@ fn try_shows_the_captures_and_hints_when_nothing_matches() {
         "{hints}"
     );
     assert!(!hints.contains("hint:"), "{hints}");
+
+    // A pattern that matches but is not one-pass gets a hint on speed.
+    let lazy = job.dir.path().join("lazy.toml");
+    std::fs::write(
+        &lazy,
+        format!(
+            "url = \"{}\"\npages = \"1..=5\"\npattern = '<td>(?P<date>.*?)</td>'\n",
+            job.server.url_template()
+        ),
+    )
+    .unwrap();
+    let output = finish(
+        pagecrawl(&["try", "--config", lazy.to_str().unwrap(), "--page", "1"])
+            .spawn()
+            .unwrap(),
+        COMMAND_TIMEOUT,
+    );
+    assert_success(&output);
+    let hints = stderr(&output);
+    assert!(
+        hints.contains("hint: this pattern runs on the general regex engine"),
+        "{hints}"
+    );
 }
 
 /// The rows of the README's "## Configuration" table: (key, default).
