@@ -4,20 +4,28 @@
 //! Most listing patterns start with a literal (`<td>`, `<li class=`) and are
 //! one-pass: at each point of a match, the next byte decides which way the
 //! pattern goes (`[^<]*<`, `\d+"`). For those, [`OnePass`] finds the items
-//! with a literal search and one anchored one-pass run at each occurrence,
+//! with a literal search, a lazy-DFA run anchored at each occurrence to find
+//! where its match ends, and a one-pass DFA over the match for the groups,
 //! instead of the general engine's forward scan, backward scan and capture
-//! pass per match; the results are the same (the tests compare the two), in
-//! well under half the time. Other patterns use `regex` as it is.
+//! pass per match. The results are the same (the tests compare the two).
+//!
+//! Trying each occurrence can cost more than one pass over the page: on
+//! hostile text every run can go on to the end (`<li>` ten thousand times
+//! and no newline, for `<li>(?P<x>[^\n]*)\n`). So the runs have a budget of
+//! a few times the page's length; past it, the general engine (linear in
+//! the page) finishes the page from where the fast path stopped.
 
 use std::borrow::Cow;
+use std::sync::Mutex;
 
 use regex::Regex;
 use regex_automata::dfa::onepass;
+use regex_automata::hybrid;
 use regex_automata::nfa::thompson;
 use regex_automata::util::prefilter::Prefilter;
 use regex_automata::util::primitives::NonMaxUsize;
 use regex_automata::util::syntax;
-use regex_automata::{Anchored, Input, MatchKind, Span};
+use regex_automata::{Anchored, Input, MatchKind, PatternID, Span};
 
 /// A compiled pattern with its field names in group order.
 #[derive(Debug, Clone)]
@@ -29,12 +37,52 @@ pub struct Extractor {
     one_pass: Option<OnePass>,
 }
 
-/// A one-pass DFA of the pattern and a search for the literals every match
-/// starts with.
-#[derive(Debug, Clone)]
+/// The literals every match starts with, a lazy DFA that finds where a match
+/// from a given start ends, and a one-pass DFA for the groups.
+#[derive(Debug)]
 struct OnePass {
-    dfa: onepass::DFA,
     prefixes: Prefilter,
+    ends: hybrid::dfa::DFA,
+    /// The lazy DFA's states, built as pages need them and kept.
+    ends_cache: Mutex<hybrid::dfa::Cache>,
+    groups: onepass::DFA,
+    /// The runs' budget: this many bytes per byte of the page, plus
+    /// `budget_extra`.
+    budget_per_byte: usize,
+    budget_extra: usize,
+}
+
+impl Clone for OnePass {
+    fn clone(&self) -> OnePass {
+        OnePass {
+            prefixes: self.prefixes.clone(),
+            ends: self.ends.clone(),
+            ends_cache: Mutex::new(self.ends.create_cache()),
+            groups: self.groups.clone(),
+            budget_per_byte: self.budget_per_byte,
+            budget_extra: self.budget_extra,
+        }
+    }
+}
+
+/// How a fast search ended.
+#[derive(Debug, PartialEq, Eq)]
+struct Searched {
+    /// Where the general engine takes over, when the fast path gave up (the
+    /// matches found end before it).
+    resume_at: Option<usize>,
+    /// Bytes the lazy DFA stepped through, all runs together.
+    work: usize,
+}
+
+/// The anchored run from one start.
+enum Run {
+    /// The leftmost-first match ends here.
+    Match(usize),
+    NoMatch,
+    /// Over budget, or the lazy DFA quit (a Unicode word boundary next to a
+    /// non-ASCII character) or gave up on its cache.
+    GaveUp,
 }
 
 impl OnePass {
@@ -45,8 +93,24 @@ impl OnePass {
         let hir = syntax::parse(pattern).ok()?;
         let prefixes = Prefilter::from_hir_prefix(MatchKind::LeftmostFirst, &hir)?;
         let nfa = thompson::Compiler::new().build_from_hir(&hir).ok()?;
-        let dfa = onepass::DFA::new_from_nfa(nfa).ok()?;
-        Some(OnePass { dfa, prefixes })
+        let groups = onepass::DFA::new_from_nfa(nfa.clone()).ok()?;
+        let ends = hybrid::dfa::DFA::builder()
+            .configure(
+                hybrid::dfa::DFA::config()
+                    .match_kind(MatchKind::LeftmostFirst)
+                    .unicode_word_boundary(true),
+            )
+            .build_from_nfa(nfa)
+            .ok()?;
+        let ends_cache = Mutex::new(ends.create_cache());
+        Some(OnePass {
+            prefixes,
+            ends,
+            ends_cache,
+            groups,
+            budget_per_byte: 4,
+            budget_extra: 64 << 10,
+        })
     }
 
     /// Every match's slots, `2 * groups` per match, appended to `found`, in
@@ -54,41 +118,109 @@ impl OnePass {
     ///
     /// A match starts with one of the prefix literals, so the leftmost match
     /// is the anchored match at the first occurrence of a literal where there
-    /// is one. A one-pass DFA gives that match's leftmost-first end and
-    /// groups. Matches cannot be empty (the literals are not), so the next
-    /// search starts where the match ended.
-    fn find_all(&self, text: &str, found: &mut Vec<Option<NonMaxUsize>>) {
+    /// is one; the lazy DFA gives its leftmost-first end, and the one-pass
+    /// DFA run over exactly that span gives its groups. Matches cannot be
+    /// empty (the literals are not), so the next search starts where the
+    /// match ended.
+    fn find_all(&self, text: &str, found: &mut Vec<Option<NonMaxUsize>>) -> Searched {
         let haystack = text.as_bytes();
         let slot_count = 2 * self
-            .dfa
+            .groups
             .get_nfa()
             .group_info()
-            .group_len(regex_automata::PatternID::ZERO);
-        let mut cache = self.dfa.create_cache();
+            .group_len(PatternID::ZERO);
+        let budget = self.budget_per_byte * haystack.len() + self.budget_extra;
+        let mut ends_cache = self.ends_cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut groups_cache = self.groups.create_cache();
+        let mut work = 0;
         let mut at = 0;
         while at < haystack.len() {
             let Some(candidate) = self.prefixes.find(haystack, Span::from(at..haystack.len()))
             else {
                 break;
             };
+            let start = candidate.start;
+            let end = match self.run(&mut ends_cache, haystack, start, &mut work, budget) {
+                Run::Match(end) => end,
+                Run::NoMatch => {
+                    at = start + 1;
+                    continue;
+                }
+                Run::GaveUp => {
+                    return Searched {
+                        resume_at: Some(at),
+                        work,
+                    }
+                }
+            };
             let input = Input::new(haystack)
-                .span(candidate.start..haystack.len())
+                .span(start..end)
                 .anchored(Anchored::Yes);
             let base = found.len();
             found.resize(base + slot_count, None);
             let matched = self
-                .dfa
-                .try_search_slots(&mut cache, &input, &mut found[base..])
+                .groups
+                .try_search_slots(&mut groups_cache, &input, &mut found[base..])
                 .ok()
                 .flatten()
                 .is_some();
-            match found[base + 1] {
-                Some(end) if matched => at = end.get().max(candidate.start + 1),
-                _ => {
-                    found.truncate(base);
-                    at = candidate.start + 1;
+            if !matched || end <= start {
+                // Cannot happen (both DFAs are built from one NFA); the
+                // general engine decides.
+                found.truncate(base);
+                return Searched {
+                    resume_at: Some(at),
+                    work,
+                };
+            }
+            at = end;
+        }
+        Searched {
+            resume_at: None,
+            work,
+        }
+    }
+
+    /// Runs the lazy DFA anchored at `start` until it dies, and returns
+    /// where the last match it passed ends (matches show one byte late).
+    fn run(
+        &self,
+        cache: &mut hybrid::dfa::Cache,
+        haystack: &[u8],
+        start: usize,
+        work: &mut usize,
+        budget: usize,
+    ) -> Run {
+        let input = Input::new(haystack)
+            .span(start..haystack.len())
+            .anchored(Anchored::Yes);
+        let Ok(mut state) = self.ends.start_state_forward(cache, &input) else {
+            return Run::GaveUp;
+        };
+        let mut last = None;
+        for (at, &byte) in haystack.iter().enumerate().skip(start) {
+            *work += 1;
+            if *work > budget {
+                return Run::GaveUp;
+            }
+            state = match self.ends.next_state(cache, state, byte) {
+                Ok(next) => next,
+                Err(_) => return Run::GaveUp,
+            };
+            if state.is_tagged() {
+                if state.is_match() {
+                    last = Some(at);
+                } else if state.is_dead() {
+                    return last.map_or(Run::NoMatch, Run::Match);
+                } else if state.is_quit() {
+                    return Run::GaveUp;
                 }
             }
+        }
+        match self.ends.next_eoi_state(cache, state) {
+            Ok(state) if state.is_match() => Run::Match(haystack.len()),
+            Ok(_) => last.map_or(Run::NoMatch, Run::Match),
+            Err(_) => Run::GaveUp,
         }
     }
 }
@@ -139,41 +271,70 @@ impl Extractor {
     /// straight into the output format without building an `Item`.
     pub fn for_each<'t>(&self, text: &'t str, mut visit: impl FnMut(&[Cow<'t, str>])) {
         let mut values: Vec<Cow<'t, str>> = Vec::with_capacity(self.groups.len());
-        if let Some(one_pass) = &self.one_pass {
-            let mut found = Vec::new();
-            one_pass.find_all(text, &mut found);
-            let slot_count = 2 * self.pattern.captures_len();
-            // Group bounds of a UTF-8 pattern on UTF-8 text are character
-            // boundaries; should one not be, the general engine decides.
-            if found
-                .iter()
-                .flatten()
-                .all(|at| text.is_char_boundary(at.get()))
-            {
-                for slots in found.chunks(slot_count) {
-                    values.clear();
-                    values.extend(self.groups.iter().map(|&index| {
-                        match (slots[2 * index], slots[2 * index + 1]) {
-                            (Some(start), Some(end)) => {
-                                clean_borrowed(&text[start.get()..end.get()])
-                            }
-                            _ => Cow::Borrowed(""),
-                        }
-                    }));
-                    visit(&values);
-                }
-                return;
+        let Some(one_pass) = &self.one_pass else {
+            for captures in self.pattern.captures_iter(text) {
+                self.visit_captures(&captures, &mut values, &mut visit);
             }
+            return;
+        };
+        let mut found = Vec::new();
+        let searched = one_pass.find_all(text, &mut found);
+        let slot_count = 2 * self.pattern.captures_len();
+        // Group bounds of a UTF-8 pattern on UTF-8 text are character
+        // boundaries; should one not be, the general engine does the page.
+        let mut resume_at = searched.resume_at;
+        if found
+            .iter()
+            .flatten()
+            .all(|at| text.is_char_boundary(at.get()))
+        {
+            for slots in found.chunks(slot_count) {
+                values.clear();
+                values.extend(self.groups.iter().map(|&index| {
+                    match (slots[2 * index], slots[2 * index + 1]) {
+                        (Some(start), Some(end)) => clean_borrowed(&text[start.get()..end.get()]),
+                        _ => Cow::Borrowed(""),
+                    }
+                }));
+                visit(&values);
+            }
+        } else {
+            resume_at = Some(0);
         }
-        for captures in self.pattern.captures_iter(text) {
-            values.clear();
-            values.extend(self.groups.iter().map(|&index| {
-                captures
-                    .get(index)
-                    .map_or(Cow::Borrowed(""), |m| clean_borrowed(m.as_str()))
-            }));
-            visit(&values);
+        // The rest of the page with the general engine. This pattern's
+        // matches are never empty (they start with a literal), so each
+        // search starts where the last match ended.
+        let Some(mut at) = resume_at else {
+            return;
+        };
+        while let Some(captures) = self.pattern.captures_at(text, at) {
+            self.visit_captures(&captures, &mut values, &mut visit);
+            let end = captures.get(0).map_or(text.len(), |m| m.end());
+            at = if end > at {
+                end
+            } else {
+                // Unreachable for these patterns; never loop in place.
+                match text[at..].chars().next() {
+                    Some(c) => at + c.len_utf8(),
+                    None => break,
+                }
+            };
         }
+    }
+
+    fn visit_captures<'t>(
+        &self,
+        captures: &regex::Captures<'t>,
+        values: &mut Vec<Cow<'t, str>>,
+        visit: &mut impl FnMut(&[Cow<'t, str>]),
+    ) {
+        values.clear();
+        values.extend(self.groups.iter().map(|&index| {
+            captures
+                .get(index)
+                .map_or(Cow::Borrowed(""), |m| clean_borrowed(m.as_str()))
+        }));
+        visit(values);
     }
 }
 
@@ -281,6 +442,28 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Giving up anywhere (a tiny budget) and finishing with the general
+        /// engine gives the same items.
+        #[test]
+        fn giving_up_anywhere_gives_the_same_items(
+            which in 0..ONE_PASS.len(),
+            pieces in proptest::collection::vec(0..PIECES.len(), 0..60),
+            budget in 0usize..400,
+        ) {
+            let text: String = pieces.iter().map(|&i| PIECES[i]).collect();
+            let pattern = Regex::new(ONE_PASS[which]).unwrap();
+            let mut fast = Extractor::new(pattern.clone());
+            let one_pass = fast.one_pass.as_mut().unwrap();
+            one_pass.budget_per_byte = 0;
+            one_pass.budget_extra = budget;
+            proptest::prop_assert_eq!(
+                fast.extract(&text),
+                Extractor::general(pattern).extract(&text)
+            );
+        }
+    }
+
     const PIECES: &[&str] = &[
         "<td>",
         "</td>",
@@ -313,6 +496,63 @@ mod tests {
         "td>é</td>li>x</li>",
         "id=12 ",
     ];
+
+    #[test]
+    fn hostile_text_cannot_make_the_fast_path_quadratic() {
+        // Every `<li>` starts a run that only fails at the end of the line:
+        // trying them all would be quadratic. The budget stops the fast path
+        // and the general engine finishes, with the same items.
+        let pattern = Regex::new(r"<li>(?P<x>[^\n]*)\n;").unwrap();
+        let text = format!("<li>a\n;{}\n<li>c\n;", "<li>ab".repeat(30_000));
+        let fast = Extractor::new(pattern.clone());
+        let one_pass = fast.one_pass.as_ref().expect("one-pass");
+        let searched = one_pass.find_all(&text, &mut Vec::new());
+        let budget = 4 * text.len() + (64 << 10);
+        assert!(
+            matches!(searched.resume_at, Some(at) if (7..100).contains(&at)),
+            "gave up a few runs after the first item: {searched:?}"
+        );
+        assert!(searched.work <= budget + 1, "{} > {budget}", searched.work);
+        assert_eq!(fast.extract(&text), vec![vec!["a"], vec!["c"]]);
+        assert_eq!(
+            fast.extract(&text),
+            Extractor::general(pattern).extract(&text)
+        );
+
+        let pattern = Regex::new(r"id=(?P<v>[^;]*);").unwrap();
+        let text = "id=1&".repeat(100_000);
+        let fast = Extractor::new(pattern.clone());
+        assert!(fast.is_one_pass());
+        assert!(fast.extract(&text).is_empty());
+
+        // An ordinary page stays on the fast path, looking at each byte of
+        // its items about once.
+        let example = crate::config::Config::parse(
+            include_str!("../data/wooyun.toml"),
+            std::path::Path::new("wooyun.toml"),
+        )
+        .unwrap();
+        let site = crate::fixture::Site::default();
+        let page = String::from_utf8(crate::fixture::page_body(&site, 3)).unwrap();
+        let fast = Extractor::new(example.pattern.clone());
+        let searched = fast
+            .one_pass
+            .as_ref()
+            .unwrap()
+            .find_all(&page, &mut Vec::new());
+        assert_eq!(searched.resume_at, None);
+        assert!(
+            searched.work < page.len(),
+            "{} of {}",
+            searched.work,
+            page.len()
+        );
+        assert_eq!(fast.extract(&page).len(), 20);
+        assert_eq!(
+            fast.extract(&page),
+            Extractor::general(example.pattern).extract(&page)
+        );
+    }
 
     #[test]
     fn no_match_is_an_empty_page() {

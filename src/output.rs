@@ -131,6 +131,8 @@ pub struct OutputFile {
     buffer: Vec<u8>,
     /// Bytes appended in all (written or buffered).
     len: u64,
+    /// Bytes known to be on disk (synced, or there when the file was opened).
+    synced: u64,
 }
 
 /// Buffered bytes that are written out even before the next sync.
@@ -180,6 +182,7 @@ impl OutputFile {
             file,
             buffer: Vec::new(),
             len: committed,
+            synced: committed,
         };
         if committed == 0 {
             if let Some(header) = header {
@@ -206,12 +209,17 @@ impl OutputFile {
         written.map_err(|e| io_error(e, "cannot write to the output file", &self.path))
     }
 
-    /// Makes everything appended so far durable.
+    /// Makes everything appended so far durable (nothing to do when it is).
     pub fn sync(&mut self) -> Result<()> {
+        if self.synced == self.len {
+            return Ok(());
+        }
         self.write_buffer()?;
         self.file
             .sync_data()
-            .map_err(|e| io_error(e, "cannot sync the output file", &self.path))
+            .map_err(|e| io_error(e, "cannot sync the output file", &self.path))?;
+        self.synced = self.len;
+        Ok(())
     }
 
     /// Bytes written, committed or not.

@@ -93,10 +93,23 @@ fn flush(
     let config = shared.config();
     let mut settles = Vec::with_capacity(group.len());
     let mut notices = Vec::with_capacity(group.len());
-    let mut appended = false;
     let mut keys_in_group: HashSet<String> = HashSet::new();
+    let mut pages_in_group: HashSet<u64> = HashSet::new();
     let (mut done, mut failed, mut retried, mut written, mut duplicates) = (0, 0, 0, 0, 0);
     for message in group.drain(..) {
+        // A page is settled once: a second result for it (which would be a
+        // bug upstream) must not write its items again.
+        let page = match &message {
+            Parsed::Done { page, .. } | Parsed::Failure { page, .. } => Some(*page),
+            Parsed::Abandoned => None,
+        };
+        if let Some(page) = page {
+            if !pages_in_group.insert(page) || !store.is_pending(page)? {
+                log::warn!("page {page} was already settled; its second result is dropped");
+                notices.push(Settled::Finished(page));
+                continue;
+            }
+        }
         match message {
             Parsed::Done {
                 page,
@@ -124,7 +137,6 @@ fn flush(
                     }
                     duplicates += u64::from(extracted - count);
                 }
-                appended |= count > 0;
                 settles.push(Settle::Done {
                     page,
                     attempts,
@@ -181,9 +193,9 @@ fn flush(
             Parsed::Abandoned => {}
         }
     }
-    if appended {
-        output.sync()?;
-    }
+    // Also when nothing was appended in this group: the CSV header written
+    // at the start counts in the committed length too.
+    output.sync()?;
     let empty_run = config.pages.is_open().then_some(config.stop_after_empty);
     store.commit(&settles, output.len(), empty_run)?;
     store.flush()?;

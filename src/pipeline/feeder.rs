@@ -89,12 +89,17 @@ pub(super) fn run(
                         let pages = store.lazy_after(lazy_cursor, SCAN_BATCH)?;
                         exhausted = pages.is_empty();
                         lazy_cursor = pages.last().copied().or(lazy_cursor);
-                        fresh.extend(pages.into_iter().map(|page| Work { page, attempts: 0 }));
+                        // Pages in flight have no key yet, so after a rescan
+                        // the ranges offer them again.
+                        fresh.extend(
+                            pages
+                                .into_iter()
+                                .filter(|page| !in_flight.contains(page))
+                                .map(|page| Work { page, attempts: 0 }),
+                        );
                     }
                 }
                 let Some(next) = fresh.pop_front() else { break };
-                // After a rescan the ranges are read from the start again,
-                // and their pages in flight have no key yet.
                 if !in_flight.insert(next.page) {
                     continue;
                 }

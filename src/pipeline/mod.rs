@@ -307,10 +307,18 @@ impl Pipeline {
             others.push(spawn(
                 "feeder".into(),
                 Box::new(move || {
+                    // Set however the feeder ends, a panic included, so
+                    // that fetch threads standing by end too.
+                    struct Ended<'a>(&'a AtomicBool);
+                    impl Drop for Ended<'_> {
+                        fn drop(&mut self) {
+                            self.0.store(true, Ordering::SeqCst);
+                        }
+                    }
+                    let _ended = Ended(&shared.feeder_ended);
                     if let Err(e) = feeder::run(&store, work_tx, settled_rx, &shared, window) {
                         shared.fail(e);
                     }
-                    shared.feeder_ended.store(true, Ordering::SeqCst);
                 }),
             )?);
         }

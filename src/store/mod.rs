@@ -350,7 +350,17 @@ impl Store {
         let mut batch = sled::Batch::default();
         let mut reasons: HashMap<String, i64> = HashMap::new();
         let mut empties_here: Vec<u64> = Vec::new();
+        let mut in_batch: HashSet<u64> = HashSet::new();
         for settle in settled {
+            // The tree does not see this batch: a page twice in it would
+            // pass the pending check twice.
+            if !in_batch.insert(settle.page()) {
+                log::warn!(
+                    "page {} was settled twice in one commit; recording it once",
+                    settle.page()
+                );
+                continue;
+            }
             match settle {
                 Settle::Done {
                     page,
@@ -451,6 +461,11 @@ impl Store {
             .context("cannot record the checkpoint")?;
         *counters = next;
         Ok(())
+    }
+
+    /// Whether `page` is pending (it may be settled).
+    pub fn is_pending(&self, page: u64) -> Result<bool> {
+        Ok(self.pending_as(page)?.is_some())
     }
 
     /// How `page` is pending, if it is: by a pending key, or by lying in a

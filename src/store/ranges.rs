@@ -197,13 +197,14 @@ impl Store {
     /// none of its pages is left. Counts do not change: those pages are
     /// counted by their keys. Done at each commit, this keeps the lowest
     /// range starting at most a window behind the crawl, so reading the
-    /// queue never wades through pages that are long done.
+    /// queue never wades through pages that are long done; the work is the
+    /// pages settled since the last commit.
     pub(super) fn trim_lazy(
         &self,
         batch: &mut sled::Batch,
         keyed_now: &HashSet<u64>,
     ) -> Result<()> {
-        /// Pages looked at per commit; the rest waits for the next one.
+        /// Pages looked at per read of the keys.
         const STEP: u64 = 4096;
         let Some(entry) = self.tree.scan_prefix([LAZY]).next() else {
             return Ok(());
@@ -213,15 +214,22 @@ impl Store {
             batch.remove(key);
             return Ok(());
         };
-        let last = end.min(start.saturating_add(STEP - 1));
-        let keyed: HashSet<u64> = self.keyed_pages(start, last)?.into_iter().collect();
-        let settled = (start..=last)
-            .take_while(|p| keyed.contains(p) || keyed_now.contains(p))
-            .count() as u64;
-        if settled > 0 {
+        // The first page of the range with no key (`None`: there is none).
+        let mut head = Some(start);
+        while let Some(from) = head.filter(|&page| page <= end) {
+            let last = end.min(from.saturating_add(STEP - 1));
+            let keyed: HashSet<u64> = self.keyed_pages(from, last)?.into_iter().collect();
+            let settled = (from..=last)
+                .take_while(|p| keyed.contains(p) || keyed_now.contains(p))
+                .count() as u64;
+            head = from.checked_add(settled);
+            if settled < last - from + 1 {
+                break;
+            }
+        }
+        if head != Some(start) {
             batch.remove(key);
-            // `None`: every page up to u64::MAX has a key.
-            if let Some(head) = start.checked_add(settled).filter(|&head| head <= end) {
+            if let Some(head) = head.filter(|&head| head <= end) {
                 batch.insert(&page_key(LAZY, head)[..], &end.to_be_bytes()[..]);
             }
         }

@@ -324,6 +324,43 @@ fn sighup_applies_a_new_rate_and_refuses_a_new_pattern() {
 }
 
 #[test]
+fn pages_enqueued_below_a_running_crawl_are_fetched_and_written_once() {
+    // The pages in flight have no key of their own until they settle; a
+    // rescan of the ranges (after the enqueue) must not hand them out again.
+    let job = Job::new(slow_site(600, 40))
+        .pages("300..=600")
+        .concurrency(8);
+    let child = job.spawn_run();
+    job.wait_for_daemon();
+    assert!(wait_until(Duration::from_secs(15), || job
+        .server
+        .stats()
+        .total()
+        >= 40));
+    assert_success(&job.exec(&["enqueue", "1..=200"]));
+    assert!(
+        wait_until(Duration::from_secs(60), || job.status()["pending"] == 0),
+        "the crawl ends"
+    );
+    signal(&child, "TERM");
+    assert_success(&finish(child, COMMAND_TIMEOUT));
+    let stats = job.server.stats();
+    let twice: Vec<u64> = (1..=200)
+        .chain(300..=600)
+        .filter(|&page| stats.requests_for(page) != 1)
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "pages not fetched exactly once: {twice:?}"
+    );
+    assert_same_items(
+        &job.output_bugs(),
+        &job.expected_bugs((1..=200).chain(300..=600)),
+    );
+    assert_eq!(job.status()["done"], 501);
+}
+
+#[test]
 fn sighup_raises_concurrency_past_the_threads_that_were_working() {
     let job = Job::new(slow_site(300, 150)).concurrency(1);
     let child = job.spawn_run();
