@@ -90,6 +90,7 @@ fn flush(
     if group.is_empty() {
         return Ok(());
     }
+    super::fault_panic("commit");
     let config = shared.config();
     let mut settles = Vec::with_capacity(group.len());
     let mut notices = Vec::with_capacity(group.len());

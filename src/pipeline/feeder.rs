@@ -103,6 +103,7 @@ pub(super) fn run(
                 if !in_flight.insert(next.page) {
                     continue;
                 }
+                super::fault_panic("feeder");
                 if work.send(next).is_err() {
                     return Ok(());
                 }

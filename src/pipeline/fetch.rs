@@ -19,6 +19,7 @@ pub(super) fn run(index: usize, work: Receiver<Work>, fetched: Sender<Fetched>, 
         let Ok(Work { page, attempts }) = work.recv() else {
             return;
         };
+        super::fault_panic("fetch");
         let permit = loop {
             while shared.paused.load(Ordering::SeqCst) && !shared.stopping() {
                 std::thread::sleep(Duration::from_millis(20));

@@ -242,6 +242,44 @@ pub struct Pipeline {
     others: Vec<JoinHandle<()>>,
 }
 
+/// Fails the run when the thread holding it unwinds (a bug): the other
+/// stages stop, so the run ends with the error instead of waiting forever
+/// for the page the thread had.
+struct FailOnPanic {
+    shared: Arc<Shared>,
+    thread: String,
+}
+
+impl Drop for FailOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.shared.fail(anyhow::anyhow!(
+                "internal error in the {} thread; everything committed is safe and the next run resumes",
+                self.thread
+            ));
+        }
+    }
+}
+
+/// A test hook standing in for a bug: `PAGECRAWL_FAULT_PANIC=STAGE:N` makes
+/// the `STAGE` (feeder, fetch, parse or commit) panic at its N-th page (or
+/// commit group).
+pub(crate) fn fault_panic(stage: &str) {
+    use std::sync::OnceLock;
+    static PLAN: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    static SEEN: AtomicU64 = AtomicU64::new(0);
+    let plan = PLAN.get_or_init(|| {
+        let value = std::env::var("PAGECRAWL_FAULT_PANIC").ok()?;
+        let (stage, count) = value.split_once(':')?;
+        Some((stage.to_string(), count.parse().ok()?))
+    });
+    if let Some((planned, count)) = plan {
+        if planned == stage && SEEN.fetch_add(1, Ordering::SeqCst) + 1 == *count {
+            panic!("PAGECRAWL_FAULT_PANIC: {stage} at {count}");
+        }
+    }
+}
+
 /// The request rate to keep: the configured limit, or the site's
 /// `Crawl-delay`, whichever is slower.
 fn effective_rate(config: &Config, robots: &Robots) -> Option<f64> {
@@ -297,9 +335,16 @@ impl Pipeline {
 
         let mut others = Vec::new();
         let spawn = |name: String, body: Box<dyn FnOnce() + Send>| {
+            let on_panic = FailOnPanic {
+                shared: shared.clone(),
+                thread: name.clone(),
+            };
             std::thread::Builder::new()
                 .name(name)
-                .spawn(body)
+                .spawn(move || {
+                    let _on_panic = on_panic;
+                    body();
+                })
                 .context("cannot start a pipeline thread")
         };
         {
@@ -340,9 +385,14 @@ impl Pipeline {
         drop((fetched_rx, parsed_tx));
         let commit = {
             let (store, shared) = (store, shared.clone());
+            let on_panic = FailOnPanic {
+                shared: shared.clone(),
+                thread: "commit".into(),
+            };
             std::thread::Builder::new()
                 .name("commit".into())
                 .spawn(move || {
+                    let _on_panic = on_panic;
                     let mut output = output;
                     if let Err(e) = commit::run(&store, &mut output, parsed_rx, settled_tx, &shared)
                     {

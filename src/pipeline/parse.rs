@@ -79,6 +79,7 @@ impl Parser {
 pub(super) fn run(config: &Config, fetched: Receiver<Fetched>, parsed: Sender<Parsed>) {
     let parser = Parser::new(config);
     for message in fetched {
+        super::fault_panic("parse");
         if parsed.send(parser.parse(message)).is_err() {
             return;
         }

@@ -368,3 +368,35 @@ fn a_scripted_fault_on_the_last_attempt_fails_the_page_with_its_reason() {
         vec![(2, "truncated body".to_string())]
     );
 }
+
+#[test]
+fn a_stage_that_panics_fails_the_run_which_then_resumes() {
+    // `PAGECRAWL_FAULT_PANIC` stands in for a bug in one stage. The run must
+    // end (not wait forever for the page that thread had), fail with a
+    // one-line error naming the thread, and leave a state the next run
+    // finishes with every item once.
+    for stage in ["feeder", "fetch", "parse", "commit"] {
+        let site = Site {
+            pages: 40,
+            latency: Duration::from_millis(5),
+            ..Site::default()
+        };
+        let job = Job::new(site).concurrency(4).with("commit_every = 4");
+        let mut command = job.command(&["run"]);
+        command.env("PAGECRAWL_FAULT_PANIC", format!("{stage}:10"));
+        let output = finish(command.spawn().unwrap(), COMMAND_TIMEOUT);
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "{stage}: {}",
+            stderr(&output)
+        );
+        assert!(
+            stderr(&output).contains(&format!("internal error in the {stage}")),
+            "{stage}: {}",
+            stderr(&output)
+        );
+        job.run_ok();
+        assert_same_items(&job.output_bugs(), &job.expected_bugs(1..=40));
+    }
+}
