@@ -1882,20 +1882,8 @@ fn server_speed(pages: u64, concurrency: usize, page_bytes: usize) -> Result<()>
     for engine in [Engine::Fixture, Engine::Fast] {
         let server = ServerProcess::start(engine, 0, pages, padding)?;
         let cpu_before = process_cpu(server.child.id()).unwrap_or_default();
-        let next = Arc::new(AtomicU64::new(0));
-        let bytes = Arc::new(AtomicU64::new(0));
         let started = Instant::now();
-        let workers: Vec<_> = (0..concurrency)
-            .map(|_| {
-                let (next, bytes, addr) = (next.clone(), bytes.clone(), server.addr);
-                thread::spawn(move || keep_alive_client(addr, &next, pages, &bytes))
-            })
-            .collect();
-        for worker in workers {
-            worker
-                .join()
-                .map_err(|_| anyhow!("a client thread panicked"))??;
-        }
+        let bytes = bare_clients(server.addr, pages, concurrency)?;
         let wall = started.elapsed();
         let cpu = process_cpu(server.child.id())
             .unwrap_or_default()
@@ -1906,7 +1894,7 @@ fn server_speed(pages: u64, concurrency: usize, page_bytes: usize) -> Result<()>
             wall.as_secs_f64(),
             pages as f64 / wall.as_secs_f64(),
             cpu.as_secs_f64() * 1e6 / pages as f64,
-            bytes.load(Ordering::SeqCst) / pages.max(1)
+            bytes / pages.max(1)
         );
     }
     println!("(server CPU: /proc/PID/stat of the server around the requests, start-up and pre-rendering excluded; tick accounting, ±10 ms)");
@@ -1964,20 +1952,7 @@ fn parts(pages: u64, concurrency: usize, page_bytes: usize) -> Result<()> {
 
     // Fetching with a bare HTTP/1.1 keep-alive client: the kernel's share.
     row("fetch: bare keep-alive client", concurrency, &mut || {
-        let next = Arc::new(AtomicU64::new(0));
-        let bytes = Arc::new(AtomicU64::new(0));
-        let workers: Vec<_> = (0..concurrency)
-            .map(|_| {
-                let (next, bytes, addr) = (next.clone(), bytes.clone(), server.addr);
-                thread::spawn(move || keep_alive_client(addr, &next, pages, &bytes))
-            })
-            .collect();
-        for worker in workers {
-            worker
-                .join()
-                .map_err(|_| anyhow!("a client thread panicked"))??;
-        }
-        Ok(())
+        bare_clients(server.addr, pages, concurrency).map(drop)
     })?;
 
     // The same through ureq, as a fetch thread does it.
@@ -2099,6 +2074,25 @@ fn parts(pages: u64, concurrency: usize, page_bytes: usize) -> Result<()> {
     }
     println!("(CPU: user + sys of this process from /proc/self/stat around each part, tick accounting; the server is another process)");
     Ok(())
+}
+
+/// Fetches pages 1..=`pages` with `connections` bare keep-alive clients in
+/// threads of their own; returns the body bytes read.
+fn bare_clients(addr: SocketAddr, pages: u64, connections: usize) -> Result<u64> {
+    let next = Arc::new(AtomicU64::new(0));
+    let bytes = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..connections)
+        .map(|_| {
+            let (next, bytes) = (next.clone(), bytes.clone());
+            thread::spawn(move || keep_alive_client(addr, &next, pages, &bytes))
+        })
+        .collect();
+    for worker in workers {
+        worker
+            .join()
+            .map_err(|_| anyhow!("a client thread panicked"))??;
+    }
+    Ok(bytes.load(Ordering::SeqCst))
 }
 
 /// Fetches pages `next+1..=total` over one keep-alive connection, reading
