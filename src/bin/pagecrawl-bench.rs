@@ -48,19 +48,6 @@ const HTML: &str = "text/html; charset=utf-8";
 const PRERENDER_BUDGET: u64 = 640 << 20;
 /// How often a running child's `/proc` entry is read.
 const POLL: Duration = Duration::from_millis(10);
-/// Environment variables that must not reach a child: a proxy would send
-/// the benchmark's requests somewhere other than 127.0.0.1.
-const SCRUBBED_ENV: &[&str] = &[
-    "http_proxy",
-    "HTTP_PROXY",
-    "https_proxy",
-    "HTTPS_PROXY",
-    "all_proxy",
-    "ALL_PROXY",
-    "RUST_LOG",
-    "STATE_DIRECTORY",
-    "NOTIFY_SOCKET",
-];
 
 /// pagecrawl-bench: pagecrawl against a local fixture server, with wall
 /// time, CPU per page and peak memory; optionally against Python peers.
@@ -811,7 +798,7 @@ fn measure(
         .stdin(Stdio::null())
         .stdout(File::create(&out_path)?)
         .stderr(File::create(&err_path)?);
-    for var in SCRUBBED_ENV {
+    for var in pagecrawl::fixture::ENVIRONMENT_TO_DROP {
         command.env_remove(var);
     }
     command.env("no_proxy", "127.0.0.1,localhost");

@@ -93,6 +93,8 @@ fn flush(
     super::fault_panic("commit");
     let config = shared.config();
     let mut settles = Vec::with_capacity(group.len());
+    // Each settle's page, as pending as it was read below.
+    let mut pending = Vec::with_capacity(group.len());
     let mut notices = Vec::with_capacity(group.len());
     let mut keys_in_group: HashSet<String> = HashSet::new();
     let mut pages_in_group: HashSet<u64> = HashSet::new();
@@ -105,11 +107,13 @@ fn flush(
             Parsed::Abandoned => None,
         };
         if let Some(page) = page {
-            if !pages_in_group.insert(page) || !store.is_pending(page)? {
+            let state = store.pending_as(page)?;
+            if !pages_in_group.insert(page) || state.is_none() {
                 log::warn!("page {page} was already settled; its second result is dropped");
                 notices.push(Settled::Finished(page));
                 continue;
             }
+            pending.push(state);
         }
         match message {
             Parsed::Done {
@@ -198,7 +202,7 @@ fn flush(
     // at the start counts in the committed length too.
     output.sync()?;
     let empty_run = config.pages.is_open().then_some(config.stop_after_empty);
-    store.commit(&settles, output.len(), empty_run)?;
+    store.commit_known(&settles, &pending, output.len(), empty_run)?;
     store.flush()?;
     fault_injection::after_commit();
     let progress = &shared.progress;

@@ -82,7 +82,7 @@ impl StateFilter {
 
 /// How a page is pending (see [`Store::pending_as`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PendingAs {
+pub enum PendingAs {
     Keyed,
     InRange,
 }
@@ -344,6 +344,30 @@ impl Store {
         output_len: u64,
         empty_run: Option<u32>,
     ) -> Result<()> {
+        let pending = settled
+            .iter()
+            .map(|settle| self.pending_as(settle.page()))
+            .collect::<Result<Vec<_>>>()?;
+        self.commit_known(settled, &pending, output_len, empty_run)
+    }
+
+    /// [`Store::commit`] with each page's [`Store::pending_as`] already read
+    /// (the commit stage reads it before writing a page's items, and only
+    /// the commit stage changes it for a pending page). A done or failed
+    /// page that was not pending is not recorded.
+    pub fn commit_known(
+        &self,
+        settled: &[Settle],
+        pending: &[Option<PendingAs>],
+        output_len: u64,
+        empty_run: Option<u32>,
+    ) -> Result<()> {
+        anyhow::ensure!(
+            settled.len() == pending.len(),
+            "internal error: {} pages to commit but {} pending states",
+            settled.len(),
+            pending.len()
+        );
         let mut counters = self.lock();
         let mut next = *counters;
         let now = now_ms();
@@ -351,7 +375,7 @@ impl Store {
         let mut reasons: HashMap<String, i64> = HashMap::new();
         let mut empties_here: Vec<u64> = Vec::new();
         let mut in_batch: HashSet<u64> = HashSet::new();
-        for settle in settled {
+        for (settle, pending) in settled.iter().zip(pending) {
             // The tree does not see this batch: a page twice in it would
             // pass the pending check twice.
             if !in_batch.insert(settle.page()) {
@@ -370,13 +394,13 @@ impl Store {
                     bytes,
                     keys,
                 } => {
-                    let Some(pending) = self.pending_as(*page)? else {
+                    let Some(pending) = pending else {
                         log::warn!(
                             "page {page} was committed but is no longer pending; recording it once"
                         );
                         continue;
                     };
-                    if pending == PendingAs::Keyed {
+                    if *pending == PendingAs::Keyed {
                         batch.remove(&page_key(PENDING, *page)[..]);
                     }
                     let done = Done {
@@ -418,10 +442,10 @@ impl Store {
                     kind,
                     detail,
                 } => {
-                    let Some(pending) = self.pending_as(*page)? else {
+                    let Some(pending) = pending else {
                         continue;
                     };
-                    if pending == PendingAs::Keyed {
+                    if *pending == PendingAs::Keyed {
                         batch.remove(&page_key(PENDING, *page)[..]);
                     }
                     let failed = Failed {
@@ -463,15 +487,10 @@ impl Store {
         Ok(())
     }
 
-    /// Whether `page` is pending (it may be settled).
-    pub fn is_pending(&self, page: u64) -> Result<bool> {
-        Ok(self.pending_as(page)?.is_some())
-    }
-
     /// How `page` is pending, if it is: by a pending key, or by lying in a
     /// lazy range with no key of any state (pages being fetched from a range
     /// have no key; see `ranges`).
-    fn pending_as(&self, page: u64) -> Result<Option<PendingAs>> {
+    pub fn pending_as(&self, page: u64) -> Result<Option<PendingAs>> {
         if self.tree.contains_key(page_key(PENDING, page))? {
             return Ok(Some(PendingAs::Keyed));
         }

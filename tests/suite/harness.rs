@@ -179,23 +179,7 @@ impl Job {
     }
 }
 
-/// Variables of the test's own environment that would change what
-/// pagecrawl does: proxies (the fixture is on loopback), a log filter, a
-/// systemd state directory or notify socket, journald's log format, and the
-/// colour switch.
-pub const ENVIRONMENT_TO_DROP: &[&str] = &[
-    "http_proxy",
-    "HTTP_PROXY",
-    "https_proxy",
-    "HTTPS_PROXY",
-    "all_proxy",
-    "ALL_PROXY",
-    "RUST_LOG",
-    "STATE_DIRECTORY",
-    "NOTIFY_SOCKET",
-    "JOURNAL_STREAM",
-    "NO_COLOR",
-];
+pub use pagecrawl::fixture::ENVIRONMENT_TO_DROP;
 
 /// The binary, with the environment a test needs: no proxy settings (the
 /// fixture is on loopback) and no inherited log filter.

@@ -719,20 +719,9 @@ fn try_shows_the_captures_and_hints_when_nothing_matches() {
     );
 
     // A pattern whose start is on the page but whose rest is not.
-    let wrong = job.dir.path().join("wrong.toml");
-    std::fs::write(
-        &wrong,
-        format!(
-            "url = \"{}\"\npages = \"1..=5\"\npattern = '<td>(?P<date>\\d{{4}}-\\d{{2}}-\\d{{2}})</td>\\s*<td class=\"title\">(?P<title>[^<]*)</td>'\n",
-            job.server.url_template()
-        ),
-    )
-    .unwrap();
-    let output = finish(
-        pagecrawl(&["try", "--config", wrong.to_str().unwrap(), "--page", "1"])
-            .spawn()
-            .unwrap(),
-        COMMAND_TIMEOUT,
+    let output = try_pattern(
+        &job,
+        r#"<td>(?P<date>\d{4}-\d{2}-\d{2})</td>\s*<td class="title">(?P<title>[^<]*)</td>"#,
     );
     assert_success(&output);
     assert_eq!(stdout(&output), "");
@@ -776,27 +765,32 @@ fn try_shows_the_captures_and_hints_when_nothing_matches() {
     assert!(!hints.contains("hint:"), "{hints}");
 
     // A pattern that matches but is not one-pass gets a hint on speed.
-    let lazy = job.dir.path().join("lazy.toml");
-    std::fs::write(
-        &lazy,
-        format!(
-            "url = \"{}\"\npages = \"1..=5\"\npattern = '<td>(?P<date>.*?)</td>'\n",
-            job.server.url_template()
-        ),
-    )
-    .unwrap();
-    let output = finish(
-        pagecrawl(&["try", "--config", lazy.to_str().unwrap(), "--page", "1"])
-            .spawn()
-            .unwrap(),
-        COMMAND_TIMEOUT,
-    );
+    let output = try_pattern(&job, r"<td>(?P<date>.*?)</td>");
     assert_success(&output);
     let hints = stderr(&output);
     assert!(
         hints.contains("hint: this pattern runs on the general regex engine"),
         "{hints}"
     );
+}
+
+/// `try --page 1` of a config for `job`'s site with `pattern`.
+fn try_pattern(job: &Job, pattern: &str) -> std::process::Output {
+    let config = job.dir.path().join("try.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "url = \"{}\"\npages = \"1..=5\"\npattern = '{pattern}'\n",
+            job.server.url_template()
+        ),
+    )
+    .unwrap();
+    finish(
+        pagecrawl(&["try", "--config", config.to_str().unwrap(), "--page", "1"])
+            .spawn()
+            .unwrap(),
+        COMMAND_TIMEOUT,
+    )
 }
 
 /// The rows of the README's "## Configuration" table: (key, default).
