@@ -1980,22 +1980,27 @@ fn parts(pages: u64, concurrency: usize, page_bytes: usize) -> Result<()> {
     )?;
     server.stop()?;
 
-    // Decoding, extracting and rendering, on bodies fetched above: with the
-    // one-pass path pagecrawl takes for this pattern, and with the general
-    // regex engine for comparison.
-    let engines = [
-        (
-            "decode + extract + render (one-pass path)",
-            pagecrawl::extract::Extractor::new(config.pattern.clone()),
-        ),
-        (
-            "decode + extract + render (general regex engine)",
-            pagecrawl::extract::Extractor::general(config.pattern.clone()),
-        ),
-    ];
+    // Decoding, extracting and rendering, on bodies fetched above: with
+    // each engine that takes this pattern (the first is the one pagecrawl
+    // uses).
+    use pagecrawl::extract::{Engine as Extraction, Extractor};
+    let engines: Vec<(String, Extractor)> = [
+        Extraction::Sequence,
+        Extraction::OnePass,
+        Extraction::General,
+    ]
+    .into_iter()
+    .filter_map(|engine| {
+        let extractor = Extractor::with_engine(config.pattern.clone(), engine)?;
+        Some((
+            format!("decode + extract + render ({} engine)", engine.describe()),
+            extractor,
+        ))
+    })
+    .collect();
     for (part, extractor) in engines {
         let mut items = 0usize;
-        row(part, 1, &mut || {
+        row(&part, 1, &mut || {
             let mut rendered = Vec::new();
             for page in 0..pages {
                 let (content_type, body) = &bodies[page as usize % bodies.len()];

@@ -18,7 +18,7 @@ use regex::Regex;
 use crate::charset;
 use crate::config::Config;
 use crate::exit_code::Exit;
-use crate::extract::{clean, Extractor};
+use crate::extract::{clean, Engine, Extractor};
 use crate::http::{FetchError, Fetcher};
 use crate::output::{render, Format};
 
@@ -86,11 +86,11 @@ pub fn command(config_path: &Path, page: u64, view: View) -> Result<Exit> {
     }
     if items.is_empty() {
         eprint!("{}", no_match_hints(&config.pattern_text, &text, &url));
-    } else if !extractor.is_one_pass() {
+    } else if extractor.engine() == Engine::General {
         eprintln!(
             "hint: this pattern runs on the general regex engine; one that starts with literal text \
-             and uses negated classes like `[^<]*` instead of `.*?` is extracted about twice as fast \
-             (README: How it works, Parse pool)"
+             and uses negated classes like `[^<]*` instead of `.*?` is extracted several times as \
+             fast (README: How it works, Parse pool)"
         );
     }
     Ok(Exit::Success)
