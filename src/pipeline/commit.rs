@@ -205,6 +205,11 @@ fn flush(
     store.commit_known(&settles, &pending, output.len(), empty_run)?;
     store.flush()?;
     fault_injection::after_commit();
+    log::debug!(
+        "committed {} pages ({done} done, {failed} failed, {retried} to retry), {written} items; output at {} bytes",
+        settles.len(),
+        output.len()
+    );
     let progress = &shared.progress;
     progress.done.fetch_add(done, Ordering::Relaxed);
     progress.failed.fetch_add(failed, Ordering::Relaxed);

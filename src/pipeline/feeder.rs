@@ -54,6 +54,12 @@ pub(super) fn run(
         while let Ok(message) = settled.try_recv() {
             settle(message, &mut in_flight, &mut retries);
         }
+        // Say at once when settled pages made room: the flag must not stay
+        // set while this thread waits to hand out work (the commit stage
+        // would go on committing groups of a few pages, each with an fsync).
+        let drained = exhausted && fresh.is_empty();
+        let blocked = (drained && retries.is_empty()) || in_flight.len() >= window;
+        shared.waiting_on_commits.store(blocked, Ordering::SeqCst);
         if shared.rescan.swap(false, Ordering::SeqCst) {
             cursor = None;
             lazy_cursor = None;

@@ -294,10 +294,12 @@ fn effective_rate(config: &Config, robots: &Robots) -> Option<f64> {
 }
 
 /// How many pages the feeder may have out at once: enough to keep every
-/// fetch thread busy while the parse pool and a full commit group are being
-/// worked on, and small enough that memory stays a few pages per thread.
+/// fetch thread busy while the parse pool works and two commit groups wait
+/// (one being flushed, the next filling), and small enough that memory stays
+/// a few pages per thread. With room for one group only, the feeder ran
+/// into the window at every flush and the groups stayed small.
 fn window(config: &Config) -> usize {
-    2 * config.concurrency + 2 * config.parse_threads + config.commit_every
+    2 * config.concurrency + 2 * config.parse_threads + 2 * config.commit_every
 }
 
 /// Fetch threads are started for this many connections at least, so that a

@@ -50,6 +50,42 @@ fn a_full_crawl_writes_every_item_exactly_once() {
 }
 
 #[test]
+fn pages_are_committed_in_full_groups() {
+    // 640 fast pages in groups of 64: about ten commits, each one fsync of
+    // the output and one of sled. A feeder that kept saying "waiting for
+    // commits" while it was only waiting to hand out work once made the
+    // commit stage flush groups of four pages, with an fsync each.
+    let site = Site {
+        pages: 640,
+        ..Site::default()
+    };
+    let job = Job::new(site)
+        .pages("1..=640")
+        .concurrency(8)
+        .with("commit_every = 64")
+        .with("commit_interval = \"1h\"");
+    let mut run = job.command(&["run"]);
+    run.env("RUST_LOG", "pagecrawl=debug");
+    let output = finish(run.spawn().expect("pagecrawl starts"), COMMAND_TIMEOUT);
+    assert_success(&output);
+    let log = stderr(&output);
+    let groups: Vec<u64> = log
+        .lines()
+        .filter_map(|line| {
+            let rest = &line[line.find("committed ")? + "committed ".len()..];
+            rest.split(' ').next()?.parse().ok()
+        })
+        .collect();
+    assert_eq!(groups.iter().sum::<u64>(), 640, "{log}");
+    assert!(
+        groups.len() <= 15,
+        "{} commit groups for 640 pages (sizes {groups:?})",
+        groups.len()
+    );
+    assert_same_items(&job.output_bugs(), &job.expected_bugs(1..=640));
+}
+
+#[test]
 fn csv_output_and_export_in_both_directions() {
     let job = Job::new(Site::default()).with("format = \"csv\"");
     job.run_ok();
