@@ -63,7 +63,8 @@ pub fn render_into<S: AsRef<str>>(
     match format {
         Format::Jsonl => {
             out.extend_from_slice(b"{\"page\":");
-            out.extend_from_slice(page.to_string().as_bytes());
+            // Into the buffer directly: no String per item.
+            let _ = write!(out, "{page}");
             for (name, value) in fields.iter().zip(item) {
                 out.push(b',');
                 write_json_string(out, name);

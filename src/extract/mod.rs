@@ -139,7 +139,9 @@ impl Extractor {
     /// straight into the output format without building an `Item`.
     pub fn for_each<'t>(&self, text: &'t str, mut visit: impl FnMut(&[Cow<'t, str>])) {
         let mut values: Vec<Cow<'t, str>> = Vec::with_capacity(self.groups.len());
-        let mut found: Vec<Option<NonMaxUsize>> = Vec::new();
+        // Room for a listing page's worth of matches from the start.
+        let mut found: Vec<Option<NonMaxUsize>> =
+            Vec::with_capacity(64 * self.pattern.captures_len());
         let searched = match &self.fast {
             Some(Fast::Sequence(sequence)) => sequence.find_all(text, &mut found),
             Some(Fast::OnePass(one_pass)) => one_pass.find_all(text, &mut found),

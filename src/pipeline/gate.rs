@@ -13,12 +13,20 @@ use std::time::Duration;
 
 #[derive(Debug)]
 pub struct Gate {
-    /// (limit, permits in use)
-    state: Mutex<(usize, usize)>,
+    state: Mutex<State>,
     /// A permit was returned or the limit changed.
     changed: Condvar,
     /// The limit changed (for threads standing by).
     resized: Condvar,
+}
+
+#[derive(Debug)]
+struct State {
+    limit: usize,
+    in_use: usize,
+    /// Threads waiting in `acquire`: a returned permit wakes one only when
+    /// there is one (a notify is a system call even with nobody waiting).
+    waiting: usize,
 }
 
 /// A held permit; dropping it lets the next fetch in.
@@ -27,7 +35,11 @@ pub struct Permit<'a>(&'a Gate);
 impl Gate {
     pub fn new(limit: usize) -> Gate {
         Gate {
-            state: Mutex::new((limit, 0)),
+            state: Mutex::new(State {
+                limit,
+                in_use: 0,
+                waiting: 0,
+            }),
             changed: Condvar::new(),
             resized: Condvar::new(),
         }
@@ -41,7 +53,7 @@ impl Gate {
             if done() {
                 return false;
             }
-            if index < state.0 {
+            if index < state.limit {
                 return true;
             }
             state = self
@@ -59,34 +71,41 @@ impl Gate {
             if stop.load(Ordering::SeqCst) {
                 return None;
             }
-            if state.1 < state.0 {
-                state.1 += 1;
+            if state.in_use < state.limit {
+                state.in_use += 1;
                 return Some(Permit(self));
             }
+            state.waiting += 1;
             state = self
                 .changed
                 .wait_timeout(state, Duration::from_millis(100))
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
+            state.waiting -= 1;
         }
     }
 
     pub fn set_limit(&self, limit: usize) {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).0 = limit;
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).limit = limit;
         self.changed.notify_all();
         self.resized.notify_all();
     }
 
     #[cfg(test)]
     pub fn limit(&self) -> usize {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).0
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).limit
     }
 }
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
-        self.0.state.lock().unwrap_or_else(|e| e.into_inner()).1 -= 1;
-        self.0.changed.notify_one();
+        let mut state = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.in_use -= 1;
+        let waiting = state.waiting > 0;
+        drop(state);
+        if waiting {
+            self.0.changed.notify_one();
+        }
     }
 }
 

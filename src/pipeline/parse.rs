@@ -1,6 +1,8 @@
 //! The parse pool: decode each body to UTF-8, extract items, and render them
 //! in the output format, so the commit stage only appends bytes.
 
+use std::cell::Cell;
+
 use crossbeam_channel::{Receiver, Sender};
 
 use super::{Fetched, Parsed, Rendered};
@@ -13,6 +15,9 @@ pub(super) struct Parser {
     config: Config,
     extractor: Extractor,
     key_index: Option<usize>,
+    /// The last page's rendered bytes and items: the next page's buffers
+    /// start that large, instead of growing by doubling.
+    last_size: Cell<(usize, usize)>,
 }
 
 impl Parser {
@@ -25,6 +30,7 @@ impl Parser {
             config: config.clone(),
             extractor: Extractor::new(config.pattern.clone()),
             key_index,
+            last_size: Cell::new((0, 0)),
         }
     }
 
@@ -41,7 +47,12 @@ impl Parser {
                     &response.body,
                     config.charset,
                 );
-                let mut rendered = Rendered::default();
+                let (bytes, items) = self.last_size.get();
+                let mut rendered = Rendered {
+                    bytes: Vec::with_capacity(bytes + bytes / 8),
+                    ends: Vec::with_capacity(items),
+                    keys: Vec::new(),
+                };
                 self.extractor.for_each(&text, |values| {
                     output::render_into(
                         &mut rendered.bytes,
@@ -55,6 +66,8 @@ impl Parser {
                         rendered.keys.push(values[index].to_string());
                     }
                 });
+                self.last_size
+                    .set((rendered.bytes.len(), rendered.ends.len()));
                 Parsed::Done {
                     page,
                     attempts,
