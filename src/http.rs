@@ -9,6 +9,8 @@
 
 use std::time::{Duration, SystemTime};
 
+use ureq::unversioned::transport::Connector;
+
 use crate::config::Config;
 use crate::robots::Robots;
 
@@ -118,7 +120,7 @@ impl Fetcher {
             .build();
         let agent = ureq::Agent::with_parts(
             agent_config,
-            ureq::unversioned::transport::DefaultConnector::default(),
+            ureq::unversioned::transport::DefaultConnector::default().chain(crate::transport::Lean),
             crate::dns::CachingResolver::default(),
         );
         Fetcher {

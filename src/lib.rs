@@ -35,6 +35,7 @@ pub mod range;
 pub mod robots;
 pub mod signals;
 pub mod store;
+pub mod transport;
 pub mod util;
 
 use clap::Parser;

@@ -86,6 +86,44 @@ fn pages_are_committed_in_full_groups() {
 }
 
 #[test]
+fn a_connection_the_server_closed_is_not_reused() {
+    // The server drops a kept-alive connection after 100 ms without a
+    // request, as Apache does after its KeepAliveTimeout, and the crawl asks
+    // only every 300 ms: each request must find its pooled connection
+    // closed and open a new one, never fail on the dead one.
+    let site = Site {
+        pages: 4,
+        idle_timeout: Duration::from_millis(100),
+        ..Site::default()
+    };
+    let job = Job::new(site)
+        .pages("1..=4")
+        .concurrency(1)
+        .with("rate_limit = 3.3");
+    let mut run = job.command(&["run"]);
+    run.env("RUST_LOG", "pagecrawl=debug");
+    let output = finish(run.spawn().expect("pagecrawl starts"), COMMAND_TIMEOUT);
+    assert_success(&output);
+    let log = stderr(&output);
+    assert!(
+        stdout(&output).contains("finished: 4 pages done, 0 failed"),
+        "{}",
+        stdout(&output)
+    );
+    assert!(!log.contains("retry 1 of"), "no request failed: {log}");
+    assert_eq!(job.status()["retries"], 0, "{log}");
+    for page in 1..=4 {
+        assert_eq!(job.server.stats().requests_for(page), 1, "page {page}");
+    }
+    assert!(
+        job.server.stats().connections() >= 4,
+        "a new connection per request ({} in all)",
+        job.server.stats().connections()
+    );
+    assert_same_items(&job.output_bugs(), &job.expected_bugs(1..=4));
+}
+
+#[test]
 fn csv_output_and_export_in_both_directions() {
     let job = Job::new(Site::default()).with("format = \"csv\"");
     job.run_ok();
