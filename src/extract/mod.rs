@@ -80,7 +80,8 @@ struct Searched {
 pub type Item = Vec<String>;
 
 impl Extractor {
-    /// The fastest engine that takes the pattern.
+    /// The fastest engine that takes the pattern (see [`Extractor::with_engine`]
+    /// on options).
     pub fn new(pattern: Regex) -> Extractor {
         [Engine::Sequence, Engine::OnePass, Engine::General]
             .into_iter()
@@ -90,7 +91,15 @@ impl Extractor {
 
     /// An extractor on this engine, when it takes the pattern (the general
     /// engine takes all); for comparing the engines.
+    ///
+    /// What counts is the pattern's text, read with `Regex::new`'s default
+    /// options (the fast paths parse it again): options set through
+    /// `RegexBuilder` are not kept, by any engine. Write them as inline
+    /// flags (`(?i)`), as a job's config does.
     pub fn with_engine(pattern: Regex, engine: Engine) -> Option<Extractor> {
+        // The same text with default options; it compiled once, so it does
+        // again.
+        let pattern = Regex::new(pattern.as_str()).unwrap_or(pattern);
         let groups = pattern
             .capture_names()
             .enumerate()
@@ -469,6 +478,18 @@ mod tests {
             assert_eq!(fast.extract(&text), expected);
         }
 
+        // Many groups make each candidate cost more than the bytes it looks
+        // at; that counts too (found by review: 2 s for this page).
+        let pattern = Regex::new(&format!("a{}b", "()".repeat(1000))).unwrap();
+        let text = "a".repeat(200_000);
+        let fast = Extractor::with_engine(pattern.clone(), Engine::Sequence).unwrap();
+        let searched = fast.search(&text);
+        assert!(
+            matches!(searched.resume_at, Some(at) if at < 2_000),
+            "{searched:?}"
+        );
+        assert!(fast.extract(&text).is_empty());
+
         let pattern = Regex::new(r"id=(?P<v>[^;]*);").unwrap();
         let text = "id=1&".repeat(100_000);
         for fast in fast_engines(&pattern) {
@@ -497,6 +518,26 @@ mod tests {
                 page.len()
             );
             assert_eq!(fast.extract(&page), expected);
+        }
+    }
+
+    #[test]
+    fn every_engine_reads_the_pattern_text_alone() {
+        // A RegexBuilder option is not in the text: no engine keeps it, so
+        // the engines cannot disagree over it (the fast paths parse the
+        // text again). Inline flags are in the text.
+        let built = regex::RegexBuilder::new(r"<td>(?P<x>[^<]*)<")
+            .case_insensitive(true)
+            .build()
+            .unwrap();
+        for engine in [Engine::Sequence, Engine::OnePass, Engine::General] {
+            let extractor = Extractor::with_engine(built.clone(), engine).unwrap();
+            assert!(extractor.extract("<TD>hi</TD>").is_empty(), "{engine:?}");
+            let inline = Regex::new(r"(?i)<td>(?P<x>[^<]*)<").unwrap();
+            let extractor = Extractor::with_engine(inline, engine);
+            if let Some(extractor) = extractor {
+                assert_eq!(extractor.extract("<TD>hi</TD>"), vec![vec!["hi"]]);
+            }
         }
     }
 

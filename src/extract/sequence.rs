@@ -207,6 +207,10 @@ impl Sequence {
                 break;
             };
             let start = at + offset;
+            // Each candidate also costs its steps (group marks, slots), so
+            // that a pattern of many groups cannot make a page slow without
+            // reaching the budget.
+            work += self.steps.len();
             let base = found.len();
             found.resize(base + self.slot_count, None);
             match self.match_at(text, start, &mut found[base..], &mut work) {
