@@ -530,11 +530,11 @@ mod tests {
             .case_insensitive(true)
             .build()
             .unwrap();
+        let inline = Regex::new(r"(?i)<td>(?P<x>[^<]*)<").unwrap();
         for engine in [Engine::Sequence, Engine::OnePass, Engine::General] {
             let extractor = Extractor::with_engine(built.clone(), engine).unwrap();
             assert!(extractor.extract("<TD>hi</TD>").is_empty(), "{engine:?}");
-            let inline = Regex::new(r"(?i)<td>(?P<x>[^<]*)<").unwrap();
-            let extractor = Extractor::with_engine(inline, engine);
+            let extractor = Extractor::with_engine(inline.clone(), engine);
             if let Some(extractor) = extractor {
                 assert_eq!(extractor.extract("<TD>hi</TD>"), vec![vec!["hi"]]);
             }
