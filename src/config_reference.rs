@@ -102,7 +102,7 @@ pub const KEYS: &[KeyDoc] = &[
     KeyDoc {
         name: "request_timeout",
         group: "Fetching",
-        explanation: "Time for the whole request, body included.",
+        explanation: "Time for the whole request, body included (it may fire up to 1/8 early, never late).",
         default: "\"30s\"",
         value: "\"30s\"",
     },
