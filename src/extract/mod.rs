@@ -148,9 +148,11 @@ impl Extractor {
     /// straight into the output format without building an `Item`.
     pub fn for_each<'t>(&self, text: &'t str, mut visit: impl FnMut(&[Cow<'t, str>])) {
         let mut values: Vec<Cow<'t, str>> = Vec::with_capacity(self.groups.len());
-        // Room for a listing page's worth of matches from the start.
-        let mut found: Vec<Option<NonMaxUsize>> =
-            Vec::with_capacity(64 * self.pattern.captures_len());
+        // Room for 32 matches (a listing page's worth) from the start.
+        let mut found: Vec<Option<NonMaxUsize>> = match self.fast {
+            Some(_) => Vec::with_capacity(64 * self.pattern.captures_len()),
+            None => Vec::new(),
+        };
         let searched = match &self.fast {
             Some(Fast::Sequence(sequence)) => sequence.find_all(text, &mut found),
             Some(Fast::OnePass(one_pass)) => one_pass.find_all(text, &mut found),

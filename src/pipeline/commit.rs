@@ -21,7 +21,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
 use super::{retry_delay, Parsed, Settled, Shared};
 use crate::output::OutputFile;
@@ -218,7 +218,10 @@ fn flush(
     progress.duplicates.fetch_add(duplicates, Ordering::Relaxed);
     for notice in notices {
         // The feeder may already have stopped; then nobody needs to know.
-        let _ = settled.try_send(notice);
+        // Full cannot happen (the channel holds every page in flight).
+        if let Err(TrySendError::Full(notice)) = settled.try_send(notice) {
+            log::error!("internal error: the feeder's channel is full; {notice:?} is lost");
+        }
     }
     Ok(())
 }

@@ -22,8 +22,9 @@ use crate::range::PageRange;
 use crate::store::Store;
 use crate::util::now_ms;
 
-/// Pending pages read from sled per scan step.
-const SCAN_BATCH: usize = 256;
+/// Pending pages read from sled per scan step. One step can put this many
+/// pages waiting for a retry in flight at once, past the window.
+pub(super) const SCAN_BATCH: usize = 256;
 /// Longest the feeder sleeps without looking at its flags.
 const TICK: Duration = Duration::from_millis(100);
 

@@ -330,9 +330,11 @@ impl Pipeline {
         let (fetched_tx, fetched_rx) = bounded::<Fetched>(2 * config.parse_threads);
         // A full group can queue while the previous one is being flushed.
         let (parsed_tx, parsed_rx) = bounded::<Parsed>(config.commit_every);
-        // Never more settled messages than pages in flight, so the commit
-        // stage can never block on the feeder.
-        let (settled_tx, settled_rx) = bounded::<Settled>(window);
+        // Never more settled messages than pages in flight (at most the
+        // window, plus one scan's worth of retries read back after a
+        // restart), so the commit stage never blocks on the feeder and
+        // never drops a message.
+        let (settled_tx, settled_rx) = bounded::<Settled>(window + feeder::SCAN_BATCH);
         let (finished_tx, finished_rx) = bounded::<()>(1);
 
         let mut others = Vec::new();
