@@ -75,8 +75,11 @@ pub fn render_into<S: AsRef<str>>(
         }
         Format::Csv => {
             let page = page.to_string();
+            // A small buffer: the default 8 KiB is allocated and zeroed
+            // for every item.
             let mut writer = csv::WriterBuilder::new()
                 .has_headers(false)
+                .buffer_capacity(256)
                 .from_writer(&mut *out);
             let row = std::iter::once(page.as_str()).chain(item.iter().map(|value| value.as_ref()));
             // Writing to a Vec cannot fail.
@@ -263,6 +266,22 @@ mod tests {
         let text = String::from_utf8(render(Format::Csv, 3, &fields(), &items)).unwrap();
         assert_eq!(text, "3,\"/a,b\",\"say \"\"hi\"\"\"\n");
         assert_eq!(csv_header(&fields()), b"page,url,title\n");
+    }
+
+    #[test]
+    fn csv_rows_longer_than_the_writer_buffer_come_out_whole() {
+        let long = "标题, \"quoted\"\n".repeat(100);
+        let items = vec![vec![long.clone(), "x".repeat(700)]];
+        let bytes = render(Format::Csv, 9, &fields(), &items);
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_reader(&bytes[..]);
+        let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            rows[0].iter().collect::<Vec<_>>(),
+            vec!["9", &long, &"x".repeat(700)]
+        );
     }
 
     #[test]
