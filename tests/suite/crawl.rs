@@ -64,10 +64,7 @@ fn pages_are_committed_in_full_groups() {
         .concurrency(8)
         .with("commit_every = 64")
         .with("commit_interval = \"1h\"");
-    let mut run = job.command(&["run"]);
-    run.env("RUST_LOG", "pagecrawl=debug");
-    let output = finish(run.spawn().expect("pagecrawl starts"), COMMAND_TIMEOUT);
-    assert_success(&output);
+    let output = job.run_logged();
     let log = stderr(&output);
     let groups: Vec<u64> = log
         .lines()
@@ -100,10 +97,7 @@ fn a_connection_the_server_closed_is_not_reused() {
         .pages("1..=4")
         .concurrency(1)
         .with("rate_limit = 3.3");
-    let mut run = job.command(&["run"]);
-    run.env("RUST_LOG", "pagecrawl=debug");
-    let output = finish(run.spawn().expect("pagecrawl starts"), COMMAND_TIMEOUT);
-    assert_success(&output);
+    let output = job.run_logged();
     let log = stderr(&output);
     assert!(
         stdout(&output).contains("finished: 4 pages done, 0 failed"),

@@ -126,6 +126,16 @@ impl Job {
         output
     }
 
+    /// `pagecrawl run` with pagecrawl's debug log on stderr (one line per
+    /// commit group, per failed request...), checked to succeed.
+    pub fn run_logged(&self) -> Output {
+        let mut run = self.command(&["run"]);
+        run.env("RUST_LOG", "pagecrawl=debug");
+        let output = finish(run.spawn().expect("pagecrawl starts"), COMMAND_TIMEOUT);
+        assert_success(&output);
+        output
+    }
+
     /// Starts `pagecrawl run` in the background.
     pub fn spawn_run(&self) -> Running {
         Running::new(self.command(&["run"]).spawn().expect("pagecrawl starts"))
