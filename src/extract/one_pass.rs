@@ -16,6 +16,7 @@ use regex_automata::util::syntax;
 use regex_automata::{Anchored, Input, MatchKind, PatternID, Span};
 
 use super::Searched;
+
 /// The literals every match starts with, a lazy DFA that finds where a match
 /// from a given start ends, and a one-pass DFA for the groups.
 #[derive(Debug)]

@@ -58,8 +58,7 @@ pub(super) fn run(
         // Say at once when settled pages made room: the flag must not stay
         // set while this thread waits to hand out work (the commit stage
         // would go on committing groups of a few pages, each with an fsync).
-        let drained = exhausted && fresh.is_empty();
-        let blocked = (drained && retries.is_empty()) || in_flight.len() >= window;
+        let blocked = waits_on_commits(exhausted && fresh.is_empty(), &retries, &in_flight, window);
         shared.waiting_on_commits.store(blocked, Ordering::SeqCst);
         if shared.rescan.swap(false, Ordering::SeqCst) {
             cursor = None;
@@ -117,9 +116,7 @@ pub(super) fn run(
             }
         }
         let drained = exhausted && fresh.is_empty();
-        // Nothing more can go out until pages settle: the commit stage should
-        // not sit on a part-filled group waiting for `commit_interval`.
-        let blocked = (drained && retries.is_empty()) || in_flight.len() >= window;
+        let blocked = waits_on_commits(drained, &retries, &in_flight, window);
         shared.waiting_on_commits.store(blocked, Ordering::SeqCst);
         // Open ranges look ahead only as far as keeps every fetch thread busy,
         // so the crawl overshoots the real end by a few pages, not a window.
@@ -168,6 +165,18 @@ pub(super) fn run(
             default(wait) => {}
         }
     }
+}
+
+/// Whether nothing more can go out until pages settle (the queue is drained
+/// and no retry waits, or the window is full): then the commit stage should
+/// not sit on a part-filled group waiting for `commit_interval`.
+fn waits_on_commits(
+    drained: bool,
+    retries: &RetryHeap,
+    in_flight: &HashSet<u64>,
+    window: usize,
+) -> bool {
+    (drained && retries.is_empty()) || in_flight.len() >= window
 }
 
 /// Reads the next batch of pending pages after the cursor into `fresh`
