@@ -28,6 +28,9 @@ use std::borrow::Cow;
 
 use regex::Regex;
 use regex_automata::util::primitives::NonMaxUsize;
+// The same syntax options as `Regex::new`.
+use regex_automata::util::syntax;
+use regex_syntax::hir::Hir;
 
 use one_pass::OnePass;
 use sequence::Sequence;
@@ -83,9 +86,11 @@ impl Extractor {
     /// The fastest engine that takes the pattern (see [`Extractor::with_engine`]
     /// on options).
     pub fn new(pattern: Regex) -> Extractor {
+        let pattern = with_default_options(pattern);
+        let hir = syntax::parse(pattern.as_str()).ok();
         [Engine::Sequence, Engine::OnePass, Engine::General]
             .into_iter()
-            .find_map(|engine| Extractor::with_engine(pattern.clone(), engine))
+            .find_map(|engine| Extractor::build(&pattern, hir.as_ref(), engine))
             .expect("the general engine takes every pattern")
     }
 
@@ -97,9 +102,17 @@ impl Extractor {
     /// `RegexBuilder` are not kept, by any engine. Write them as inline
     /// flags (`(?i)`), as a job's config does.
     pub fn with_engine(pattern: Regex, engine: Engine) -> Option<Extractor> {
-        // The same text with default options; it compiled once, so it does
-        // again.
-        let pattern = Regex::new(pattern.as_str()).unwrap_or(pattern);
+        let pattern = with_default_options(pattern);
+        let hir = match engine {
+            Engine::General => None,
+            _ => syntax::parse(pattern.as_str()).ok(),
+        };
+        Extractor::build(&pattern, hir.as_ref(), engine)
+    }
+
+    /// An extractor on `engine` for a pattern with default options and its
+    /// syntax tree (parsed once for all the engines tried).
+    fn build(pattern: &Regex, hir: Option<&Hir>, engine: Engine) -> Option<Extractor> {
         let groups = pattern
             .capture_names()
             .enumerate()
@@ -108,13 +121,13 @@ impl Extractor {
         let slot_count = 2 * pattern.captures_len();
         let fast = match engine {
             Engine::Sequence => Some(Fast::Sequence(Box::new(
-                Sequence::new(pattern.as_str()).filter(|s| s.slot_count() == slot_count)?,
+                Sequence::new(hir?).filter(|s| s.slot_count() == slot_count)?,
             ))),
-            Engine::OnePass => Some(Fast::OnePass(Box::new(OnePass::new(pattern.as_str())?))),
+            Engine::OnePass => Some(Fast::OnePass(Box::new(OnePass::new(hir?)?))),
             Engine::General => None,
         };
         Some(Extractor {
-            pattern,
+            pattern: pattern.clone(),
             groups,
             fast,
         })
@@ -220,6 +233,12 @@ impl Extractor {
         }));
         visit(values);
     }
+}
+
+/// The same pattern text compiled with `Regex::new`'s default options (it
+/// compiled once, so it does again), which is how the fast paths read it.
+fn with_default_options(pattern: Regex) -> Regex {
+    Regex::new(pattern.as_str()).unwrap_or(pattern)
 }
 
 /// Unescapes HTML entities and trims surrounding whitespace, borrowing when

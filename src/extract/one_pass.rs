@@ -12,8 +12,8 @@ use regex_automata::hybrid;
 use regex_automata::nfa::thompson;
 use regex_automata::util::prefilter::Prefilter;
 use regex_automata::util::primitives::NonMaxUsize;
-use regex_automata::util::syntax;
 use regex_automata::{Anchored, Input, MatchKind, PatternID, Span};
+use regex_syntax::hir::Hir;
 
 use super::Searched;
 
@@ -58,11 +58,9 @@ enum Run {
 impl OnePass {
     /// `None` when the pattern is not one-pass, or its matches do not all
     /// start with one of a few non-empty literals.
-    pub(super) fn new(pattern: &str) -> Option<OnePass> {
-        // The same syntax options as `Regex::new`.
-        let hir = syntax::parse(pattern).ok()?;
-        let prefixes = Prefilter::from_hir_prefix(MatchKind::LeftmostFirst, &hir)?;
-        let nfa = thompson::Compiler::new().build_from_hir(&hir).ok()?;
+    pub(super) fn new(hir: &Hir) -> Option<OnePass> {
+        let prefixes = Prefilter::from_hir_prefix(MatchKind::LeftmostFirst, hir)?;
+        let nfa = thompson::Compiler::new().build_from_hir(hir).ok()?;
         let groups = onepass::DFA::new_from_nfa(nfa.clone()).ok()?;
         let ends = hybrid::dfa::DFA::builder()
             .configure(

@@ -155,11 +155,9 @@ impl Sequence {
     /// repetitions of one class and groups, starts with a literal, and every
     /// variable repetition is followed by something none of its characters
     /// can start.
-    pub(super) fn new(pattern: &str) -> Option<Sequence> {
-        // The same syntax options as `Regex::new`.
-        let hir = regex_automata::util::syntax::parse(pattern).ok()?;
+    pub(super) fn new(hir: &Hir) -> Option<Sequence> {
         let mut steps = vec![Step::Mark(0)];
-        flatten(&hir, &mut steps)?;
+        flatten(hir, &mut steps)?;
         steps.push(Step::Mark(1));
         let first = match steps.iter().find(|step| !matches!(step, Step::Mark(_)))? {
             Step::Literal(bytes) if !bytes.is_empty() => memmem::Finder::new(bytes).into_owned(),
