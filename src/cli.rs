@@ -126,6 +126,34 @@ pub enum Command {
         #[command(flatten)]
         state: StateArgs,
     },
+    /// After the output was truncated, deleted or replaced behind the crawl:
+    /// keep every item still in the file, re-queue exactly the pages whose
+    /// items are gone.
+    ///
+    /// The file is cut back to its last intact item (when more than a torn
+    /// last line would go, the whole file is first kept beside it as
+    /// NAME.damaged-TIME), the checkpoint is rebuilt from what the file
+    /// holds, and the next `run` writes each missing item once.
+    #[command(
+        after_help = "Example: pagecrawl repair --state-dir wooyun.state && pagecrawl run -c wooyun.toml"
+    )]
+    Repair {
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Start a new output file after moving the old one aside (rotation).
+    ///
+    /// The daemon convention (nginx's reopen, also SIGUSR1): rename the
+    /// output, then ask for a reopen; the running crawl finishes its commit
+    /// group in the renamed file and writes everything after to a new file
+    /// at the configured path. Every item is in exactly one of the files.
+    #[command(
+        after_help = "Example: mv items.jsonl items.jsonl.1 && pagecrawl reopen --state-dir /var/lib/pagecrawl/wooyun"
+    )]
+    Reopen {
+        #[command(flatten)]
+        state: StateArgs,
+    },
     /// Fetch and parse one page and print its items; touches no state.
     ///
     /// On a terminal each item is shown field by field, and the first match

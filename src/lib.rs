@@ -32,6 +32,7 @@ pub mod output;
 pub mod pipeline;
 pub mod progress;
 pub mod range;
+pub mod repair;
 pub mod robots;
 pub mod signals;
 pub mod store;

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 
 use crate::extract::Item;
+use crate::store::OutputIdentity;
 
 /// How items are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +128,11 @@ fn io_error(error: std::io::Error, what: &str, path: &Path) -> anyhow::Error {
 ///
 /// Appended items are gathered in memory and written with one `write` per
 /// commit group (or per [`WRITE_EVERY`] bytes), just before the `fsync`.
+/// Before each write the open file is compared with what was written to
+/// it: a file truncated, extended or deleted behind the crawl stops the
+/// crawl ([`Damage`]) instead of taking items into a hole or into nowhere.
+/// A file moved aside (renamed) is not damaged: it keeps taking items until
+/// [`OutputFile::reopen`], as a daemon's log does until nginx's reopen.
 #[derive(Debug)]
 pub struct OutputFile {
     path: PathBuf,
@@ -135,6 +141,8 @@ pub struct OutputFile {
     buffer: Vec<u8>,
     /// Bytes appended in all (written or buffered).
     len: u64,
+    /// Bytes written to the file (what its length must be).
+    written: u64,
     /// Bytes known to be on disk (synced, or there when the file was opened).
     synced: u64,
 }
@@ -142,35 +150,74 @@ pub struct OutputFile {
 /// Buffered bytes that are written out even before the next sync.
 const WRITE_EVERY: usize = 1 << 20;
 
+/// The output was changed behind the crawl: what was found. The crawl
+/// stops writing; `pagecrawl repair` brings back what was lost.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Damage(pub String);
+
+/// What [`OutputFile::open`] needs to know about the checkpoint.
+pub struct Checkpoint<'a> {
+    /// Bytes of the output the checkpoint covers.
+    pub committed: u64,
+    /// The file the checkpoint covers (unknown in older state).
+    pub identity: OutputIdentity,
+    pub format: Format,
+    /// Whether a page's items are recorded as committed (done): bytes past
+    /// the checkpoint may hold items of pages that are not, and nothing
+    /// else a crash can leave.
+    pub is_done: &'a dyn Fn(u64) -> Result<bool>,
+}
+
+/// The command that brings back what a damaged output lost.
+pub const REPAIR_HINT: &str =
+    "run `pagecrawl repair` to re-queue exactly the pages whose items are no longer in the file";
+
 impl OutputFile {
-    /// Opens the output and cuts it back to `committed` bytes, dropping any
-    /// items written after the last checkpoint (they will be written again).
-    /// A file shorter than the checkpoint means someone else changed it: that
-    /// is refused rather than silently losing items.
-    pub fn open(path: &Path, committed: u64, header: Option<&[u8]>) -> Result<OutputFile> {
+    /// Opens the output (never through a symlink) and cuts it back to the
+    /// checkpoint's length, dropping items written after the last
+    /// checkpoint (their pages are fetched again), but only when the
+    /// checkpoint proves those bytes uncommitted: whole items of pages not
+    /// recorded as done, and at most a torn last line. Anything else (a
+    /// shorter file, another file, items of done pages past the
+    /// checkpoint) is refused with the file left as it is.
+    pub fn open(path: &Path, checkpoint: &Checkpoint, header: Option<&[u8]>) -> Result<OutputFile> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            let created = !parent.exists();
             std::fs::create_dir_all(parent)
                 .map_err(|e| io_error(e, "cannot create the output folder", parent))?;
+            if created {
+                crate::util::sync_dir(parent.parent().unwrap_or(parent))?;
+            }
         }
-        let mut file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .write(true)
-            .truncate(false)
-            .open(path)
-            .map_err(|e| io_error(e, "cannot open the output file", path))?;
-        let actual = file
+        let existed = path.symlink_metadata().is_ok();
+        let mut file = open_no_follow(path)?;
+        let metadata = file
             .metadata()
-            .map_err(|e| io_error(e, "cannot read", path))?
-            .len();
+            .map_err(|e| io_error(e, "cannot read", path))?;
+        if !metadata.is_file() {
+            bail!("the output {} is not a regular file", path.display());
+        }
+        let actual = metadata.len();
+        let committed = checkpoint.committed;
+        let identity = OutputIdentity::of(&metadata);
+        if committed > 0 && !checkpoint.identity.is_unknown() && identity != checkpoint.identity {
+            return Err(Damage(format!(
+                "the output file {} is not the file this crawl wrote ({}); if you moved it aside to rotate it, run `pagecrawl reopen`; otherwise {REPAIR_HINT}",
+                path.display(),
+                if existed { "it was replaced" } else { "it is missing" }
+            ))
+            .into());
+        }
         if actual < committed {
-            bail!(
-                "the output file {} holds {actual} bytes but the checkpoint says {committed} were written; \
-                 it was truncated or replaced outside pagecrawl (restore it, or start afresh with a new --state-dir)",
+            return Err(Damage(format!(
+                "the output file {} holds {actual} bytes but the checkpoint says {committed} were written: it was truncated outside pagecrawl; {REPAIR_HINT}",
                 path.display()
-            );
+            ))
+            .into());
         }
         if actual > committed {
+            check_tail(&mut file, path, committed, actual, checkpoint)?;
             log::info!(
                 "dropping {} uncommitted bytes at the end of {} (their pages will be fetched again)",
                 actual - committed,
@@ -178,6 +225,16 @@ impl OutputFile {
             );
             file.set_len(committed)
                 .map_err(|e| io_error(e, "cannot truncate", path))?;
+            file.sync_data()
+                .map_err(|e| io_error(e, "cannot sync", path))?;
+        }
+        if !existed {
+            // The new file's name must survive a power loss as its items do.
+            crate::util::sync_dir(
+                path.parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new(".")),
+            )?;
         }
         file.seek(SeekFrom::Start(committed))
             .map_err(|e| io_error(e, "cannot seek in", path))?;
@@ -186,6 +243,7 @@ impl OutputFile {
             file,
             buffer: Vec::new(),
             len: committed,
+            written: committed,
             synced: committed,
         };
         if committed == 0 {
@@ -195,6 +253,15 @@ impl OutputFile {
             }
         }
         Ok(output)
+    }
+
+    /// The file as the file system names it now.
+    pub fn identity(&self) -> Result<OutputIdentity> {
+        let metadata = self
+            .file
+            .metadata()
+            .map_err(|e| io_error(e, "cannot read", &self.path))?;
+        Ok(OutputIdentity::of(&metadata))
     }
 
     /// Appends bytes (not yet durable: see [`OutputFile::sync`]).
@@ -207,16 +274,56 @@ impl OutputFile {
         Ok(())
     }
 
+    /// Checks the open file is still what was written to it.
+    pub fn verify(&self) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let metadata = self
+            .file
+            .metadata()
+            .map_err(|e| io_error(e, "cannot read", &self.path))?;
+        let path = self.path.display();
+        if metadata.nlink() == 0 {
+            return Err(Damage(format!(
+                "the output file {path} was deleted behind the crawl; stopped writing; {REPAIR_HINT}"
+            ))
+            .into());
+        }
+        if metadata.len() != self.written {
+            let how = if metadata.len() < self.written {
+                "truncated"
+            } else {
+                "written to"
+            };
+            return Err(Damage(format!(
+                "the output file {path} was {how} behind the crawl ({} bytes, {} expected); stopped writing; {REPAIR_HINT}",
+                metadata.len(),
+                self.written
+            ))
+            .into());
+        }
+        Ok(())
+    }
+
     fn write_buffer(&mut self) -> Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        if let Err(damage) = self.verify() {
+            self.buffer.clear();
+            return Err(damage);
+        }
         let written = self.file.write_all(&self.buffer);
+        let count = self.buffer.len() as u64;
         self.buffer.clear();
-        written.map_err(|e| io_error(e, "cannot write to the output file", &self.path))
+        written.map_err(|e| io_error(e, "cannot write to the output file", &self.path))?;
+        self.written += count;
+        Ok(())
     }
 
     /// Makes everything appended so far durable (nothing to do when it is).
     pub fn sync(&mut self) -> Result<()> {
         if self.synced == self.len {
-            return Ok(());
+            return self.verify();
         }
         self.write_buffer()?;
         self.file
@@ -224,6 +331,48 @@ impl OutputFile {
             .map_err(|e| io_error(e, "cannot sync the output file", &self.path))?;
         self.synced = self.len;
         Ok(())
+    }
+
+    /// Starts a new file at the output's path, after the old one was moved
+    /// aside (renamed): the daemon convention for rotating a log. Returns
+    /// `false` when the path still names the open file (nothing was moved;
+    /// nothing to do). A file found at the path must be empty (logrotate's
+    /// `create`); one with content is refused, not written into.
+    pub fn reopen(&mut self, header: Option<&[u8]>) -> Result<bool> {
+        self.sync()?;
+        let current = self.identity()?;
+        if let Ok(metadata) = self.path.symlink_metadata() {
+            if OutputIdentity::of(&metadata) == current {
+                return Ok(false);
+            }
+            if metadata.len() > 0 {
+                bail!(
+                    "cannot reopen the output: {} holds {} bytes that this crawl did not write; move it aside too, or remove it",
+                    self.path.display(),
+                    metadata.len()
+                );
+            }
+        }
+        let file = open_no_follow(&self.path)?;
+        crate::util::sync_dir(
+            self.path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new(".")),
+        )?;
+        *self = OutputFile {
+            path: self.path.clone(),
+            file,
+            buffer: Vec::new(),
+            len: 0,
+            written: 0,
+            synced: 0,
+        };
+        if let Some(header) = header {
+            self.append(header)?;
+            self.sync()?;
+        }
+        Ok(true)
     }
 
     /// Bytes written, committed or not.
@@ -238,6 +387,139 @@ impl OutputFile {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// How the output file at `path` disagrees with the checkpoint, if it
+/// does in a way a crash cannot explain (for `status`, which must not
+/// change anything): missing, shorter, or another file.
+pub fn mismatch(path: &Path, counters: &crate::store::Counters) -> Option<String> {
+    if counters.output_len == 0 {
+        return None;
+    }
+    let Ok(metadata) = path.symlink_metadata() else {
+        return Some(format!("{} is missing", path.display()));
+    };
+    let known = counters.output_identity();
+    if !known.is_unknown() && OutputIdentity::of(&metadata) != known {
+        return Some(format!(
+            "{} is not the file this crawl wrote (replaced, or moved aside without `pagecrawl reopen`)",
+            path.display()
+        ));
+    }
+    (metadata.len() < counters.output_len).then(|| {
+        format!(
+            "{} holds {} bytes, fewer than the {} committed",
+            path.display(),
+            metadata.len(),
+            counters.output_len
+        )
+    })
+}
+
+/// Opens (creating if needed) a file for reading and writing without
+/// following a symlink at its name: a link planted there cannot make the
+/// crawl write someone else's file.
+pub fn open_no_follow(path: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .truncate(false)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                anyhow::Error::from(crate::error::UserError::Usage(format!(
+                    "the output {} is a symbolic link; pagecrawl does not write through links (set `output` to the real path)",
+                    path.display()
+                )))
+            } else {
+                io_error(e, "cannot open the output file", path)
+            }
+        })
+}
+
+/// Refuses to cut bytes past the checkpoint unless a crash explains them:
+/// complete items of pages the checkpoint has not recorded as done, then
+/// at most a torn last line (or the zeros a file system may leave where a
+/// write was lost).
+fn check_tail(
+    file: &mut File,
+    path: &Path,
+    committed: u64,
+    actual: u64,
+    checkpoint: &Checkpoint,
+) -> Result<()> {
+    use std::io::{BufRead, BufReader, Read};
+    file.seek(SeekFrom::Start(committed))
+        .map_err(|e| io_error(e, "cannot seek in", path))?;
+    let mut reader = BufReader::new(&mut *file).take(actual - committed);
+    let mut line = Vec::new();
+    let mut offset = committed;
+    let refuse = |why: String| -> anyhow::Error {
+        Damage(format!(
+            "the output file {} holds {} bytes past the checkpoint ({committed} bytes), and {why}: a crash cannot explain that, so nothing was cut; {REPAIR_HINT}",
+            path.display(),
+            actual - committed
+        ))
+        .into()
+    };
+    loop {
+        line.clear();
+        let read = reader
+            .read_until(b'\n', &mut line)
+            .map_err(|e| io_error(e, "cannot read", path))?;
+        if read == 0 || !line.ends_with(b"\n") {
+            return Ok(());
+        }
+        if line.iter().all(|&b| b == 0 || b == b'\n') {
+            offset += read as u64;
+            continue;
+        }
+        match page_of_line(checkpoint.format, &line) {
+            Some(page) if !(checkpoint.is_done)(page)? => {}
+            Some(page) => {
+                return Err(refuse(format!(
+                    "the line at byte {offset} is an item of page {page}, which the checkpoint records as done"
+                )))
+            }
+            None => {
+                return Err(refuse(format!(
+                    "the line at byte {offset} is not an item pagecrawl wrote"
+                )))
+            }
+        }
+        offset += read as u64;
+    }
+}
+
+/// The page of one output line (a JSON line, or a CSV row that holds no
+/// line break), if it is an item line.
+pub fn page_of_line(format: Format, line: &[u8]) -> Option<u64> {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let digits = match format {
+        Format::Jsonl => {
+            if !line.ends_with(b"}") {
+                return None;
+            }
+            line.strip_prefix(b"{\"page\":")?
+        }
+        Format::Csv => line,
+    };
+    let end = digits
+        .iter()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(digits.len());
+    let separator = digits.get(end).copied();
+    let ok = match format {
+        Format::Jsonl => separator == Some(b',') || separator == Some(b'}'),
+        Format::Csv => separator == Some(b',') || separator.is_none(),
+    };
+    if end == 0 || !ok {
+        return None;
+    }
+    std::str::from_utf8(&digits[..end]).ok()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -284,12 +566,25 @@ mod tests {
         );
     }
 
+    fn never_done(_: u64) -> Result<bool> {
+        Ok(false)
+    }
+
+    fn checkpoint(committed: u64) -> Checkpoint<'static> {
+        Checkpoint {
+            committed,
+            identity: OutputIdentity::default(),
+            format: Format::Jsonl,
+            is_done: &never_done,
+        }
+    }
+
     #[test]
     fn open_truncates_to_the_checkpoint_and_refuses_a_short_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.jsonl");
         std::fs::write(&path, b"committed\npartial").unwrap();
-        let mut output = OutputFile::open(&path, 10, None).unwrap();
+        let mut output = OutputFile::open(&path, &checkpoint(10), None).unwrap();
         output.append(b"next\n").unwrap();
         assert_eq!(
             std::fs::read(&path).unwrap(),
@@ -299,8 +594,201 @@ mod tests {
         output.sync().unwrap();
         drop(output);
         assert_eq!(std::fs::read(&path).unwrap(), b"committed\nnext\n");
-        let err = OutputFile::open(&path, 100, None).unwrap_err().to_string();
-        assert!(err.contains("truncated or replaced"), "{err}");
+        let err = OutputFile::open(&path, &checkpoint(100), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("truncated outside pagecrawl") && err.contains("pagecrawl repair"),
+            "{err}"
+        );
         assert_eq!(std::fs::read(&path).unwrap(), b"committed\nnext\n");
+    }
+
+    #[test]
+    fn only_bytes_a_crash_can_explain_are_cut_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let committed = b"{\"page\":1,\"a\":\"x\"}\n";
+        let tail = b"{\"page\":2,\"a\":\"y\"}\n{\"page\":3,\"a\":\"z\"}\n{\"page\":3,\"a";
+        let write = |extra: &[u8]| {
+            let mut bytes = committed.to_vec();
+            bytes.extend_from_slice(extra);
+            std::fs::write(&path, &bytes).unwrap();
+            bytes
+        };
+        let len = committed.len() as u64;
+        // Items of pages not done, then a torn line: cut.
+        write(tail);
+        OutputFile::open(&path, &checkpoint(len), None).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), committed);
+        // Zeros where a write was lost: cut too.
+        write(&[0u8; 100]);
+        OutputFile::open(&path, &checkpoint(len), None).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), committed);
+        // An item of a page recorded as done: refused, file kept.
+        let kept = write(tail);
+        let page_2_done = |page: u64| Ok(page == 2);
+        let refused = OutputFile::open(
+            &path,
+            &Checkpoint {
+                is_done: &page_2_done,
+                ..checkpoint(len)
+            },
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            refused.contains("page 2, which the checkpoint records as done"),
+            "{refused}"
+        );
+        assert!(refused.contains("pagecrawl repair"), "{refused}");
+        assert_eq!(std::fs::read(&path).unwrap(), kept);
+        // A line pagecrawl never wrote: refused, file kept.
+        let kept = write(b"not an item\n");
+        let refused = OutputFile::open(&path, &checkpoint(len), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("is not an item pagecrawl wrote"),
+            "{refused}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), kept);
+    }
+
+    #[test]
+    fn another_file_at_the_output_path_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        std::fs::write(&path, b"{\"page\":1}\n").unwrap();
+        let first = OutputFile::open(&path, &checkpoint(11), None)
+            .unwrap()
+            .identity()
+            .unwrap();
+        // Both files exist at once, so the new one cannot reuse the inode.
+        let other = dir.path().join("other");
+        std::fs::write(&other, b"{\"page\":1}\n").unwrap();
+        std::fs::rename(&other, &path).unwrap();
+        let refused = OutputFile::open(
+            &path,
+            &Checkpoint {
+                identity: first,
+                ..checkpoint(11)
+            },
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            refused.contains("it was replaced") && refused.contains("reopen"),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn changes_behind_the_open_file_are_found_before_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let mut output = OutputFile::open(&path, &checkpoint(0), None).unwrap();
+        output.append(b"0123456789\n").unwrap();
+        output.sync().unwrap();
+        output.verify().unwrap();
+        // Truncated.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(3)
+            .unwrap();
+        output.append(b"more\n").unwrap();
+        let err = output.sync().unwrap_err();
+        assert!(err.downcast_ref::<Damage>().is_some(), "{err}");
+        assert!(
+            err.to_string().contains("was truncated behind the crawl"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"012",
+            "nothing written after the damage"
+        );
+        // Written into by someone else.
+        let mut output = OutputFile::open(&path, &checkpoint(3), None).unwrap();
+        std::fs::write(&path, b"0123").unwrap();
+        output.append(b"x").unwrap();
+        assert!(output
+            .sync()
+            .unwrap_err()
+            .to_string()
+            .contains("was written to behind the crawl"));
+        // Deleted.
+        let mut output = OutputFile::open(&path, &checkpoint(4), None).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        output.append(b"x").unwrap();
+        assert!(output
+            .sync()
+            .unwrap_err()
+            .to_string()
+            .contains("was deleted behind the crawl"));
+    }
+
+    #[test]
+    fn a_moved_aside_output_is_reopened_as_a_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.csv");
+        let mut output = OutputFile::open(&path, &checkpoint(0), Some(b"page,a\n")).unwrap();
+        output.append(b"1,x\n").unwrap();
+        output.sync().unwrap();
+        assert!(
+            !output.reopen(Some(b"page,a\n")).unwrap(),
+            "not moved: nothing to do"
+        );
+        let aside = dir.path().join("out.csv.1");
+        std::fs::rename(&path, &aside).unwrap();
+        output.append(b"2,y\n").unwrap();
+        output.verify().unwrap();
+        assert!(output.reopen(Some(b"page,a\n")).unwrap());
+        output.append(b"3,z\n").unwrap();
+        output.sync().unwrap();
+        assert_eq!(std::fs::read(&aside).unwrap(), b"page,a\n1,x\n2,y\n");
+        assert_eq!(std::fs::read(&path).unwrap(), b"page,a\n3,z\n");
+        assert_eq!(output.len(), 11);
+        // A file with content at the path is not written into.
+        std::fs::rename(&path, dir.path().join("out.csv.2")).unwrap();
+        std::fs::write(&path, b"someone else's").unwrap();
+        assert!(output
+            .reopen(None)
+            .unwrap_err()
+            .to_string()
+            .contains("did not write"));
+    }
+
+    #[test]
+    fn the_output_is_never_opened_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("precious");
+        std::fs::write(&target, b"keep me").unwrap();
+        let path = dir.path().join("out.jsonl");
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        let err = OutputFile::open(&path, &checkpoint(0), None).unwrap_err();
+        assert!(err.to_string().contains("is a symbolic link"), "{err}");
+        assert_eq!(crate::error::exit_for(&err), crate::exit_code::Exit::Usage);
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep me");
+    }
+
+    #[test]
+    fn page_numbers_are_read_from_item_lines_only() {
+        assert_eq!(
+            page_of_line(Format::Jsonl, b"{\"page\":42,\"a\":\"b\"}\n"),
+            Some(42)
+        );
+        assert_eq!(page_of_line(Format::Jsonl, b"{\"page\":42}"), Some(42));
+        assert_eq!(page_of_line(Format::Jsonl, b"{\"page\":42,\"a\":"), None);
+        assert_eq!(page_of_line(Format::Jsonl, b"{\"page\":x}"), None);
+        assert_eq!(page_of_line(Format::Jsonl, b"{\"page\":4x2}"), None);
+        assert_eq!(page_of_line(Format::Csv, b"7,a,b\n"), Some(7));
+        assert_eq!(page_of_line(Format::Csv, b"7\n"), Some(7));
+        assert_eq!(page_of_line(Format::Csv, b"page,a\n"), None);
+        assert_eq!(page_of_line(Format::Csv, b"7a,b\n"), None);
     }
 }

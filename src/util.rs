@@ -62,3 +62,54 @@ pub fn install_panic_hook() {
         );
     }));
 }
+
+/// `fsync`s a folder, so that files created, renamed or removed in it
+/// survive a power loss (a file's own `fsync` does not cover its name).
+pub fn sync_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|folder| folder.sync_all())
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot sync the folder {}: {}",
+                dir.display(),
+                io_reason(&e)
+            )
+        })
+}
+
+/// Why a folder cannot be trusted with the crawl's files, if it cannot:
+/// another user owns it, or users other than its owner may write in it
+/// (and so swap a file for a symlink between a check and an open), as
+/// ssh's StrictModes judges. `shared_ok` accepts a root-owned folder
+/// with the sticky bit (like `/tmp`), where others cannot replace our
+/// files; the state directory must be the user's own.
+pub fn untrusted_dir(dir: &std::path::Path, shared_ok: bool) -> Option<String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let metadata = std::fs::metadata(dir).ok()?;
+    let me = rustix::process::geteuid().as_raw();
+    let mode = metadata.permissions().mode();
+    let owner = metadata.uid();
+    let sticky = mode & 0o1000 != 0;
+    if owner != me && !(shared_ok && owner == 0) {
+        return Some(format!(
+            "{} belongs to another user (uid {owner}, you are uid {me}): that user could replace the crawl's files; \
+             use a folder of your own, or `chown` it to you",
+            dir.display()
+        ));
+    }
+    if mode & 0o022 != 0 && !(shared_ok && sticky) {
+        return Some(format!(
+            "{} is writable by {} (mode {:o}): another user could replace the crawl's files; \
+             run `chmod go-w {}` (or use another folder)",
+            dir.display(),
+            if mode & 0o002 != 0 {
+                "everyone"
+            } else {
+                "its group"
+            },
+            mode & 0o7777,
+            dir.display()
+        ));
+    }
+    None
+}

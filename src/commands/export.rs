@@ -14,6 +14,16 @@ use crate::output::{csv_header, render, Format};
 
 pub fn command(dir: &Path, format: FormatArg, destination: Option<&Path>) -> Result<Exit> {
     let job = Backend::connect(dir)?.export_info()?;
+    let on_disk = std::fs::metadata(&job.output).map_or(0, |m| m.len());
+    if on_disk < job.committed {
+        return Err(crate::output::Damage(format!(
+            "the output {} holds {on_disk} bytes, fewer than the {} committed: it was changed behind the crawl; {}",
+            job.output.display(),
+            job.committed,
+            crate::output::REPAIR_HINT
+        ))
+        .into());
+    }
     let mut bytes = Vec::new();
     std::fs::File::open(&job.output)
         .with_context(|| format!("cannot open the output {}", job.output.display()))?

@@ -7,6 +7,8 @@ mod export;
 pub mod init;
 mod pause;
 mod queue;
+mod reopen;
+mod repair;
 mod retry;
 pub mod run;
 mod status;
@@ -42,6 +44,8 @@ pub fn dispatch(command: Command) -> Result<Exit> {
             format,
             output,
         } => export::command(&state_dir(&state)?, format, output.as_deref()),
+        Command::Repair { state } => repair::command(&state_dir(&state)?),
+        Command::Reopen { state } => reopen::command(&state_dir(&state)?),
         Command::Pause { state } => pause::command(&state_dir(&state)?, true),
         Command::Resume { state } => pause::command(&state_dir(&state)?, false),
         Command::Try {

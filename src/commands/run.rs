@@ -16,7 +16,7 @@ use crate::error::UserError;
 use crate::exit_code::Exit;
 use crate::http::Fetcher;
 use crate::notify::Notifier;
-use crate::output::{csv_header, Format, OutputFile};
+use crate::output::{csv_header, Checkpoint, Damage, Format, OutputFile, REPAIR_HINT};
 use crate::pipeline::{Pipeline, Shared};
 use crate::progress::{publish_recent_rate, ProgressView, RateWindow, Snapshot, RATE_WINDOW};
 use crate::robots::Robots;
@@ -192,28 +192,48 @@ fn check_job(stored: &Job, wanted: &Job, dir: &Path) -> Result<()> {
 pub fn crawl_quietly(config: &Config, dir: &Path, follow: Option<Duration>) -> Result<Summary> {
     let started = Instant::now();
     let wanted = job_of(config, dir)?;
+    if let Some(why) = wanted
+        .output
+        .parent()
+        .and_then(|parent| crate::util::untrusted_dir(parent, true))
+    {
+        return Err(UserError::Usage(format!("the output's folder {why}")).into());
+    }
     let store = Arc::new(Store::open(dir)?);
     let existing = store.job()?;
     if let Some(stored) = &existing {
         check_job(stored, &wanted, dir)?;
     }
+    refuse_damaged_state(&store, existing.is_some(), &wanted.output)?;
     // The output is opened before a new job is recorded, so a job whose
     // output cannot be written leaves no state behind.
     let header = (config.format == Format::Csv).then(|| csv_header(&config.fields));
+    let counters = store.counters();
+    let is_done = |page: u64| -> Result<bool> {
+        Ok(matches!(
+            store.state_of(page)?,
+            Some(crate::store::PageState::Done(_))
+        ))
+    };
     let output = OutputFile::open(
         &wanted.output,
-        store.counters().output_len,
+        &Checkpoint {
+            committed: counters.output_len,
+            identity: counters.output_identity(),
+            format: config.format,
+            is_done: &is_done,
+        },
         header.as_deref(),
     )?;
     if existing.is_none() {
-        store.set_job(&wanted, &config.pages)?;
+        store.set_job(&wanted, &config.pages, output.identity()?)?;
         store.flush()?;
         log::info!("new job: pages {} of {}", config.pages, config.url);
     }
     restrict_dir(dir);
     let _pid = PidFile::create(dir);
     let counters = store.counters();
-    store.start_run()?;
+    store.start_run(output.identity()?)?;
     log::info!(
         "crawling {} ({} pending, {} done, {} failed) with {} connections into {}",
         config.url,
@@ -275,6 +295,42 @@ pub fn crawl_quietly(config: &Config, dir: &Path, follow: Option<Duration>) -> R
     })
 }
 
+/// Refuses to crawl on a state that cannot be trusted as it stands: an
+/// output found damaged and not repaired, a job that lost its queue (a
+/// power loss between the two batches of older pagecrawls' job creation),
+/// or a new job whose output file already holds bytes this state never
+/// wrote. Each keeps every file as it is and names what to do.
+fn refuse_damaged_state(store: &Store, has_job: bool, output: &Path) -> Result<()> {
+    if let Some(why) = store.damaged()? {
+        return Err(Damage(format!(
+            "the output was damaged behind an earlier run ({why}); nothing was changed; {REPAIR_HINT}"
+        ))
+        .into());
+    }
+    if has_job && store.lost_its_pages()? {
+        return Err(Damage(format!(
+            "the state in {} holds its job but none of its pages (an older pagecrawl lost them to a power loss \
+             while creating the job); nothing was changed; {REPAIR_HINT}",
+            store.dir().display()
+        ))
+        .into());
+    }
+    if !has_job {
+        if let Ok(metadata) = output.symlink_metadata() {
+            if metadata.len() > 0 {
+                return Err(UserError::Usage(format!(
+                    "the output file {} already holds {} bytes, and this new job did not write them; \
+                     move it aside, or set `output` to another file",
+                    output.display(),
+                    metadata.len()
+                ))
+                .into());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Waits for the pipeline, handling signals, logging progress and keeping
 /// systemd informed. Returns whether a signal stopped the crawl.
 fn supervise(
@@ -317,6 +373,13 @@ fn supervise(
             recv(pipeline.finished) -> _ => return Ok(grace_ends.is_some()),
             recv(signals) -> signal => match signal {
                 Ok(Signal::Reload) => reload(shared, follow),
+                Ok(Signal::Reopen) => {
+                    // The commit stage logs the outcome; nobody waits for it.
+                    let (reply, _) = crossbeam_channel::bounded(1);
+                    if shared.reopen_requests.0.try_send(reply).is_err() {
+                        log::warn!("SIGUSR1: a reopen is already waiting for the next commit");
+                    }
+                }
                 Ok(Signal::Stop(name)) => {
                     if grace_ends.is_some() {
                         crate::logger::eprint_line(&format!("pagecrawl: {name} again: exiting now; the next run resumes from the last checkpoint"));
@@ -411,7 +474,13 @@ struct PidFile(PathBuf);
 impl PidFile {
     fn create(dir: &Path) -> PidFile {
         let path = pid_path(dir);
-        if let Err(e) = std::fs::write(&path, format!("{}\n", std::process::id())) {
+        let written = crate::output::open_no_follow(&path).and_then(|mut file| {
+            use std::io::Write;
+            file.set_len(0)?;
+            file.write_all(format!("{}\n", std::process::id()).as_bytes())?;
+            Ok(())
+        });
+        if let Err(e) = written {
             log::debug!("cannot write {}: {e}", path.display());
         }
         PidFile(path)

@@ -56,6 +56,11 @@ pub fn render(s: &Status) -> String {
             "idle: no crawl is running; `pagecrawl run` with the same config resumes".to_string()
         }
         ("finished", _) => "finished: nothing pending".to_string(),
+        ("damaged", pid) => format!(
+            "damaged{}: `pagecrawl repair` brings back what was lost",
+            pid.map(|pid| format!(" (pid {pid} stopped writing)"))
+                .unwrap_or_default()
+        ),
         (other, Some(pid)) => format!("{other} (pid {pid})"),
         (other, None) => other.to_string(),
     };
@@ -128,6 +133,12 @@ pub fn render(s: &Status) -> String {
     if let Some(output) = &s.output {
         line("output", format!("{output} ({} bytes)", s.output_bytes));
     }
+    if let Some(why) = &s.damaged {
+        line(
+            "damaged",
+            format!("{why}; run: pagecrawl repair --state-dir {}", s.state_dir),
+        );
+    }
     line("state dir", s.state_dir.clone());
     out
 }
@@ -168,6 +179,7 @@ mod tests {
             rate_last_minute: Some(35.24),
             open_range: false,
             frontier: None,
+            damaged: None,
         }
     }
 

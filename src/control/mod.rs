@@ -51,12 +51,21 @@ pub struct Request {
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Command {
     Status,
-    Queue { state: String, limit: usize },
-    Enqueue { ranges: Vec<String> },
-    Retry { pages: Vec<u64> },
+    Queue {
+        state: String,
+        limit: usize,
+    },
+    Enqueue {
+        ranges: Vec<String>,
+    },
+    Retry {
+        pages: Vec<u64>,
+    },
     Pause,
     Resume,
     Export,
+    /// Start a new output file at the next commit boundary.
+    Reopen,
 }
 
 /// A reply, as sent on the wire.
@@ -158,6 +167,13 @@ impl Backend {
             Backend::Daemon(socket) => ask(socket, Command::Export),
             Backend::Direct(store) => ops::export_info(store),
         }
+    }
+
+    /// Asks the daemon to start a new output file at its next commit;
+    /// returns whether it did. With no daemon, `reopen` acts on the store
+    /// itself.
+    pub fn reopen_running(socket: &Path) -> Result<bool> {
+        ask(socket, Command::Reopen)
     }
 
     /// Pauses or resumes the daemon; there must be one.

@@ -59,6 +59,12 @@ pub struct Status {
     /// 0.1.0.
     #[serde(default)]
     pub frontier: Option<u64>,
+    /// What is wrong, when the output was changed behind the crawl
+    /// (truncated, deleted, replaced, written into) or the state lost its
+    /// queue, and it was not repaired since: the fix is `pagecrawl repair`
+    /// (`state` is then `damaged`). Null when all is well.
+    #[serde(default)]
+    pub damaged: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -83,7 +89,17 @@ pub fn status(store: &Store, daemon: Option<Daemon>) -> Result<Status> {
         .as_ref()
         .and_then(|j| crate::range::parse_range(&j.pages).ok())
         .is_some_and(|range| range.is_open());
+    let damaged = match store.damaged()? {
+        Some(why) => Some(why),
+        None if store.lost_its_pages()? => {
+            Some("the state holds its job but none of its pages".to_string())
+        }
+        None => job
+            .as_ref()
+            .and_then(|j| crate::output::mismatch(&j.output, &counters)),
+    };
     let state = match daemon {
+        _ if damaged.is_some() => "damaged",
         Some(Daemon { paused: true, .. }) => "paused",
         Some(_) => "running",
         None if counters.pending > 0 => "idle",
@@ -114,6 +130,7 @@ pub fn status(store: &Store, daemon: Option<Daemon>) -> Result<Status> {
         rate_last_minute,
         open_range,
         frontier: open_range.then_some(counters.frontier),
+        damaged,
     })
 }
 

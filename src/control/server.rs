@@ -163,6 +163,7 @@ fn answer(command: Command, store: &Store, shared: &Shared) -> Reply {
                 serde_json::to_value(ops::status(store, Some(daemon()))?)?
             }
             Command::Export => serde_json::to_value(ops::export_info(store)?)?,
+            Command::Reopen => serde_json::to_value(reopen(shared)?)?,
         })
     })();
     match result {
@@ -175,6 +176,25 @@ fn answer(command: Command, store: &Store, shared: &Shared) -> Reply {
         Err(e) => error_reply(&crate::error::one_line(&e), exit_for(&e) as u8),
     }
 }
+
+/// Asks the commit stage for a reopen and waits for its outcome: whether
+/// a new file was started.
+fn reopen(shared: &Shared) -> Result<bool> {
+    let (reply, outcome) = crossbeam_channel::bounded(1);
+    shared.reopen_requests.0.try_send(reply).map_err(|_| {
+        anyhow::anyhow!("a reopen is already waiting for the next commit; try again")
+    })?;
+    match outcome.recv_timeout(REOPEN_WAIT) {
+        Ok(result) => result.map_err(|why| anyhow::anyhow!(why)),
+        Err(_) => Err(anyhow::anyhow!(
+            "the crawl did not reach a commit boundary within {REOPEN_WAIT:?}; the reopen stays queued and will happen at the next one"
+        )),
+    }
+}
+
+/// How long `reopen` waits for the commit stage (which may be flushing a
+/// group or waiting on a slow disk).
+const REOPEN_WAIT: Duration = Duration::from_secs(20);
 
 fn error_reply(message: &str, exit: u8) -> Reply {
     Reply {

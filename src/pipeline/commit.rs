@@ -24,7 +24,7 @@ use anyhow::Result;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
 use super::{retry_delay, Parsed, Settled, Shared};
-use crate::output::OutputFile;
+use crate::output::{csv_header, Damage, OutputFile};
 use crate::store::{Settle, Store};
 use crate::util::now_ms;
 
@@ -39,10 +39,39 @@ pub(super) fn run(
     settled: Sender<Settled>,
     shared: &Shared,
 ) -> Result<()> {
+    let result = commit_groups(store, output, parsed, settled, shared);
+    if let Err(error) = &result {
+        // Recorded so that `status` says so and the next `run` waits for
+        // `repair` instead of writing after a hole.
+        if let Some(damage) = error.downcast_ref::<Damage>() {
+            if let Err(e) = store.set_damaged(&damage.0) {
+                log::error!("cannot record in the state that the output is damaged: {e:#}");
+            }
+        }
+    }
+    result
+}
+
+fn commit_groups(
+    store: &Store,
+    output: &mut OutputFile,
+    parsed: Receiver<Parsed>,
+    settled: Sender<Settled>,
+    shared: &Shared,
+) -> Result<()> {
     let mut group: Vec<Parsed> = Vec::new();
     let mut deadline: Option<Instant> = None;
     loop {
         shared.beat();
+        if let Ok(reply) = shared.reopen_requests.1.try_recv() {
+            // At a commit boundary: what was parsed so far goes to the old
+            // file, everything after to the new one.
+            flush(store, output, &mut group, &settled, shared)?;
+            deadline = None;
+            let outcome = reopen(store, output, shared).map_err(|e| crate::error::one_line(&e));
+            // The asker may have given up waiting; the log says it anyway.
+            let _ = reply.try_send(outcome);
+        }
         let config = shared.config();
         let wait = deadline.map_or(TICK, |d| {
             d.saturating_duration_since(Instant::now()).min(TICK)
@@ -224,6 +253,28 @@ fn flush(
         }
     }
     Ok(())
+}
+
+/// Rotation: a new output file at the same path, once the old one was
+/// moved aside. Returns whether a new file was started.
+fn reopen(store: &Store, output: &mut OutputFile, shared: &Shared) -> Result<bool> {
+    let config = shared.config();
+    let header = (config.format == crate::output::Format::Csv).then(|| csv_header(&config.fields));
+    let old_len = output.len();
+    if !output.reopen(header.as_deref())? {
+        log::info!(
+            "reopen: {} was not moved aside; still writing to it",
+            output.path().display()
+        );
+        return Ok(false);
+    }
+    store.record_output(output.identity()?, output.len())?;
+    store.flush()?;
+    log::info!(
+        "reopen: started a new {}; the file moved aside holds the {old_len} bytes before it",
+        output.path().display()
+    );
+    Ok(true)
 }
 
 /// A hook for the durability test: with `PAGECRAWL_FAULT_ABORT_AFTER_COMMITS=N`

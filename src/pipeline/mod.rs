@@ -32,7 +32,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use crossbeam_channel::{bounded, Receiver};
+use crossbeam_channel::{bounded, Receiver, Sender};
 
 use crate::config::Config;
 use crate::http::{FetchError, Fetcher, Response};
@@ -148,7 +148,15 @@ pub struct Shared {
     robots: Robots,
     /// The first error a stage hit; it also sets `stop`.
     error: Mutex<Option<anyhow::Error>>,
+    /// Requests to rotate the output (`pagecrawl reopen`, SIGUSR1), each
+    /// with where to send the outcome; the commit stage takes them at its
+    /// next boundary. Bounded: a few requests can wait, more are refused.
+    pub reopen_requests: (Sender<ReopenReply>, Receiver<ReopenReply>),
 }
+
+/// Where the commit stage sends a reopen's outcome: whether a new file was
+/// started, or why not.
+pub type ReopenReply = Sender<std::result::Result<bool, String>>;
 
 impl Shared {
     fn new(config: &Config, robots: Robots) -> Shared {
@@ -167,6 +175,7 @@ impl Shared {
             gate: gate::Gate::new(config.concurrency),
             robots,
             error: Mutex::new(None),
+            reopen_requests: crossbeam_channel::bounded(4),
         }
     }
 

@@ -11,6 +11,7 @@ mod commit;
 pub mod keys;
 mod ranges;
 pub mod records;
+mod repair;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -22,13 +23,11 @@ use crate::error::UserError;
 use crate::range::PageRange;
 use crate::util::now_ms;
 use keys::{named_key, page_key, page_of, DONE, FAILED, ITEM_KEY, META, PENDING, REASON};
-pub use records::{Counters, Done, Failed, Pending};
+pub use records::{Counters, Done, Failed, OutputIdentity, Pending};
+pub use repair::{Rebuild, Rebuilt};
 
 /// Bumped when the on-disk layout changes incompatibly.
 pub const SCHEMA_VERSION: u64 = 1;
-/// Pages per batch when moving many done or failed pages back to pending:
-/// bounds memory and keeps each batch quick.
-const MOVE_CHUNK: usize = 10_000;
 /// sled's page cache. Deliberately small: the queue is streamed, never
 /// loaded, and a crawler should not grow with its queue.
 const CACHE_BYTES: u64 = 16 << 20;
@@ -36,6 +35,9 @@ const CACHE_BYTES: u64 = 16 << 20;
 const COUNTERS_KEY: &str = "counters";
 const JOB_KEY: &str = "job";
 const SCHEMA_KEY: &str = "schema";
+/// Set when the output was found changed behind the crawl; cleared by
+/// `repair` (or `reopen`). Its value says what was found.
+const DAMAGED_KEY: &str = "damaged";
 
 /// What makes a state directory belong to one job. Running a different job
 /// against it is refused.
@@ -141,6 +143,19 @@ pub struct Store {
     db: sled::Db,
     tree: sled::Tree,
     counters: Mutex<Counters>,
+    /// What makes a flush durable: sled's log file, and the names in the
+    /// database's folder as last made durable (see [`Store::flush`]).
+    durable: Mutex<Durability>,
+}
+
+/// sled 0.34's `flush` ends in `sync_file_range`, which neither flushes
+/// the disk's cache nor the file's size; its own `fsync` comes only every
+/// 500 ms (spacejam/sled#1452). So after each flush the log file is
+/// `fdatasync`ed, and the folder too when sled added or removed a file in
+/// it (a snapshot, a blob).
+struct Durability {
+    log: Option<std::fs::File>,
+    names: Vec<std::ffi::OsString>,
 }
 
 impl std::fmt::Debug for Store {
@@ -182,6 +197,7 @@ impl Store {
             ))
             .into());
         }
+        refuse_untrusted(dir)?;
         Store::open_db(dir)
     }
 
@@ -208,10 +224,8 @@ impl Store {
             .get(named_key(META, SCHEMA_KEY))?
             .map(|v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or_default()));
         match schema {
-            None => {
-                tree.insert(named_key(META, SCHEMA_KEY), &SCHEMA_VERSION.to_be_bytes())?;
-            }
-            Some(SCHEMA_VERSION) => {}
+            // A fresh database gets its version with its job (`set_job`).
+            None | Some(SCHEMA_VERSION) => {}
             Some(other) => {
                 return Err(UserError::Usage(format!(
                     "the state in {} has layout version {other}, this pagecrawl reads version {SCHEMA_VERSION}; \
@@ -230,6 +244,10 @@ impl Store {
             db,
             tree,
             counters: Mutex::new(counters),
+            durable: Mutex::new(Durability {
+                log: None,
+                names: Vec::new(),
+            }),
         })
     }
 
@@ -262,22 +280,76 @@ impl Store {
 
     /// Records the job (first run only) and queues its range: a closed
     /// range as one lazy range (O(1), see `ranges`), an open one by
-    /// setting the frontier the feeder extends from.
-    pub fn set_job(&self, job: &Job, range: &PageRange) -> Result<()> {
-        {
-            let mut counters = self.lock();
-            let mut next = *counters;
-            next.frontier = range.start();
-            let mut batch = sled::Batch::default();
-            batch.insert(named_key(META, JOB_KEY), serde_json::to_vec(job)?);
-            batch.insert(named_key(META, COUNTERS_KEY), next.encode());
-            self.tree.apply_batch(batch)?;
-            *counters = next;
-        }
+    /// setting the frontier the feeder extends from. One batch: the layout
+    /// version, the job, its pages and the counters stand or fall together,
+    /// so no state can hold a job without its pages.
+    pub fn set_job(&self, job: &Job, range: &PageRange, output: OutputIdentity) -> Result<()> {
+        let mut counters = self.lock();
+        let mut next = *counters;
+        let mut batch = sled::Batch::default();
+        next.frontier = range.start();
         if let PageRange::Closed { start, end } = *range {
-            self.add_lazy(start, end, None)?;
+            next.pending += self.plan_lazy(&mut batch, &[(start, end)])?;
         }
+        next.output_dev = output.dev;
+        next.output_ino = output.ino;
+        batch.insert(named_key(META, SCHEMA_KEY), &SCHEMA_VERSION.to_be_bytes());
+        batch.insert(named_key(META, JOB_KEY), serde_json::to_vec(job)?);
+        batch.insert(named_key(META, COUNTERS_KEY), next.encode());
+        self.tree.apply_batch(batch)?;
+        *counters = next;
         Ok(())
+    }
+
+    /// What was found wrong with the output, if it was found changed
+    /// behind the crawl and not repaired since.
+    pub fn damaged(&self) -> Result<Option<String>> {
+        Ok(self
+            .tree
+            .get(named_key(META, DAMAGED_KEY))?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Records (durably) that the output was found changed behind the
+    /// crawl, so that `status` says so and `run` waits for `repair`.
+    pub fn set_damaged(&self, why: &str) -> Result<()> {
+        self.tree
+            .insert(named_key(META, DAMAGED_KEY), why.as_bytes())?;
+        self.flush()
+    }
+
+    /// Records a new output file (after a rotation): the checkpoint now
+    /// covers `committed` bytes of the file `identity`. One batch.
+    pub fn record_output(&self, identity: OutputIdentity, committed: u64) -> Result<()> {
+        let mut counters = self.lock();
+        let mut next = *counters;
+        next.output_dev = identity.dev;
+        next.output_ino = identity.ino;
+        next.output_len = committed;
+        let mut batch = sled::Batch::default();
+        batch.insert(named_key(META, COUNTERS_KEY), next.encode());
+        batch.remove(named_key(META, DAMAGED_KEY));
+        self.tree.apply_batch(batch)?;
+        *counters = next;
+        Ok(())
+    }
+
+    /// Whether this state holds a job whose closed range has no page in
+    /// any state: what a power loss between the two batches of older
+    /// pagecrawls' job creation left. Such a state is not finished; it
+    /// lost its queue.
+    pub fn lost_its_pages(&self) -> Result<bool> {
+        let Some(job) = self.job()? else {
+            return Ok(false);
+        };
+        let closed = matches!(
+            crate::range::parse_range(&job.pages),
+            Ok(PageRange::Closed { .. })
+        );
+        let counters = self.counters();
+        Ok(closed
+            && counters.pending + counters.done + counters.failed == 0
+            && self.tree.scan_prefix([keys::LAZY]).next().is_none())
     }
 
     /// The state of one page, if it is known.
@@ -292,24 +364,6 @@ impl Store {
             return Ok(Some(PageState::Failed(Failed::decode(&v))));
         }
         Ok(None)
-    }
-
-    /// Moves failed pages back to pending with a fresh retry budget: the
-    /// given ones, or all. Returns the pages moved and those that were not
-    /// failed.
-    pub fn retry(&self, only: Option<&[u64]>) -> Result<(u64, Vec<u64>)> {
-        let Some(pages) = only else {
-            return Ok((self.requeue(FAILED, 0, u64::MAX)?, Vec::new()));
-        };
-        let mut moved = 0;
-        let mut not_failed = Vec::new();
-        for &page in pages {
-            match self.requeue(FAILED, page, page)? {
-                0 => not_failed.push(page),
-                count => moved += count,
-            }
-        }
-        Ok((moved, not_failed))
     }
 
     /// Up to `limit` pending pages after `after` (from the start if `None`),
@@ -382,10 +436,15 @@ impl Store {
         Ok(rows)
     }
 
-    /// Marks the start of a run, for the rate `status` reports.
-    pub fn start_run(&self) -> Result<()> {
+    /// Marks the start of a run, for the rate `status` reports, and
+    /// records which file the output is when older state did not.
+    pub fn start_run(&self, output: OutputIdentity) -> Result<()> {
         let mut counters = self.lock();
         let mut next = *counters;
+        if next.output_identity().is_unknown() {
+            next.output_dev = output.dev;
+            next.output_ino = output.ino;
+        }
         next.run_started_ms = now_ms();
         next.run_done_base = next.done;
         self.tree
@@ -404,9 +463,38 @@ impl Store {
         Ok(counted)
     }
 
-    /// Makes every applied batch durable.
+    /// Makes every applied batch durable, across a power loss too: sled's
+    /// flush, then an `fdatasync` of its log, then (when its list of files
+    /// changed) an `fsync` of its folder and of the state directory.
     pub fn flush(&self) -> Result<()> {
         self.db.flush().context("cannot flush the state database")?;
+        let path = db_path(&self.dir);
+        let mut durable = self
+            .durable
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if durable.log.is_none() {
+            let log = std::fs::File::open(path.join("db"))
+                .with_context(|| format!("cannot open {} to sync it", path.join("db").display()))?;
+            durable.log = Some(log);
+        }
+        if let Some(log) = &durable.log {
+            log.sync_data()
+                .with_context(|| format!("cannot sync the state database in {}", path.display()))?;
+        }
+        let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(&path)
+            .with_context(|| format!("cannot list {}", path.display()))?
+            .filter_map(|entry| entry.ok().map(|entry| entry.file_name()))
+            .collect();
+        names.sort();
+        if names != durable.names {
+            crate::util::sync_dir(&path)?;
+            if durable.names.is_empty() {
+                // The database's folder itself is new in the state directory.
+                crate::util::sync_dir(&self.dir)?;
+            }
+            durable.names = names;
+        }
         Ok(())
     }
 }
@@ -427,6 +515,7 @@ fn create_private_dir(dir: &Path) -> Result<()> {
         ))
         .into());
     }
+    refuse_untrusted(dir)?;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -438,6 +527,14 @@ fn create_private_dir(dir: &Path) -> Result<()> {
                 crate::util::io_reason(&e)
             )
         })
+}
+
+/// Refuses a state directory that another user owns or may write in.
+fn refuse_untrusted(dir: &Path) -> Result<()> {
+    match crate::util::untrusted_dir(dir, false) {
+        Some(why) => Err(UserError::Usage(format!("the state directory {why}")).into()),
+        None => Ok(()),
+    }
 }
 
 /// Turns sled's open errors into messages a user can act on.
@@ -497,7 +594,9 @@ mod tests {
     #[test]
     fn commits_keep_counters_equal_to_a_recount() {
         let (_dir, store) = store();
-        store.set_job(&job(), &closed(1, 10)).unwrap();
+        store
+            .set_job(&job(), &closed(1, 10), OutputIdentity::default())
+            .unwrap();
         assert_eq!(store.counters().pending, 10);
         assert_eq!(store.lazy_after(None, 100).unwrap().len(), 10);
         let settled = [
@@ -569,7 +668,9 @@ mod tests {
         let path = dir.path().join("s");
         {
             let store = Store::open(&path).unwrap();
-            store.set_job(&job(), &closed(5, 6)).unwrap();
+            store
+                .set_job(&job(), &closed(5, 6), OutputIdentity::default())
+                .unwrap();
             store
                 .commit(
                     &[Settle::Done {
@@ -604,7 +705,11 @@ mod tests {
     fn open_range_end_is_found_from_a_run_of_empty_pages() {
         let (_dir, store) = store();
         store
-            .set_job(&job(), &PageRange::Open { start: 1 })
+            .set_job(
+                &job(),
+                &PageRange::Open { start: 1 },
+                OutputIdentity::default(),
+            )
             .unwrap();
         store.extend(10).unwrap();
         let done = |page, items| Settle::Done {

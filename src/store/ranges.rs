@@ -20,12 +20,12 @@
 //! A crash loses nothing: a page handed out but not committed still has no
 //! key inside its range, so it is pending again.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use anyhow::Result;
 
 use super::keys::{named_key, page_key, page_of, DONE, FAILED, LAZY, META, PENDING};
-use super::{EnqueueReport, Failed, Store, COUNTERS_KEY, MOVE_CHUNK};
+use super::{EnqueueReport, Failed, Store, COUNTERS_KEY};
 use crate::range::PageRange;
 
 /// How many pages two inclusive ranges share.
@@ -87,33 +87,51 @@ impl Store {
         Ok(pages)
     }
 
-    /// Queues `first..=last` lazily; returns how many pages it newly made
-    /// pending (pages with keys or already in a range are not counted).
-    /// `frontier`, when given, is recorded in the same batch.
-    pub(super) fn add_lazy(&self, first: u64, last: u64, frontier: Option<u64>) -> Result<u64> {
-        let mut counters = self.lock();
-        let near = self.ranges_near(first, last)?;
+    /// Adds to `batch` what queues every range of `wanted` lazily, and
+    /// returns how many pages that newly makes pending (pages with keys or
+    /// already in a range are not counted). The ranges may overlap or touch
+    /// each other and the ranges already stored: the stored ones they touch
+    /// are merged with them. Reads the tree as it is before `batch`.
+    pub(super) fn plan_lazy(&self, batch: &mut sled::Batch, wanted: &[(u64, u64)]) -> Result<u64> {
+        let wanted = merge_ranges(wanted.to_vec());
+        let mut near: Vec<(u64, u64)> = Vec::new();
+        for &(first, last) in &wanted {
+            for range in self.ranges_near(first, last)? {
+                if !near.contains(&range) {
+                    near.push(range);
+                }
+            }
+        }
         let inside = |page: u64| near.iter().any(|&(s, e)| s <= page && page <= e);
-        let covered: u64 = near
-            .iter()
-            .map(|&range| overlap(range, (first, last)))
-            .sum();
-        let keyed_outside = self
-            .keyed_pages(first, last)?
-            .into_iter()
-            .filter(|&p| !inside(p))
-            .count() as u64;
-        let added = (last - first + 1) - covered - keyed_outside;
-        let merged_start = near.first().map_or(first, |&(s, _)| s.min(first));
-        let merged_end = near.last().map_or(last, |&(_, e)| e.max(last));
-        let mut batch = sled::Batch::default();
+        let mut added = 0;
+        for &(first, last) in &wanted {
+            let covered: u64 = near
+                .iter()
+                .map(|&range| overlap(range, (first, last)))
+                .sum();
+            let keyed_outside = self
+                .keyed_pages(first, last)?
+                .into_iter()
+                .filter(|&p| !inside(p))
+                .count() as u64;
+            added += (last - first + 1) - covered - keyed_outside;
+        }
         for (start, _) in &near {
             batch.remove(&page_key(LAZY, *start)[..]);
         }
-        batch.insert(
-            &page_key(LAZY, merged_start)[..],
-            &merged_end.to_be_bytes()[..],
-        );
+        for (start, end) in merge_ranges(near.iter().chain(&wanted).copied().collect()) {
+            batch.insert(&page_key(LAZY, start)[..], &end.to_be_bytes()[..]);
+        }
+        Ok(added)
+    }
+
+    /// Queues `first..=last` lazily in one batch; returns how many pages it
+    /// newly made pending. `frontier`, when given, is recorded in the same
+    /// batch.
+    pub(super) fn add_lazy(&self, first: u64, last: u64, frontier: Option<u64>) -> Result<u64> {
+        let mut counters = self.lock();
+        let mut batch = sled::Batch::default();
+        let added = self.plan_lazy(&mut batch, &[(first, last)])?;
         let mut next = *counters;
         next.pending += added;
         if let Some(frontier) = frontier {
@@ -256,66 +274,135 @@ impl Store {
 
     /// Queues pages by hand: new pages are added (lazily), done and failed
     /// ones are put back to be crawled again (that is what asking for them
-    /// means). O(pages that already have keys), not O(range size).
+    /// means). One batch for the whole request, so it stands or falls
+    /// whole; O(pages that already have keys), not O(range size).
     pub fn enqueue(&self, ranges: &[PageRange]) -> Result<EnqueueReport> {
-        let mut report = EnqueueReport::default();
-        for range in ranges {
-            let PageRange::Closed { start, end } = *range else {
-                continue;
-            };
-            let requeued = self.requeue(DONE, start, end)? + self.requeue(FAILED, start, end)?;
-            let added = self.add_lazy(start, end, None)?;
-            // Every page of the range is new, re-queued, or already pending.
-            report.added += added;
-            report.requeued += requeued;
-            report.already_pending += (end - start + 1) - added - requeued;
+        let wanted: Vec<(u64, u64)> = ranges
+            .iter()
+            .filter_map(|range| match *range {
+                PageRange::Closed { start, end } => Some((start, end)),
+                PageRange::Open { .. } => None,
+            })
+            .collect();
+        let wanted = merge_ranges(wanted);
+        let mut counters = self.lock();
+        let mut next = *counters;
+        let mut batch = sled::Batch::default();
+        let mut reasons = HashMap::new();
+        let mut requeued = 0;
+        for &(start, end) in &wanted {
+            for prefix in [DONE, FAILED] {
+                requeued +=
+                    self.plan_requeue(&mut batch, &mut next, &mut reasons, prefix, start, end)?;
+            }
         }
-        Ok(report)
+        // The re-queued pages keep a key (now pending), so the lazy part
+        // counts them as keyed, as it did before they moved.
+        let added = self.plan_lazy(&mut batch, &wanted)?;
+        next.pending += added;
+        self.add_reason_changes(&mut batch, &reasons)?;
+        batch.insert(named_key(META, COUNTERS_KEY), next.encode());
+        self.tree.apply_batch(batch)?;
+        *counters = next;
+        let asked: u64 = wanted.iter().map(|&(s, e)| e - s + 1).sum();
+        Ok(EnqueueReport {
+            added,
+            requeued,
+            already_pending: asked - added - requeued,
+        })
     }
 
-    /// Moves every done (or failed, by `prefix`) page of `first..=last`
-    /// back to pending with a fresh retry budget; returns how many moved.
-    pub(super) fn requeue(&self, prefix: u8, first: u64, last: u64) -> Result<u64> {
+    /// Moves failed pages back to pending with a fresh retry budget: the
+    /// given ones, or all, in one batch. Returns the pages moved and those
+    /// that were not failed.
+    pub fn retry(&self, only: Option<&[u64]>) -> Result<(u64, Vec<u64>)> {
+        let mut counters = self.lock();
+        let mut next = *counters;
+        let mut batch = sled::Batch::default();
+        let mut reasons = HashMap::new();
         let mut moved = 0;
-        loop {
-            let mut counters = self.lock();
-            let entries: Vec<(u64, sled::IVec)> = self
-                .tree
-                .range(page_key(prefix, first)..=page_key(prefix, last))
-                .take(MOVE_CHUNK)
-                .filter_map(|entry| entry.ok())
-                .filter_map(|(key, value)| page_of(&key).map(|page| (page, value)))
-                .collect();
-            if entries.is_empty() {
-                return Ok(moved);
+        let mut not_failed = Vec::new();
+        match only {
+            None => {
+                moved =
+                    self.plan_requeue(&mut batch, &mut next, &mut reasons, FAILED, 0, u64::MAX)?
             }
-            let mut next = *counters;
-            let mut batch = sled::Batch::default();
-            let mut reasons = std::collections::HashMap::new();
-            for (page, value) in &entries {
-                batch.remove(&page_key(prefix, *page)[..]);
-                batch.insert(&page_key(PENDING, *page)[..], &[][..]);
-                next.pending += 1;
-                if prefix == DONE {
-                    next.done -= 1;
-                } else {
-                    next.failed -= 1;
-                    *reasons.entry(Failed::decode(value).kind).or_insert(0i64) -= 1;
+            Some(pages) => {
+                let mut seen = HashSet::new();
+                for &page in pages.iter().filter(|&&page| seen.insert(page)) {
+                    match self.plan_requeue(
+                        &mut batch,
+                        &mut next,
+                        &mut reasons,
+                        FAILED,
+                        page,
+                        page,
+                    )? {
+                        0 => not_failed.push(page),
+                        count => moved += count,
+                    }
                 }
             }
-            self.add_reason_changes(&mut batch, &reasons)?;
-            batch.insert(named_key(META, COUNTERS_KEY), next.encode());
-            self.tree.apply_batch(batch)?;
-            *counters = next;
-            moved += entries.len() as u64;
+        }
+        self.add_reason_changes(&mut batch, &reasons)?;
+        batch.insert(named_key(META, COUNTERS_KEY), next.encode());
+        self.tree.apply_batch(batch)?;
+        *counters = next;
+        Ok((moved, not_failed))
+    }
+
+    /// Adds to `batch` (and `next`, `reasons`) what moves every done (or
+    /// failed, by `prefix`) page of `first..=last` back to pending with a
+    /// fresh retry budget; returns how many move. The batch holds one
+    /// removal and one insertion per page moved.
+    pub(super) fn plan_requeue(
+        &self,
+        batch: &mut sled::Batch,
+        next: &mut super::Counters,
+        reasons: &mut HashMap<String, i64>,
+        prefix: u8,
+        first: u64,
+        last: u64,
+    ) -> Result<u64> {
+        let mut moved = 0;
+        for entry in self
+            .tree
+            .range(page_key(prefix, first)..=page_key(prefix, last))
+        {
+            let (key, value) = entry?;
+            let Some(page) = page_of(&key) else { continue };
+            batch.remove(&page_key(prefix, page)[..]);
+            batch.insert(&page_key(PENDING, page)[..], &[][..]);
+            next.pending += 1;
+            if prefix == DONE {
+                next.done -= 1;
+            } else {
+                next.failed -= 1;
+                *reasons.entry(Failed::decode(&value).kind).or_insert(0) -= 1;
+            }
+            moved += 1;
+        }
+        Ok(moved)
+    }
+}
+
+/// Sorts inclusive ranges and merges those that overlap or touch.
+pub(super) fn merge_ranges(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    ranges.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for (start, end) in ranges {
+        match merged.last_mut() {
+            Some(last) if start <= last.1.saturating_add(1) => last.1 = last.1.max(end),
+            _ => merged.push((start, end)),
         }
     }
+    merged
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Settle;
+    use crate::store::{OutputIdentity, Settle};
 
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
@@ -409,7 +496,11 @@ mod tests {
     fn extend_moves_the_frontier() {
         let (_dir, store) = store();
         store
-            .set_job(&crate::store::tests::job(), &PageRange::Open { start: 3 })
+            .set_job(
+                &crate::store::tests::job(),
+                &PageRange::Open { start: 3 },
+                OutputIdentity::default(),
+            )
             .unwrap();
         assert_eq!(store.extend(4).unwrap(), 4);
         assert_eq!(store.counters().frontier, 7);

@@ -161,10 +161,45 @@ pub struct Counters {
     pub run_done_base: u64,
     /// When the last commit happened.
     pub last_commit_ms: u64,
+    /// The output file this checkpoint covers: its device and inode
+    /// (0 and 0 in state written before they were recorded).
+    pub output_dev: u64,
+    pub output_ino: u64,
+}
+
+/// Which file an output is, as the file system names it: a file replaced
+/// behind the crawl has another inode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutputIdentity {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl OutputIdentity {
+    pub fn of(metadata: &std::fs::Metadata) -> OutputIdentity {
+        use std::os::unix::fs::MetadataExt;
+        OutputIdentity {
+            dev: metadata.dev(),
+            ino: metadata.ino(),
+        }
+    }
+
+    /// Unknown: recorded by a pagecrawl that did not record it.
+    pub fn is_unknown(&self) -> bool {
+        self.dev == 0 && self.ino == 0
+    }
 }
 
 impl Counters {
-    const FIELDS: usize = 12;
+    const FIELDS: usize = 14;
+
+    /// The output file the checkpoint covers.
+    pub fn output_identity(&self) -> OutputIdentity {
+        OutputIdentity {
+            dev: self.output_dev,
+            ino: self.output_ino,
+        }
+    }
 
     fn as_array(&self) -> [u64; Counters::FIELDS] {
         [
@@ -180,6 +215,8 @@ impl Counters {
             self.run_started_ms,
             self.run_done_base,
             self.last_commit_ms,
+            self.output_dev,
+            self.output_ino,
         ]
     }
 
@@ -205,6 +242,8 @@ impl Counters {
             run_started_ms: v(9),
             run_done_base: v(10),
             last_commit_ms: v(11),
+            output_dev: v(12),
+            output_ino: v(13),
         }
     }
 

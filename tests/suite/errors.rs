@@ -200,5 +200,9 @@ fn a_truncated_output_file_is_refused_not_overwritten() {
     std::fs::write(job.output_path("items.jsonl"), "").unwrap();
     job.exec(&["enqueue", "1"]);
     let output = job.exec(&["run"]);
-    assert_one_line_error(&output, 1, "truncated or replaced outside pagecrawl");
+    assert_one_line_error(
+        &output,
+        1,
+        "was truncated outside pagecrawl; run `pagecrawl repair`",
+    );
 }

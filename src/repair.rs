@@ -1,0 +1,363 @@
+//! Repair: reading an output file back and rebuilding the checkpoint from
+//! what it holds, after the file was changed behind the crawl (truncated,
+//! deleted, replaced, written into) or the state lost its queue.
+//!
+//! Items are appended a page at a time, so the file is a run of *groups*:
+//! consecutive items of one page. A group followed by another is whole; the
+//! last one may have been cut. Repair keeps every whole group, cuts the
+//! last one unless the checkpoint records its page as done with exactly
+//! that many items, and then, in one batch: pages whose items are no
+//! longer in the file go back to pending (their item keys with them), pages
+//! whose whole group is in the file but that the state does not record as
+//! done are recorded as done, and the counters, the output's length and
+//! identity are set to what the file now holds. Nothing the file holds
+//! beyond a torn last item is destroyed: when more would go, the file is
+//! first kept beside it as `NAME.damaged-SECONDS`.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::output::{csv_header, open_no_follow, page_of_line, Format};
+use crate::store::{Job, OutputIdentity, PageState, Rebuild, Store};
+
+/// What a repair did, for the one-line report.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub requeued: u64,
+    pub adopted: u64,
+    pub kept_items: u64,
+    pub kept_bytes: u64,
+    /// Where the damaged file was kept, when it was.
+    pub kept_aside: Option<PathBuf>,
+    /// What was wrong, as found.
+    pub found: String,
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "repaired ({}): the output keeps {} items ({} bytes); {} pages re-queued, {} pages recorded as done from the file",
+            self.found, self.kept_items, self.kept_bytes, self.requeued, self.adopted
+        )?;
+        if let Some(aside) = &self.kept_aside {
+            write!(f, "; the damaged file is kept as {}", aside.display())?;
+        }
+        write!(f, "; `pagecrawl run` now writes each missing item once")
+    }
+}
+
+/// One page's consecutive items in the file.
+#[derive(Debug, Clone)]
+struct Group {
+    page: u64,
+    start: u64,
+    items: u32,
+    /// The items' keys (when the job has a `key`).
+    keys: Vec<String>,
+}
+
+/// What reading the file found.
+#[derive(Debug, Default)]
+struct Scan {
+    /// Where each group starts, in file order.
+    groups: Vec<Group>,
+    /// Bytes of whole items read (the header included).
+    intact: u64,
+    /// The bytes after `intact` are only a torn last line or zeros.
+    rest_is_torn: bool,
+    len: u64,
+}
+
+/// Repairs the output of the job in `store` and rebuilds its checkpoint.
+pub fn repair(store: &Store) -> Result<Report> {
+    let Some(job) = store.job()? else {
+        bail!(
+            "no job is recorded in {}; nothing to repair",
+            store.dir().display()
+        );
+    };
+    let format = Format::from_name(&job.format).unwrap_or(Format::Jsonl);
+    let header = (format == Format::Csv).then(|| csv_header(&job.fields));
+    let header_len = header.as_ref().map_or(0, |h| h.len() as u64);
+    let counters = store.counters();
+    let lost_pages = store.lost_its_pages()?;
+    let path = job.output.clone();
+    let mut report = Report::default();
+    let mut found = Vec::new();
+    if let Some(why) = store.damaged()? {
+        found.push(why);
+    }
+    if lost_pages {
+        found.push("the state had lost its queue".into());
+    }
+    let scan = match path.symlink_metadata() {
+        Err(_) => {
+            found.push(format!("{} is missing", path.display()));
+            None
+        }
+        Ok(metadata) if metadata.file_type().is_symlink() => {
+            bail!(
+                "the output {} is a symbolic link; pagecrawl does not write through links: \
+                 remove it (or set `output` to the real path), then repair again",
+                path.display()
+            )
+        }
+        Ok(metadata)
+            if counters.output_len > 0
+                && !counters.output_identity().is_unknown()
+                && OutputIdentity::of(&metadata) != counters.output_identity() =>
+        {
+            found.push(format!("{} was replaced", path.display()));
+            report.kept_aside = Some(keep_aside(&path)?);
+            None
+        }
+        Ok(_) => Some(scan(&path, format, &job)?),
+    };
+    let (groups, kept_len) = match &scan {
+        None => (Vec::new(), 0),
+        Some(scan) => {
+            let (groups, kept) = kept_groups(store, scan)?;
+            if scan.len < counters.output_len {
+                found.push(format!(
+                    "{} was truncated to {} of {} bytes",
+                    path.display(),
+                    scan.len,
+                    counters.output_len
+                ));
+            } else if scan.len > counters.output_len {
+                found.push(format!(
+                    "{} holds {} bytes past the checkpoint",
+                    path.display(),
+                    scan.len - counters.output_len
+                ));
+            }
+            (groups, kept)
+        }
+    };
+    let kept_len = kept_len.max(header_len);
+    let identity = match &scan {
+        Some(scan) if scan.rest_is_torn || scan.intact == scan.len => {
+            cut_in_place(&path, kept_len, header.as_deref())?
+        }
+        Some(_) => {
+            let aside = keep_aside(&path)?;
+            let identity = copy_prefix(&aside, &path, kept_len, header.as_deref())?;
+            report.kept_aside = Some(aside);
+            identity
+        }
+        None => copy_prefix(Path::new(""), &path, 0, header.as_deref())?,
+    };
+    let mut pages: HashMap<u64, u32> = HashMap::new();
+    let mut keys = Vec::new();
+    let mut items = 0;
+    for group in groups {
+        pages.insert(group.page, group.items);
+        items += u64::from(group.items);
+        keys.extend(group.keys.into_iter().map(|key| (key, group.page)));
+    }
+    let range = match crate::range::parse_range(&job.pages) {
+        Ok(crate::range::PageRange::Closed { start, end }) if lost_pages => Some((start, end)),
+        _ => None,
+    };
+    let rebuilt = store.rebuild_from_output(&Rebuild {
+        pages,
+        items,
+        keys: job.key.is_some().then_some(keys),
+        output_len: kept_len,
+        identity,
+        requeue_range: range,
+    })?;
+    store.flush()?;
+    report.requeued = rebuilt.requeued;
+    report.adopted = rebuilt.adopted;
+    report.kept_items = items;
+    report.kept_bytes = kept_len;
+    report.found = if found.is_empty() {
+        "the output matched the checkpoint".into()
+    } else {
+        found.join("; ")
+    };
+    Ok(report)
+}
+
+/// Reads the file's items into groups, up to the first line that is not
+/// a whole item.
+fn scan(path: &Path, format: Format, job: &Job) -> Result<Scan> {
+    let file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let len = file.metadata()?.len();
+    let mut reader = BufReader::new(file);
+    let mut scan = Scan {
+        len,
+        ..Scan::default()
+    };
+    let mut line = Vec::new();
+    if format == Format::Csv {
+        let header = csv_header(&job.fields);
+        reader.read_until(b'\n', &mut line)?;
+        if line != header {
+            scan.rest_is_torn = header.starts_with(&line);
+            return Ok(scan);
+        }
+        scan.intact = line.len() as u64;
+    }
+    loop {
+        line.clear();
+        let read = reader.read_until(b'\n', &mut line)?;
+        if read == 0 {
+            scan.rest_is_torn = true;
+            return Ok(scan);
+        }
+        let Some((page, key)) = item_of_line(format, &line, job) else {
+            // A torn last line, or zeros where a write was lost, end the
+            // file as a crash leaves it; anything else is foreign.
+            let mut rest = line.clone();
+            reader.read_to_end(&mut rest)?;
+            scan.rest_is_torn = !rest.contains(&b'\n') || rest.iter().all(|&b| b == 0);
+            return Ok(scan);
+        };
+        match scan.groups.last_mut() {
+            Some(group) if group.page == page => group.items += 1,
+            _ => scan.groups.push(Group {
+                page,
+                start: scan.intact,
+                items: 1,
+                keys: Vec::new(),
+            }),
+        }
+        if let (Some(key), Some(group)) = (key, scan.groups.last_mut()) {
+            group.keys.push(key);
+        }
+        scan.intact += read as u64;
+    }
+}
+
+/// The page of one whole item line and its key (when the job has one).
+fn item_of_line(format: Format, line: &[u8], job: &Job) -> Option<(u64, Option<String>)> {
+    if !line.ends_with(b"\n") {
+        return None;
+    }
+    let page = page_of_line(format, line)?;
+    match format {
+        Format::Jsonl => {
+            let value: serde_json::Value = serde_json::from_slice(line).ok()?;
+            let key = match &job.key {
+                Some(name) => Some(value.get(name)?.as_str()?.to_string()),
+                None => None,
+            };
+            Some((page, key))
+        }
+        Format::Csv => {
+            let record = csv::ReaderBuilder::new()
+                .has_headers(false)
+                .from_reader(line)
+                .records()
+                .next()?
+                .ok()?;
+            if record.len() != job.fields.len() + 1 {
+                return None;
+            }
+            let key = match &job.key {
+                Some(name) => {
+                    let at = job.fields.iter().position(|f| f == name)?;
+                    Some(record.get(at + 1)?.to_string())
+                }
+                None => None,
+            };
+            Some((page, key))
+        }
+    }
+}
+
+/// The groups to keep and the length they end at: every group, but the
+/// last only when the checkpoint records its page as done with exactly its
+/// items (otherwise it may have been cut, and its page is fetched again).
+fn kept_groups(store: &Store, scan: &Scan) -> Result<(Vec<Group>, u64)> {
+    let mut groups = scan.groups.clone();
+    let Some(last) = groups.last() else {
+        return Ok((groups, scan.intact));
+    };
+    let whole = match store.state_of(last.page)? {
+        Some(PageState::Done(done)) => done.items == last.items,
+        _ => false,
+    };
+    if whole {
+        return Ok((groups, scan.intact));
+    }
+    let start = last.start;
+    groups.pop();
+    Ok((groups, start))
+}
+
+/// Cuts the file to `len` (writing the CSV header when even that was
+/// lost) and syncs it; returns its identity.
+fn cut_in_place(path: &Path, len: u64, header: Option<&[u8]>) -> Result<OutputIdentity> {
+    let mut file = open_no_follow(path)?;
+    let header_len = header.map_or(0, |h| h.len() as u64);
+    if len <= header_len {
+        file.set_len(0)?;
+        if let Some(header) = header {
+            file.write_all(header)?;
+        }
+    } else {
+        file.set_len(len)?;
+    }
+    file.sync_all()
+        .with_context(|| format!("cannot sync {}", path.display()))?;
+    Ok(OutputIdentity::of(&file.metadata()?))
+}
+
+/// Moves a damaged file aside, beside itself; returns its new name.
+fn keep_aside(path: &Path) -> Result<PathBuf> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "output".into());
+    let seconds = crate::util::now_ms() / 1000;
+    let aside = path.with_file_name(format!("{name}.damaged-{seconds}"));
+    std::fs::rename(path, &aside).with_context(|| {
+        format!(
+            "cannot move {} aside to {}",
+            path.display(),
+            aside.display()
+        )
+    })?;
+    crate::util::sync_dir(parent_of(path))?;
+    Ok(aside)
+}
+
+/// Writes a new file at `path` holding the first `len` bytes of `from`
+/// (or only the CSV header), synced; returns its identity.
+fn copy_prefix(
+    from: &Path,
+    path: &Path,
+    len: u64,
+    header: Option<&[u8]>,
+) -> Result<OutputIdentity> {
+    let mut file = open_no_follow(path)?;
+    file.set_len(0)?;
+    let header_len = header.map_or(0, |h| h.len() as u64);
+    if len > header_len {
+        let mut source =
+            File::open(from).with_context(|| format!("cannot read {}", from.display()))?;
+        source.seek(SeekFrom::Start(0))?;
+        std::io::copy(&mut source.take(len), &mut file)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    } else if let Some(header) = header {
+        file.write_all(header)?;
+    }
+    file.sync_all()
+        .with_context(|| format!("cannot sync {}", path.display()))?;
+    crate::util::sync_dir(parent_of(path))?;
+    Ok(OutputIdentity::of(&file.metadata()?))
+}
+
+fn parent_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
