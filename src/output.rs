@@ -236,8 +236,6 @@ impl OutputFile {
                     .unwrap_or(Path::new(".")),
             )?;
         }
-        file.seek(SeekFrom::Start(committed))
-            .map_err(|e| io_error(e, "cannot seek in", path))?;
         let mut output = OutputFile {
             path: path.to_path_buf(),
             file,
@@ -283,8 +281,13 @@ impl OutputFile {
             .map_err(|e| io_error(e, "cannot read", &self.path))?;
         let path = self.path.display();
         if metadata.nlink() == 0 {
+            let how = if self.path.symlink_metadata().is_ok() {
+                "replaced"
+            } else {
+                "deleted"
+            };
             return Err(Damage(format!(
-                "the output file {path} was deleted behind the crawl; stopped writing; {REPAIR_HINT}"
+                "the output file {path} was {how} behind the crawl; stopped writing; {REPAIR_HINT}"
             ))
             .into());
         }
@@ -329,6 +332,10 @@ impl OutputFile {
         self.file
             .sync_data()
             .map_err(|e| io_error(e, "cannot sync the output file", &self.path))?;
+        // Again after the write: a change that raced with it must be found
+        // before the checkpoint records these bytes. (Writes append, so a
+        // file cut just before one does not hide the cut under a hole.)
+        self.verify()?;
         self.synced = self.len;
         Ok(())
     }
@@ -424,8 +431,7 @@ pub fn open_no_follow(path: &Path) -> Result<File> {
     OpenOptions::new()
         .create(true)
         .read(true)
-        .write(true)
-        .truncate(false)
+        .append(true)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(|e| {

@@ -13,17 +13,15 @@ use crate::exit_code::Exit;
 use crate::output::{csv_header, render, Format};
 
 pub fn command(dir: &Path, format: FormatArg, destination: Option<&Path>) -> Result<Exit> {
-    let job = Backend::connect(dir)?.export_info()?;
-    let on_disk = std::fs::metadata(&job.output).map_or(0, |m| m.len());
-    if on_disk < job.committed {
+    let backend = Backend::connect(dir)?;
+    if let Some(why) = backend.status()?.damaged {
         return Err(crate::output::Damage(format!(
-            "the output {} holds {on_disk} bytes, fewer than the {} committed: it was changed behind the crawl; {}",
-            job.output.display(),
-            job.committed,
+            "the output is damaged ({why}); exporting it would leave items out; {}",
             crate::output::REPAIR_HINT
         ))
         .into());
     }
+    let job = backend.export_info()?;
     let mut bytes = Vec::new();
     std::fs::File::open(&job.output)
         .with_context(|| format!("cannot open the output {}", job.output.display()))?

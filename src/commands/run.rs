@@ -199,6 +199,15 @@ pub fn crawl_quietly(config: &Config, dir: &Path, follow: Option<Duration>) -> R
     {
         return Err(UserError::Usage(format!("the output's folder {why}")).into());
     }
+    if wanted
+        .output
+        .symlink_metadata()
+        .is_ok_and(|m| m.file_type().is_symlink())
+    {
+        // Refused before anything is created (`OutputFile::open` would
+        // refuse it too, through O_NOFOLLOW).
+        crate::output::open_no_follow(&wanted.output)?;
+    }
     let store = Arc::new(Store::open(dir)?);
     let existing = store.job()?;
     if let Some(stored) = &existing {
@@ -317,7 +326,7 @@ fn refuse_damaged_state(store: &Store, has_job: bool, output: &Path) -> Result<(
     }
     if !has_job {
         if let Ok(metadata) = output.symlink_metadata() {
-            if metadata.len() > 0 {
+            if metadata.is_file() && metadata.len() > 0 {
                 return Err(UserError::Usage(format!(
                     "the output file {} already holds {} bytes, and this new job did not write them; \
                      move it aside, or set `output` to another file",

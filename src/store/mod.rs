@@ -145,7 +145,8 @@ pub struct Store {
     counters: Mutex<Counters>,
     /// What makes a flush durable: sled's log file, and the names in the
     /// database's folder as last made durable (see [`Store::flush`]).
-    durable: Mutex<Durability>,
+    /// Boxed: the store travels by value in `control::Backend`.
+    durable: Box<Mutex<Durability>>,
 }
 
 /// sled 0.34's `flush` ends in `sync_file_range`, which neither flushes
@@ -190,6 +191,7 @@ impl Store {
     /// Opens the state in `dir`, which must already hold one (for the
     /// inspection commands, which must not create state by accident).
     pub fn open_existing(dir: &Path) -> Result<Store> {
+        refuse_untrusted(dir)?;
         if !exists(dir) {
             return Err(UserError::Usage(format!(
                 "no crawl state in {} (start one with `pagecrawl run --config FILE`, or pass the right --state-dir)",
@@ -197,7 +199,6 @@ impl Store {
             ))
             .into());
         }
-        refuse_untrusted(dir)?;
         Store::open_db(dir)
     }
 
@@ -244,10 +245,10 @@ impl Store {
             db,
             tree,
             counters: Mutex::new(counters),
-            durable: Mutex::new(Durability {
+            durable: Box::new(Mutex::new(Durability {
                 log: None,
                 names: Vec::new(),
-            }),
+            })),
         })
     }
 

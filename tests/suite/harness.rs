@@ -100,7 +100,16 @@ impl Job {
         if matches!(
             args.first(),
             Some(
-                &("run" | "status" | "queue" | "enqueue" | "retry" | "export" | "pause" | "resume")
+                &("run"
+                    | "status"
+                    | "queue"
+                    | "enqueue"
+                    | "retry"
+                    | "export"
+                    | "pause"
+                    | "resume"
+                    | "repair"
+                    | "reopen")
             )
         ) {
             command.arg("--state-dir").arg(self.state_dir());

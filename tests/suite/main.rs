@@ -8,6 +8,7 @@ mod cli;
 mod crash;
 mod crawl;
 mod daemon;
+mod damage;
 mod errors;
 mod faults;
 mod hostile;
