@@ -9,12 +9,39 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// An I/O error's reason without Rust's "(os error N)" suffix.
+/// An I/O error's reason without Rust's "(os error N)" suffix, with what
+/// to do when the disk is full.
 pub fn io_reason(error: &std::io::Error) -> String {
+    // sled wraps the OS error in another: the inner one has the text.
+    if let Some(inner) = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<std::io::Error>())
+    {
+        return io_reason(inner);
+    }
+    const FULL: &str =
+        "(free some space, then run the same command again: nothing committed is lost)";
+    match error.kind() {
+        // Also when the OS error only survives as its kind (sled rebuilds
+        // some errors from their debug text).
+        std::io::ErrorKind::StorageFull => return format!("No space left on device {FULL}"),
+        std::io::ErrorKind::QuotaExceeded => return format!("Disk quota exceeded {FULL}"),
+        std::io::ErrorKind::ReadOnlyFilesystem => return "Read-only file system".into(),
+        _ => {}
+    }
     let text = error.to_string();
     match text.find(" (os error") {
         Some(at) => text[..at].to_string(),
         None => text,
+    }
+}
+
+/// A sled error as one readable line (sled's own shows I/O errors in
+/// their debug form).
+pub fn sled_reason(error: &sled::Error) -> String {
+    match error {
+        sled::Error::Io(io) => io_reason(io),
+        other => other.to_string(),
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::keys::{named_key, page_key, DONE, FAILED, ITEM_KEY, META, PENDING, REASON};
 use super::records::{Done, Failed, Pending};
@@ -161,7 +161,7 @@ impl Store {
         batch.insert(named_key(META, COUNTERS_KEY), next.encode());
         self.tree
             .apply_batch(batch)
-            .context("cannot record the checkpoint")?;
+            .map_err(|e| anyhow::anyhow!("cannot record the checkpoint: {}", crate::util::sled_reason(&e)))?;
         *counters = next;
         Ok(())
     }

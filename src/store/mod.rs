@@ -204,6 +204,7 @@ impl Store {
 
     fn open_db(dir: &Path) -> Result<Store> {
         let path = db_path(dir);
+        remove_unfinished_snapshots(&path);
         let config = sled::Config::new().path(&path).cache_capacity(CACHE_BYTES);
         // sled panics on some corrupt files instead of returning an error;
         // that must reach the user as a message, not a backtrace.
@@ -468,7 +469,12 @@ impl Store {
     /// flush, then an `fdatasync` of its log, then (when its list of files
     /// changed) an `fsync` of its folder and of the state directory.
     pub fn flush(&self) -> Result<()> {
-        self.db.flush().context("cannot flush the state database")?;
+        self.db.flush().map_err(|e| {
+            anyhow::anyhow!(
+                "cannot flush the state database: {}",
+                crate::util::sled_reason(&e)
+            )
+        })?;
         let path = db_path(&self.dir);
         let mut durable = self
             .durable
@@ -489,6 +495,16 @@ impl Store {
             .collect();
         names.sort();
         if names != durable.names {
+            // New files first (sled never syncs its `conf`; a snapshot is
+            // synced by sled, once more costs little), then their names.
+            for name in names.iter().filter(|name| !durable.names.contains(name)) {
+                let file = path.join(name);
+                if file.is_file() {
+                    std::fs::File::open(&file)
+                        .and_then(|f| f.sync_all())
+                        .with_context(|| format!("cannot sync {}", file.display()))?;
+                }
+            }
             crate::util::sync_dir(&path)?;
             if durable.names.is_empty() {
                 // The database's folder itself is new in the state directory.
@@ -517,6 +533,7 @@ fn create_private_dir(dir: &Path) -> Result<()> {
         .into());
     }
     refuse_untrusted(dir)?;
+    let created = !dir.exists();
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -527,7 +544,38 @@ fn create_private_dir(dir: &Path) -> Result<()> {
                 dir.display(),
                 crate::util::io_reason(&e)
             )
-        })
+        })?;
+    if created {
+        // Its name must survive a power loss as its contents do.
+        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+        crate::util::sync_dir(parent.unwrap_or(Path::new(".")))?;
+    }
+    Ok(())
+}
+
+/// sled writes a snapshot as `snap.N.generating`, syncs it and renames it
+/// `snap.N`; but when it opens, it reads the highest `snap.*` file,
+/// `.generating` ones included. One left by a full disk or a crash is
+/// incomplete, and sled then refuses the whole database as corrupt
+/// ("Read corrupted data"). It is never the only copy of anything (the
+/// previous snapshot and the log are still there), so it is removed.
+fn remove_unfinished_snapshots(db: &Path) {
+    let Ok(entries) = std::fs::read_dir(db) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => log::info!(
+                    "removed {}, an unfinished snapshot of the state database (a full disk or a crash cut it short)",
+                    entry.path().display()
+                ),
+                Err(e) => log::debug!("cannot remove {}: {e}", entry.path().display()),
+            }
+        }
+    }
 }
 
 /// Refuses a state directory that another user owns or may write in.
@@ -554,14 +602,20 @@ fn open_error(dir: &Path, error: sled::Error) -> anyhow::Error {
         .into();
     }
     if let sled::Error::Io(io) = &error {
+        let hint = if io.raw_os_error() == Some(libc::EROFS) {
+            " (sled writes to open its database, even to read it: copy the folder to writable storage to inspect it there)"
+        } else {
+            ""
+        };
         return anyhow::anyhow!(
-            "cannot open the state in {}: {}",
+            "cannot open the state in {}: {}{hint}",
             dir.display(),
             crate::util::io_reason(io)
         );
     }
     anyhow::anyhow!(
-        "the state database in {} cannot be read ({text}); move the folder aside and start afresh",
+        "the state database in {} cannot be read ({text}); the items written so far are safe in the output file: \
+         keep this folder aside for a report (mv {0} {0}.corrupt) and start afresh with the output moved aside too",
         dir.display()
     )
 }

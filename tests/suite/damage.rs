@@ -382,3 +382,102 @@ fn folders_and_files_others_control_are_refused() {
     assert_error_line(&job.exec(&["status"]), 2, &["belongs to another user"]);
     assert!(!state.join("queue.sled").exists(), "nothing written");
 }
+
+/// A small tmpfs mounted for one test, unmounted when dropped.
+struct SmallDisk {
+    path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// `None` (with the reason printed) where mounting is not allowed;
+    /// CI runs as root, where it must work.
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        std::fs::create_dir(&path).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("skipped: cannot mount a tmpfs here (not root?)");
+            assert!(std::env::var_os("CI").is_none(), "CI runs as root: mount must work");
+            return None;
+        }
+        Some(SmallDisk { path, _dir: dir })
+    }
+
+    fn grow(&self, size: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.path)
+            .status()
+            .unwrap();
+        assert!(status.success(), "remount");
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+/// A full disk under the state directory (and the output in it), with
+/// `key` set: the run stops with one line and exit 1, every command run
+/// while it is full says why in one line, and once space is freed the
+/// same `run` resumes with nothing lost or doubled, in 10 of 10 tries.
+/// (sled 0.34 leaves an unfinished `snap.*.generating` file when the disk
+/// fills as it opens, and then reads it back as a corrupt database; the
+/// store removes such files before opening.)
+#[test]
+fn a_full_disk_stops_the_crawl_and_the_same_run_resumes_once_space_is_freed() {
+    let site = Site {
+        pages: 400,
+        ..Site::default()
+    };
+    for attempt in 0..10 {
+        let size = format!("{}k", 700 + attempt * 90);
+        let Some(disk) = SmallDisk::mount(&size) else {
+            return;
+        };
+        let job = Job::new(site.clone()).with("key = \"url\"");
+        let state = disk.path.join("state");
+        let config = job.write_config();
+        let run_on_disk = || {
+            let run = pagecrawl(&["run", "--config"])
+                .arg(&config)
+                .arg("--state-dir")
+                .arg(&state)
+                .spawn()
+                .unwrap();
+            finish(run, COMMAND_TIMEOUT)
+        };
+        let full = run_on_disk();
+        assert_error_line(&full, 1, &["No space left on device", "free some space"]);
+        let dir = state.to_string_lossy().into_owned();
+        for command in [
+            vec!["status", "--state-dir", &dir],
+            vec!["queue", "--state-dir", &dir],
+            vec!["export", "--state-dir", &dir],
+        ] {
+            let output = finish(pagecrawl(&command).spawn().unwrap(), COMMAND_TIMEOUT);
+            if !output.status.success() {
+                assert_error_line(&output, 1, &["No space left on device"]);
+            }
+        }
+        let again = run_on_disk();
+        assert_ne!(again.status.code(), Some(0), "size {size}: a run on a full disk");
+        disk.grow("64m");
+        let resumed = run_on_disk();
+        assert_success(&resumed);
+        let bugs = read_jsonl_bugs(&state.join("items.jsonl"));
+        assert_same_items(&bugs, &job.expected_bugs(1..=400));
+        drop(disk);
+    }
+}

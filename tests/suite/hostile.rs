@@ -221,31 +221,6 @@ fn politeness_holds_under_load_with_faults_and_retries() {
 }
 
 #[test]
-fn a_full_disk_stops_the_crawl_and_marks_nothing_done() {
-    let job = Job::new(Site {
-        pages: 5,
-        ..Site::default()
-    })
-    .with("output = \"/dev/full\"");
-    let output = job.exec(&["run"]);
-    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
-    let err = stderr(&output);
-    assert!(
-        err.contains(
-            "pagecrawl: error: cannot write to the output file /dev/full: No space left on device"
-        ),
-        "{err}"
-    );
-    assert!(!err.contains("panicked"), "{err}");
-    let store = Store::open_existing(&job.state_dir()).unwrap();
-    assert_eq!(
-        store.counters().done,
-        0,
-        "no page is done whose items were not written"
-    );
-}
-
-#[test]
 fn an_unwritable_output_or_a_corrupt_database_is_a_clear_error() {
     let job = Job::new(Site {
         pages: 3,
