@@ -11,5 +11,6 @@ mod daemon;
 mod errors;
 mod faults;
 mod hostile;
+mod power_loss;
 mod properties;
 mod ux;

@@ -228,9 +228,7 @@ impl Durable {
             let metadata = entry.metadata()?;
             let kind = kind_of(&self.backing.join(&path), &metadata)?;
             let id = self.known(&metadata, kind.clone(), path.clone());
-            self.object_mut(dir)
-                .entries
-                .insert(entry.file_name(), id);
+            self.object_mut(dir).entries.insert(entry.file_name(), id);
             match kind {
                 Kind::File => {
                     fs::copy(self.backing.join(&path), self.shadow_path(id))?;

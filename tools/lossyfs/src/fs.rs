@@ -69,9 +69,7 @@ impl Inner {
         let absolute = self.durable.backing.join(relative);
         let metadata = fs::symlink_metadata(&absolute).map_err(errno)?;
         let kind = kind_of(&absolute, &metadata).map_err(errno)?;
-        let id = self
-            .durable
-            .known(&metadata, kind, relative.to_path_buf());
+        let id = self.durable.known(&metadata, kind, relative.to_path_buf());
         Ok((id, attributes(id, &metadata)))
     }
 
@@ -101,9 +99,7 @@ impl Inner {
         let absolute = self.durable.backing.join(relative);
         let metadata = fs::symlink_metadata(&absolute).map_err(errno)?;
         let kind = kind_of(&absolute, &metadata).map_err(errno)?;
-        let id = self
-            .durable
-            .known(&metadata, kind, relative.to_path_buf());
+        let id = self.durable.known(&metadata, kind, relative.to_path_buf());
         if metadata.is_dir() || metadata.nlink() <= 1 {
             self.durable.by_backing_inode.remove(&metadata.ino());
             self.durable.object_mut(id).live_path = None;
@@ -120,7 +116,9 @@ pub struct LossyFs(pub Arc<Mutex<Inner>>);
 
 impl LossyFs {
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -301,8 +299,11 @@ impl Filesystem for LossyFs {
                 }
                 _ => return Err(Errno::EPERM),
             }
-            fs::set_permissions(&absolute, fs::Permissions::from_mode(mode & !umask & 0o7777))
-                .map_err(errno)?;
+            fs::set_permissions(
+                &absolute,
+                fs::Permissions::from_mode(mode & !umask & 0o7777),
+            )
+            .map_err(errno)?;
             let (id, attr) = inner.entry(&relative)?;
             inner.durable.changed_name(NameChange::Link {
                 dir: parent.0,
@@ -528,7 +529,10 @@ impl Filesystem for LossyFs {
         let mut buffer = vec![0; size as usize];
         let mut filled = 0;
         while filled < buffer.len() {
-            match handle.file.read_at(&mut buffer[filled..], offset + filled as u64) {
+            match handle
+                .file
+                .read_at(&mut buffer[filled..], offset + filled as u64)
+            {
                 Ok(0) => break,
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -644,8 +648,7 @@ impl Filesystem for LossyFs {
                 (ino.0, FileType::Directory, ".".into()),
                 (ino.0, FileType::Directory, "..".into()),
             ];
-            let listing =
-                fs::read_dir(inner.durable.backing.join(&relative)).map_err(errno)?;
+            let listing = fs::read_dir(inner.durable.backing.join(&relative)).map_err(errno)?;
             for entry in listing {
                 let entry = entry.map_err(errno)?;
                 let child = relative.join(entry.file_name());
@@ -657,8 +660,7 @@ impl Filesystem for LossyFs {
         })();
         match result {
             Ok(entries) => {
-                for (i, (id, kind, name)) in entries.into_iter().enumerate().skip(offset as usize)
-                {
+                for (i, (id, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
                     if reply.add(INodeNo(id), (i + 1) as u64, kind, &name) {
                         break;
                     }

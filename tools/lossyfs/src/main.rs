@@ -79,11 +79,14 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
                 );
             }
             "--shadow" => shadow = Some(PathBuf::from(value("--shadow")?)),
-            other if other.starts_with("--") => return Err(format!("unknown flag {other}; {USAGE}")),
+            other if other.starts_with("--") => {
+                return Err(format!("unknown flag {other}; {USAGE}"))
+            }
             _ => positional.push(PathBuf::from(arg)),
         }
     }
-    let [backing, mountpoint] = <[PathBuf; 2]>::try_from(positional).map_err(|_| USAGE.to_string())?;
+    let [backing, mountpoint] =
+        <[PathBuf; 2]>::try_from(positional).map_err(|_| USAGE.to_string())?;
     let shadow = shadow.unwrap_or_else(|| {
         let mut name = backing.file_name().unwrap_or_default().to_os_string();
         name.push(".durable");
@@ -122,7 +125,12 @@ fn run(args: &Args) -> Result<(), String> {
         args.dirs,
         args.torn.map(Rng::new),
     )
-    .map_err(|e| format!("cannot take {} as the durable state: {e}", args.backing.display()))?;
+    .map_err(|e| {
+        format!(
+            "cannot take {} as the durable state: {e}",
+            args.backing.display()
+        )
+    })?;
     let inner = Arc::new(Mutex::new(Inner::new(durable)));
     let mut config = fuser::Config::default();
     config.mount_options = vec![fuser::MountOption::FSName("lossyfs".into())];
@@ -146,7 +154,9 @@ fn run(args: &Args) -> Result<(), String> {
                 _ => eprintln!("lossyfs: cut-after-creations takes a count above 0"),
             },
             [] => {}
-            _ => eprintln!("lossyfs: unknown command {line:?} (crash, cut-after-creations N, quit)"),
+            _ => {
+                eprintln!("lossyfs: unknown command {line:?} (crash, cut-after-creations N, quit)")
+            }
         }
     }
     if crash {
@@ -186,7 +196,9 @@ fn run(args: &Args) -> Result<(), String> {
 }
 
 fn lock(inner: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
-    inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    inner
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Unmounts: `umount` as root, `fusermount3 -u` otherwise, lazily if the
@@ -204,7 +216,10 @@ fn unmount(mountpoint: &Path) {
     {
         return;
     }
-    eprintln!("lossyfs: {} is busy; unmounting lazily", mountpoint.display());
+    eprintln!(
+        "lossyfs: {} is busy; unmounting lazily",
+        mountpoint.display()
+    );
     if !quiet(Command::new("umount").arg("-l").arg(mountpoint)) {
         quiet(Command::new("fusermount3").arg("-uz").arg(mountpoint));
     }
