@@ -353,7 +353,7 @@ fn power_loss_never_loses_what_was_committed() {
         Err(reason) => return cannot_run(&reason),
     };
     let full = std::env::var("PAGECRAWL_CAMPAIGN").is_ok_and(|v| v == "full");
-    let (mut jobs, pages) = if full { (30, 2000) } else { (20, 2000) };
+    let (mut jobs, pages) = if full { (32, 2000) } else { (22, 2000) };
     if let Some(n) = std::env::var("PAGECRAWL_POWERLOSS_JOBS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -430,7 +430,7 @@ fn power_loss_never_loses_what_was_committed() {
     );
     assert_success(&output);
     // Mid-crawl losses land within the span of a whole crawl.
-    let crawl_ms = (clean_started.elapsed().as_millis() as u64).max(100);
+    let crawl_ms = (clean_started.elapsed().as_millis() as u64).max(200);
     assert_same_items(
         &read_jsonl_bugs(&campaign.state_dir().join("items.jsonl")),
         &expected,
@@ -482,15 +482,15 @@ fn power_loss_never_loses_what_was_committed() {
             let mut was_cut = false;
             let exited = if early {
                 // Under 20 ms, with room for the kill itself.
-                exits_within(&mut child, Duration::from_millis(rng.u64(0..16)))
+                exits_within(&mut child, Duration::from_millis(rng.u64(0..12)))
             } else if cut {
                 // Fewer creations than armed within a random span: the
                 // kill is the cut.
-                let delay = Duration::from_millis(rng.u64(20..crawl_ms * 3 / 4));
+                let delay = Duration::from_millis(rng.u64(20..crawl_ms / 2));
                 was_cut = campaign.mount().wait_for("lossyfs: cut", delay).is_some();
                 child.try_wait().ok().flatten().is_some()
             } else {
-                let delay = Duration::from_millis(rng.u64(20..crawl_ms * 3 / 4));
+                let delay = Duration::from_millis(rng.u64(20..crawl_ms / 2));
                 let exited = exits_within(&mut child, delay);
                 if !exited {
                     if let Ok(Some(status)) = campaign.status() {
