@@ -12,5 +12,6 @@ mod damage;
 mod errors;
 mod faults;
 mod hostile;
+mod power_loss;
 mod properties;
 mod ux;
