@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 
 use crate::extract::Item;
-use crate::store::OutputIdentity;
+use crate::store::{Fingerprint, OutputIdentity};
 
 /// How items are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +145,9 @@ pub struct OutputFile {
     written: u64,
     /// Bytes known to be on disk (synced, or there when the file was opened).
     synced: u64,
+    /// The last bytes appended (up to [`Fingerprint::TAIL`]), for the
+    /// checkpoint's fingerprint.
+    tail: Vec<u8>,
 }
 
 /// Buffered bytes that are written out even before the next sync.
@@ -160,8 +163,8 @@ pub struct Damage(pub String);
 pub struct Checkpoint<'a> {
     /// Bytes of the output the checkpoint covers.
     pub committed: u64,
-    /// The file the checkpoint covers (unknown in older state).
-    pub identity: OutputIdentity,
+    /// The fingerprint of the bytes it covers (unknown in older state).
+    pub fingerprint: Fingerprint,
     pub format: Format,
     /// Whether a page's items are recorded as committed (done): bytes past
     /// the checkpoint may hold items of pages that are not, and nothing
@@ -200,18 +203,28 @@ impl OutputFile {
         }
         let actual = metadata.len();
         let committed = checkpoint.committed;
-        let identity = OutputIdentity::of(&metadata);
-        if committed > 0 && !checkpoint.identity.is_unknown() && identity != checkpoint.identity {
+        if committed > 0 && !existed {
             return Err(Damage(format!(
-                "the output file {} is not the file this crawl wrote ({}); if you moved it aside to rotate it, run `pagecrawl reopen`; otherwise {REPAIR_HINT}",
-                path.display(),
-                if existed { "it was replaced" } else { "it is missing" }
+                "the output file {} is missing; if you moved it aside to rotate it, run `pagecrawl reopen`; otherwise {REPAIR_HINT}",
+                path.display()
             ))
             .into());
         }
         if actual < committed {
             return Err(Damage(format!(
                 "the output file {} holds {actual} bytes but the checkpoint says {committed} were written: it was truncated outside pagecrawl; {REPAIR_HINT}",
+                path.display()
+            ))
+            .into());
+        }
+        let tail = tail_before(&file, committed).map_err(|e| io_error(e, "cannot read", path))?;
+        if committed > 0
+            && !checkpoint.fingerprint.is_unknown()
+            && Fingerprint::of(&tail) != checkpoint.fingerprint
+        {
+            return Err(Damage(format!(
+                "the output file {} is not the file this crawl wrote (its bytes before the checkpoint's {committed} differ: \
+                 it was replaced or rewritten); if you moved it aside to rotate it, run `pagecrawl reopen`; otherwise {REPAIR_HINT}",
                 path.display()
             ))
             .into());
@@ -243,6 +256,7 @@ impl OutputFile {
             len: committed,
             written: committed,
             synced: committed,
+            tail,
         };
         if committed == 0 {
             if let Some(header) = header {
@@ -262,8 +276,19 @@ impl OutputFile {
         Ok(OutputIdentity::of(&metadata))
     }
 
+    /// The fingerprint of everything appended so far.
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint::of(&self.tail)
+    }
+
     /// Appends bytes (not yet durable: see [`OutputFile::sync`]).
     pub fn append(&mut self, bytes: &[u8]) -> Result<()> {
+        let keep = Fingerprint::TAIL
+            .saturating_sub(bytes.len())
+            .min(self.tail.len());
+        self.tail.drain(..self.tail.len() - keep);
+        self.tail
+            .extend_from_slice(&bytes[bytes.len().saturating_sub(Fingerprint::TAIL)..]);
         self.buffer.extend_from_slice(bytes);
         self.len += bytes.len() as u64;
         if self.buffer.len() >= WRITE_EVERY {
@@ -374,6 +399,7 @@ impl OutputFile {
             len: 0,
             written: 0,
             synced: 0,
+            tail: Vec::new(),
         };
         if let Some(header) = header {
             self.append(header)?;
@@ -403,24 +429,41 @@ pub fn mismatch(path: &Path, counters: &crate::store::Counters) -> Option<String
     if counters.output_len == 0 {
         return None;
     }
-    let Ok(metadata) = path.symlink_metadata() else {
+    let Ok(file) = File::open(path) else {
         return Some(format!("{} is missing", path.display()));
     };
-    let known = counters.output_identity();
-    if !known.is_unknown() && OutputIdentity::of(&metadata) != known {
+    let len = file.metadata().map_or(0, |m| m.len());
+    if len < counters.output_len {
         return Some(format!(
-            "{} is not the file this crawl wrote (replaced, or moved aside without `pagecrawl reopen`)",
-            path.display()
+            "{} holds {len} bytes, fewer than the {} committed",
+            path.display(),
+            counters.output_len
         ));
     }
-    (metadata.len() < counters.output_len).then(|| {
+    (!matches_checkpoint(&file, counters.output_len, counters.output_fingerprint())).then(|| {
         format!(
-            "{} holds {} bytes, fewer than the {} committed",
-            path.display(),
-            metadata.len(),
-            counters.output_len
+            "{} is not the file this crawl wrote (replaced, rewritten, or moved aside without `pagecrawl reopen`)",
+            path.display()
         )
     })
+}
+
+/// Whether `file`'s bytes before `committed` have the checkpoint's
+/// fingerprint (true when it is unknown, in older state).
+pub fn matches_checkpoint(file: &File, committed: u64, fingerprint: Fingerprint) -> bool {
+    fingerprint.is_unknown()
+        || committed == 0
+        || tail_before(file, committed).is_ok_and(|tail| Fingerprint::of(&tail) == fingerprint)
+}
+
+/// The up to [`Fingerprint::TAIL`] bytes of `file` before `len`.
+fn tail_before(file: &File, len: u64) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let size = file.metadata()?.len().min(len);
+    let start = size.saturating_sub(Fingerprint::TAIL as u64);
+    let mut tail = vec![0; (size - start) as usize];
+    file.read_exact_at(&mut tail, start)?;
+    Ok(tail)
 }
 
 /// Opens (creating if needed) a file for reading and writing without
@@ -579,7 +622,7 @@ mod tests {
     fn checkpoint(committed: u64) -> Checkpoint<'static> {
         Checkpoint {
             committed,
-            identity: OutputIdentity::default(),
+            fingerprint: Fingerprint::default(),
             format: Format::Jsonl,
             is_done: &never_done,
         }
@@ -663,31 +706,70 @@ mod tests {
     }
 
     #[test]
-    fn another_file_at_the_output_path_is_refused() {
+    fn another_file_at_the_output_path_is_refused_and_a_copy_is_not() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.jsonl");
-        std::fs::write(&path, b"{\"page\":1}\n").unwrap();
-        let first = OutputFile::open(&path, &checkpoint(11), None)
-            .unwrap()
-            .identity()
-            .unwrap();
-        // Both files exist at once, so the new one cannot reuse the inode.
-        let other = dir.path().join("other");
-        std::fs::write(&other, b"{\"page\":1}\n").unwrap();
-        std::fs::rename(&other, &path).unwrap();
-        let refused = OutputFile::open(
+        let mut output = OutputFile::open(&path, &checkpoint(0), None).unwrap();
+        output.append(b"{\"page\":1,\"a\":\"x\"}\n").unwrap();
+        output.sync().unwrap();
+        let written = Checkpoint {
+            fingerprint: output.fingerprint(),
+            ..checkpoint(output.len())
+        };
+        drop(output);
+        // A copy (new inode, same bytes), as a restored backup is: accepted.
+        let copy = dir.path().join("copy");
+        std::fs::copy(&path, &copy).unwrap();
+        std::fs::rename(&copy, &path).unwrap();
+        OutputFile::open(&path, &written, None).unwrap();
+        // Other bytes of the same length: refused, kept.
+        std::fs::write(&path, b"{\"page\":1,\"a\":\"y\"}\n").unwrap();
+        let refused = OutputFile::open(&path, &written, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("is not the file this crawl wrote") && refused.contains("reopen"),
+            "{refused}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"page\":1,\"a\":\"y\"}\n");
+        // Missing: refused, named.
+        std::fs::remove_file(&path).unwrap();
+        let missing = OutputFile::open(&path, &written, None)
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("is missing"), "{missing}");
+    }
+
+    #[test]
+    fn the_fingerprint_follows_the_last_bytes_appended() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let mut output = OutputFile::open(&path, &checkpoint(0), None).unwrap();
+        let mut all = Vec::new();
+        for size in [10usize, 300, 1, 255, 256, 700, 3] {
+            let bytes: Vec<u8> = (0..size).map(|i| (i * 7 + size) as u8).collect();
+            output.append(&bytes).unwrap();
+            all.extend_from_slice(&bytes);
+            assert_eq!(
+                output.fingerprint(),
+                Fingerprint::of(&all),
+                "after {size} bytes"
+            );
+        }
+        output.sync().unwrap();
+        let reopened = OutputFile::open(
             &path,
             &Checkpoint {
-                identity: first,
-                ..checkpoint(11)
+                fingerprint: Fingerprint::of(&all),
+                ..checkpoint(all.len() as u64)
             },
             None,
         )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            refused.contains("it was replaced") && refused.contains("reopen"),
-            "{refused}"
+        .unwrap();
+        assert_eq!(
+            reopened.fingerprint(),
+            Fingerprint::of(&all),
+            "read back at open"
         );
     }
 

@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::output::{csv_header, open_no_follow, page_of_line, Format};
-use crate::store::{Job, OutputIdentity, PageState, Rebuild, Store};
+use crate::output::{csv_header, matches_checkpoint, open_no_follow, page_of_line, Format};
+use crate::store::{Fingerprint, Job, PageState, Rebuild, Store};
 
 /// What a repair did, for the one-line report.
 #[derive(Debug, Default)]
@@ -108,9 +108,10 @@ pub fn repair(store: &Store) -> Result<Report> {
             )
         }
         Ok(metadata)
-            if counters.output_len > 0
-                && !counters.output_identity().is_unknown()
-                && OutputIdentity::of(&metadata) != counters.output_identity() =>
+            if metadata.len() >= counters.output_len
+                && !File::open(&path).is_ok_and(|file| {
+                    matches_checkpoint(&file, counters.output_len, counters.output_fingerprint())
+                }) =>
         {
             found.push(format!("{} was replaced", path.display()));
             report.kept_aside = Some(keep_aside(&path)?);
@@ -140,15 +141,15 @@ pub fn repair(store: &Store) -> Result<Report> {
         }
     };
     let kept_len = kept_len.max(header_len);
-    let identity = match &scan {
+    let fingerprint = match &scan {
         Some(scan) if scan.rest_is_torn || scan.intact == scan.len => {
             cut_in_place(&path, kept_len, header.as_deref())?
         }
         Some(_) => {
             let aside = keep_aside(&path)?;
-            let identity = copy_prefix(&aside, &path, kept_len, header.as_deref())?;
+            let fingerprint = copy_prefix(&aside, &path, kept_len, header.as_deref())?;
             report.kept_aside = Some(aside);
-            identity
+            fingerprint
         }
         None => copy_prefix(Path::new(""), &path, 0, header.as_deref())?,
     };
@@ -169,7 +170,7 @@ pub fn repair(store: &Store) -> Result<Report> {
         items,
         keys: job.key.is_some().then_some(keys),
         output_len: kept_len,
-        identity,
+        fingerprint,
         requeue_range: range,
     })?;
     store.flush()?;
@@ -294,8 +295,8 @@ fn kept_groups(store: &Store, scan: &Scan) -> Result<(Vec<Group>, u64)> {
 }
 
 /// Cuts the file to `len` (writing the CSV header when even that was
-/// lost) and syncs it; returns its identity.
-fn cut_in_place(path: &Path, len: u64, header: Option<&[u8]>) -> Result<OutputIdentity> {
+/// lost) and syncs it; returns the fingerprint of what it keeps.
+fn cut_in_place(path: &Path, len: u64, header: Option<&[u8]>) -> Result<Fingerprint> {
     let mut file = open_no_follow(path)?;
     let header_len = header.map_or(0, |h| h.len() as u64);
     if len <= header_len {
@@ -308,7 +309,18 @@ fn cut_in_place(path: &Path, len: u64, header: Option<&[u8]>) -> Result<OutputId
     }
     file.sync_all()
         .with_context(|| format!("cannot sync {}", path.display()))?;
-    Ok(OutputIdentity::of(&file.metadata()?))
+    fingerprint_of(&file)
+}
+
+/// The fingerprint of a whole file (what a checkpoint of its length
+/// records).
+fn fingerprint_of(file: &File) -> Result<Fingerprint> {
+    use std::os::unix::fs::FileExt;
+    let len = file.metadata()?.len();
+    let start = len.saturating_sub(Fingerprint::TAIL as u64);
+    let mut tail = vec![0; (len - start) as usize];
+    file.read_exact_at(&mut tail, start)?;
+    Ok(Fingerprint::of(&tail))
 }
 
 /// Moves a damaged file aside, beside itself; returns its new name.
@@ -331,13 +343,8 @@ fn keep_aside(path: &Path) -> Result<PathBuf> {
 }
 
 /// Writes a new file at `path` holding the first `len` bytes of `from`
-/// (or only the CSV header), synced; returns its identity.
-fn copy_prefix(
-    from: &Path,
-    path: &Path,
-    len: u64,
-    header: Option<&[u8]>,
-) -> Result<OutputIdentity> {
+/// (or only the CSV header), synced; returns its fingerprint.
+fn copy_prefix(from: &Path, path: &Path, len: u64, header: Option<&[u8]>) -> Result<Fingerprint> {
     let mut file = open_no_follow(path)?;
     file.set_len(0)?;
     let header_len = header.map_or(0, |h| h.len() as u64);
@@ -353,7 +360,7 @@ fn copy_prefix(
     file.sync_all()
         .with_context(|| format!("cannot sync {}", path.display()))?;
     crate::util::sync_dir(parent_of(path))?;
-    Ok(OutputIdentity::of(&file.metadata()?))
+    fingerprint_of(&file)
 }
 
 fn parent_of(path: &Path) -> &Path {

@@ -10,8 +10,9 @@ use anyhow::{bail, Result};
 
 use crate::control::Backend;
 use crate::exit_code::Exit;
+use crate::output::matches_checkpoint;
 use crate::output::{csv_header, open_no_follow, Format};
-use crate::store::{OutputIdentity, Store};
+use crate::store::{Fingerprint, Store};
 
 pub fn command(dir: &Path) -> Result<Exit> {
     let started = match Backend::connect(dir)? {
@@ -38,9 +39,16 @@ fn reopen_stopped(store: &Store) -> Result<bool> {
         );
     };
     let counters = store.counters();
-    if let Ok(metadata) = job.output.symlink_metadata() {
-        let here = OutputIdentity::of(&metadata);
-        if here == counters.output_identity() || counters.output_identity().is_unknown() {
+    if let Ok(existing) = std::fs::File::open(&job.output) {
+        let metadata = existing.metadata()?;
+        if metadata.len() >= counters.output_len
+            && matches_checkpoint(
+                &existing,
+                counters.output_len,
+                counters.output_fingerprint(),
+            )
+            && (counters.output_len > 0 || metadata.len() == 0)
+        {
             return Ok(false);
         }
         if metadata.len() > 0 {
@@ -52,16 +60,15 @@ fn reopen_stopped(store: &Store) -> Result<bool> {
         }
     }
     let mut file = open_no_follow(&job.output)?;
-    let mut len = 0;
+    let mut header = Vec::new();
     if Format::from_name(&job.format) == Some(Format::Csv) {
         use std::io::Write;
-        let header = csv_header(&job.fields);
+        header = csv_header(&job.fields);
         file.write_all(&header)?;
-        len = header.len() as u64;
     }
     file.sync_all()?;
     crate::util::sync_dir(job.output.parent().unwrap_or(Path::new(".")))?;
-    store.record_output(OutputIdentity::of(&file.metadata()?), len)?;
+    store.record_output(Fingerprint::of(&header), header.len() as u64)?;
     store.flush()?;
     Ok(true)
 }

@@ -228,21 +228,21 @@ pub fn crawl_quietly(config: &Config, dir: &Path, follow: Option<Duration>) -> R
         &wanted.output,
         &Checkpoint {
             committed: counters.output_len,
-            identity: counters.output_identity(),
+            fingerprint: counters.output_fingerprint(),
             format: config.format,
             is_done: &is_done,
         },
         header.as_deref(),
     )?;
     if existing.is_none() {
-        store.set_job(&wanted, &config.pages, output.identity()?)?;
+        store.set_job(&wanted, &config.pages, output.fingerprint())?;
         store.flush()?;
         log::info!("new job: pages {} of {}", config.pages, config.url);
     }
     restrict_dir(dir);
     let _pid = PidFile::create(dir);
     let counters = store.counters();
-    store.start_run(output.identity()?)?;
+    store.start_run(output.fingerprint())?;
     log::info!(
         "crawling {} ({} pending, {} done, {} failed) with {} connections into {}",
         config.url,

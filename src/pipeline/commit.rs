@@ -231,7 +231,12 @@ fn flush(
     // at the start counts in the committed length too.
     output.sync()?;
     let empty_run = config.pages.is_open().then_some(config.stop_after_empty);
-    store.commit_known(&settles, &pending, output.len(), empty_run)?;
+    store.commit_known(
+        &settles,
+        &pending,
+        (output.len(), output.fingerprint()),
+        empty_run,
+    )?;
     store.flush()?;
     fault_injection::after_commit();
     log::debug!(
@@ -268,7 +273,7 @@ fn reopen(store: &Store, output: &mut OutputFile, shared: &Shared) -> Result<boo
         );
         return Ok(false);
     }
-    store.record_output(output.identity()?, output.len())?;
+    store.record_output(output.fingerprint(), output.len())?;
     store.flush()?;
     log::info!(
         "reopen: started a new {}; the file moved aside holds the {old_len} bytes before it",

@@ -9,7 +9,7 @@ use anyhow::Result;
 
 use super::keys::{named_key, page_key, DONE, FAILED, ITEM_KEY, META, PENDING, REASON};
 use super::records::{Done, Failed, Pending};
-use super::{is_end_marker, PageState, PendingAs, Settle, Store, COUNTERS_KEY};
+use super::{is_end_marker, Fingerprint, PageState, PendingAs, Settle, Store, COUNTERS_KEY};
 use crate::util::now_ms;
 
 impl Store {
@@ -27,7 +27,12 @@ impl Store {
             .iter()
             .map(|settle| self.pending_as(settle.page()))
             .collect::<Result<Vec<_>>>()?;
-        self.commit_known(settled, &pending, output_len, empty_run)
+        self.commit_known(
+            settled,
+            &pending,
+            (output_len, Fingerprint::default()),
+            empty_run,
+        )
     }
 
     /// [`Store::commit`] with each page's [`Store::pending_as`] already read
@@ -38,7 +43,7 @@ impl Store {
         &self,
         settled: &[Settle],
         pending: &[Option<PendingAs>],
-        output_len: u64,
+        (output_len, fingerprint): (u64, Fingerprint),
         empty_run: Option<u32>,
     ) -> Result<()> {
         anyhow::ensure!(
@@ -154,14 +159,18 @@ impl Store {
             }
         }
         next.output_len = output_len;
+        next.output_fingerprint = fingerprint.0;
         next.last_commit_ms = now;
         self.add_reason_changes(&mut batch, &reasons)?;
         let keyed_now: HashSet<u64> = settled.iter().map(Settle::page).collect();
         self.trim_lazy(&mut batch, &keyed_now)?;
         batch.insert(named_key(META, COUNTERS_KEY), next.encode());
-        self.tree
-            .apply_batch(batch)
-            .map_err(|e| anyhow::anyhow!("cannot record the checkpoint: {}", crate::util::sled_reason(&e)))?;
+        self.tree.apply_batch(batch).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot record the checkpoint: {}",
+                crate::util::sled_reason(&e)
+            )
+        })?;
         *counters = next;
         Ok(())
     }

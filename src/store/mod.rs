@@ -23,7 +23,7 @@ use crate::error::UserError;
 use crate::range::PageRange;
 use crate::util::now_ms;
 use keys::{named_key, page_key, page_of, DONE, FAILED, ITEM_KEY, META, PENDING, REASON};
-pub use records::{Counters, Done, Failed, OutputIdentity, Pending};
+pub use records::{Counters, Done, Failed, Fingerprint, OutputIdentity, Pending};
 pub use repair::{Rebuild, Rebuilt};
 
 /// Bumped when the on-disk layout changes incompatibly.
@@ -285,7 +285,7 @@ impl Store {
     /// setting the frontier the feeder extends from. One batch: the layout
     /// version, the job, its pages and the counters stand or fall together,
     /// so no state can hold a job without its pages.
-    pub fn set_job(&self, job: &Job, range: &PageRange, output: OutputIdentity) -> Result<()> {
+    pub fn set_job(&self, job: &Job, range: &PageRange, output: Fingerprint) -> Result<()> {
         let mut counters = self.lock();
         let mut next = *counters;
         let mut batch = sled::Batch::default();
@@ -293,8 +293,7 @@ impl Store {
         if let PageRange::Closed { start, end } = *range {
             next.pending += self.plan_lazy(&mut batch, &[(start, end)])?;
         }
-        next.output_dev = output.dev;
-        next.output_ino = output.ino;
+        next.output_fingerprint = output.0;
         batch.insert(named_key(META, SCHEMA_KEY), &SCHEMA_VERSION.to_be_bytes());
         batch.insert(named_key(META, JOB_KEY), serde_json::to_vec(job)?);
         batch.insert(named_key(META, COUNTERS_KEY), next.encode());
@@ -321,12 +320,11 @@ impl Store {
     }
 
     /// Records a new output file (after a rotation): the checkpoint now
-    /// covers `committed` bytes of the file `identity`. One batch.
-    pub fn record_output(&self, identity: OutputIdentity, committed: u64) -> Result<()> {
+    /// covers `committed` bytes ending in `fingerprint`. One batch.
+    pub fn record_output(&self, fingerprint: Fingerprint, committed: u64) -> Result<()> {
         let mut counters = self.lock();
         let mut next = *counters;
-        next.output_dev = identity.dev;
-        next.output_ino = identity.ino;
+        next.output_fingerprint = fingerprint.0;
         next.output_len = committed;
         let mut batch = sled::Batch::default();
         batch.insert(named_key(META, COUNTERS_KEY), next.encode());
@@ -439,13 +437,12 @@ impl Store {
     }
 
     /// Marks the start of a run, for the rate `status` reports, and
-    /// records which file the output is when older state did not.
-    pub fn start_run(&self, output: OutputIdentity) -> Result<()> {
+    /// records the output's fingerprint when older state did not.
+    pub fn start_run(&self, output: Fingerprint) -> Result<()> {
         let mut counters = self.lock();
         let mut next = *counters;
-        if next.output_identity().is_unknown() {
-            next.output_dev = output.dev;
-            next.output_ino = output.ino;
+        if next.output_fingerprint().is_unknown() {
+            next.output_fingerprint = output.0;
         }
         next.run_started_ms = now_ms();
         next.run_done_base = next.done;
@@ -650,7 +647,7 @@ mod tests {
     fn commits_keep_counters_equal_to_a_recount() {
         let (_dir, store) = store();
         store
-            .set_job(&job(), &closed(1, 10), OutputIdentity::default())
+            .set_job(&job(), &closed(1, 10), Fingerprint::default())
             .unwrap();
         assert_eq!(store.counters().pending, 10);
         assert_eq!(store.lazy_after(None, 100).unwrap().len(), 10);
@@ -724,7 +721,7 @@ mod tests {
         {
             let store = Store::open(&path).unwrap();
             store
-                .set_job(&job(), &closed(5, 6), OutputIdentity::default())
+                .set_job(&job(), &closed(5, 6), Fingerprint::default())
                 .unwrap();
             store
                 .commit(
@@ -763,7 +760,7 @@ mod tests {
             .set_job(
                 &job(),
                 &PageRange::Open { start: 1 },
-                OutputIdentity::default(),
+                Fingerprint::default(),
             )
             .unwrap();
         store.extend(10).unwrap();

@@ -402,7 +402,7 @@ pub(super) fn merge_ranges(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{OutputIdentity, Settle};
+    use crate::store::{Fingerprint, Settle};
 
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
@@ -499,7 +499,7 @@ mod tests {
             .set_job(
                 &crate::store::tests::job(),
                 &PageRange::Open { start: 3 },
-                OutputIdentity::default(),
+                Fingerprint::default(),
             )
             .unwrap();
         assert_eq!(store.extend(4).unwrap(), 4);

@@ -161,14 +161,42 @@ pub struct Counters {
     pub run_done_base: u64,
     /// When the last commit happened.
     pub last_commit_ms: u64,
-    /// The output file this checkpoint covers: its device and inode
-    /// (0 and 0 in state written before they were recorded).
-    pub output_dev: u64,
-    pub output_ino: u64,
+    /// A fingerprint of the output's last bytes before `output_len` (see
+    /// [`Fingerprint`]; 0 in state written before it was recorded).
+    pub output_fingerprint: u64,
 }
 
-/// Which file an output is, as the file system names it: a file replaced
-/// behind the crawl has another inode.
+/// What the output's bytes just before the checkpoint's length hash to:
+/// the file a checkpoint covers is recognised by its content, so a copy
+/// or a restore of the state and output (new inodes) is still the same
+/// output, and another file at the path is not.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Fingerprint(pub u64);
+
+impl Fingerprint {
+    /// Bytes hashed: the end of the last item or two.
+    pub const TAIL: usize = 256;
+
+    /// FNV-1a over the last [`Fingerprint::TAIL`] bytes of `bytes`; never 0
+    /// (0 means unknown).
+    pub fn of(bytes: &[u8]) -> Fingerprint {
+        let tail = &bytes[bytes.len().saturating_sub(Fingerprint::TAIL)..];
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for &byte in tail {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        Fingerprint(hash.max(1))
+    }
+
+    pub fn is_unknown(self) -> bool {
+        self.0 == 0
+    }
+}
+
+/// Which file an open output is, as the file system names it now (for
+/// comparing the open file with the one at its path; not stored, since a
+/// copied state directory has new inodes).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct OutputIdentity {
     pub dev: u64,
@@ -183,22 +211,14 @@ impl OutputIdentity {
             ino: metadata.ino(),
         }
     }
-
-    /// Unknown: recorded by a pagecrawl that did not record it.
-    pub fn is_unknown(&self) -> bool {
-        self.dev == 0 && self.ino == 0
-    }
 }
 
 impl Counters {
-    const FIELDS: usize = 14;
+    const FIELDS: usize = 13;
 
-    /// The output file the checkpoint covers.
-    pub fn output_identity(&self) -> OutputIdentity {
-        OutputIdentity {
-            dev: self.output_dev,
-            ino: self.output_ino,
-        }
+    /// The fingerprint of the output the checkpoint covers.
+    pub fn output_fingerprint(&self) -> Fingerprint {
+        Fingerprint(self.output_fingerprint)
     }
 
     fn as_array(&self) -> [u64; Counters::FIELDS] {
@@ -215,8 +235,7 @@ impl Counters {
             self.run_started_ms,
             self.run_done_base,
             self.last_commit_ms,
-            self.output_dev,
-            self.output_ino,
+            self.output_fingerprint,
         ]
     }
 
@@ -242,8 +261,7 @@ impl Counters {
             run_started_ms: v(9),
             run_done_base: v(10),
             last_commit_ms: v(11),
-            output_dev: v(12),
-            output_ino: v(13),
+            output_fingerprint: v(12),
         }
     }
 

@@ -7,7 +7,7 @@ use anyhow::Result;
 
 use super::keys::{named_key, page_key, page_of, DONE, FAILED, ITEM_KEY, META, PENDING};
 use super::records::{Done, Failed};
-use super::{OutputIdentity, Store, COUNTERS_KEY, DAMAGED_KEY};
+use super::{Fingerprint, Store, COUNTERS_KEY, DAMAGED_KEY};
 use crate::util::now_ms;
 
 /// What the output file holds, as `repair` read it.
@@ -21,7 +21,7 @@ pub struct Rebuild {
     /// keyspace of written keys becomes exactly these.
     pub keys: Option<Vec<(String, u64)>>,
     pub output_len: u64,
-    pub identity: OutputIdentity,
+    pub fingerprint: Fingerprint,
     /// The job's range, to queue again when the state had lost it.
     pub requeue_range: Option<(u64, u64)>,
 }
@@ -39,7 +39,7 @@ impl Store {
     /// Makes the checkpoint say what the file holds: done pages whose
     /// items are missing go back to pending, pages whose items are all
     /// there are done, and the counters, item keys, output length and
-    /// identity follow; the damage mark is cleared. One batch.
+    /// fingerprint follow; the damage mark is cleared. One batch.
     pub fn rebuild_from_output(&self, rebuild: &Rebuild) -> Result<Rebuilt> {
         let mut counters = self.lock();
         let mut next = *counters;
@@ -113,8 +113,7 @@ impl Store {
         self.add_reason_changes(&mut batch, &reasons)?;
         next.items = rebuild.items;
         next.output_len = rebuild.output_len;
-        next.output_dev = rebuild.identity.dev;
-        next.output_ino = rebuild.identity.ino;
+        next.output_fingerprint = rebuild.fingerprint.0;
         batch.remove(named_key(META, DAMAGED_KEY));
         batch.insert(named_key(META, COUNTERS_KEY), next.encode());
         self.tree.apply_batch(batch)?;

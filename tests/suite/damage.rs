@@ -343,7 +343,10 @@ fn folders_and_files_others_control_are_refused() {
     std::fs::write(&target, "5,000,000 bytes of someone's data").unwrap();
     std::os::unix::fs::symlink(&target, job.output_path("items.jsonl")).unwrap();
     assert_error_line(&job.exec(&["run"]), 2, &["is a symbolic link"]);
-    assert!(!job.state_dir().join("queue.sled").exists(), "nothing written");
+    assert!(
+        !job.state_dir().join("queue.sled").exists(),
+        "nothing written"
+    );
     assert_eq!(
         std::fs::read_to_string(&target).unwrap(),
         "5,000,000 bytes of someone's data"
@@ -397,13 +400,22 @@ impl SmallDisk {
         let path = dir.path().join("disk");
         std::fs::create_dir(&path).unwrap();
         let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
             .arg(&path)
             .status()
             .is_ok_and(|s| s.success());
         if !mounted {
             eprintln!("skipped: cannot mount a tmpfs here (not root?)");
-            assert!(std::env::var_os("CI").is_none(), "CI runs as root: mount must work");
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI runs as root: mount must work"
+            );
             return None;
         }
         Some(SmallDisk { path, _dir: dir })
@@ -472,7 +484,11 @@ fn a_full_disk_stops_the_crawl_and_the_same_run_resumes_once_space_is_freed() {
             }
         }
         let again = run_on_disk();
-        assert_ne!(again.status.code(), Some(0), "size {size}: a run on a full disk");
+        assert_ne!(
+            again.status.code(),
+            Some(0),
+            "size {size}: a run on a full disk"
+        );
         disk.grow("64m");
         let resumed = run_on_disk();
         assert_success(&resumed);
