@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use pagecrawl::fixture::{Charset, Site};
+use pagecrawl::fixture::{Charset, Fault, Faults, Site};
 
 use crate::harness::*;
 
@@ -115,6 +115,90 @@ fn a_connection_the_server_closed_is_not_reused() {
         job.server.stats().connections()
     );
     assert_same_items(&job.output_bugs(), &job.expected_bugs(1..=4));
+}
+
+#[test]
+fn a_request_lost_on_a_connection_the_server_just_closed_is_sent_again_for_free() {
+    // The server closes each kept-alive connection right after its response
+    // (idle_timeout zero), or 10 ms after it, without `Connection: close`:
+    // a request sent on the pooled connection as the close crosses it gets
+    // no byte back. It is sent again on a fresh connection without spending
+    // a retry, so no page fails even with no retries at all.
+    let mut problems = Vec::new();
+    for (close_after, retries) in [
+        (Duration::ZERO, 0),
+        (Duration::ZERO, 1),
+        (Duration::from_millis(10), 0),
+        (Duration::from_millis(10), 1),
+    ] {
+        let case = format!("closed {close_after:?} after each response, retries = {retries}");
+        let site = Site {
+            pages: 400,
+            per_page: 2,
+            padding: 200,
+            close_after_response: Some(close_after),
+            ..Site::default()
+        };
+        let job = Job::new(site)
+            .concurrency(4)
+            .with(&format!("retries = {retries}"));
+        job.run_ok();
+        let status = job.status();
+        let stats = job.server.stats();
+        let unanswered = (1..=400).filter(|p| stats.requests_for(*p) != 1).count();
+        eprintln!(
+            "closing server | {case} | failed {} | retries {} | pages not requested exactly once {unanswered} | connections {} | requests {}",
+            status["failed"],
+            status["retries"],
+            stats.connections(),
+            stats.total()
+        );
+        if status["failed"] != 0 || status["retries"] != 0 || unanswered != 0 {
+            problems.push(format!(
+                "{case}: {} failed, {} retries, {unanswered} pages not requested exactly once",
+                status["failed"], status["retries"]
+            ));
+            continue;
+        }
+        assert_same_items(&job.output_bugs(), &job.expected_bugs(1..=400));
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+}
+
+#[test]
+fn a_server_that_really_fails_on_a_reused_connection_is_still_retried_then_failed() {
+    // The free resend is for a request no byte of whose answer came. A
+    // server that closes on every request of page 2 gets it at most once
+    // more per attempt, and the page still spends its retries and fails; a
+    // body cut short on page 3 (some bytes came) is never sent again free.
+    let faults = Faults {
+        scripted: (0..6)
+            .map(|attempt| (2, attempt, Fault::Reset))
+            .chain((0..3).map(|attempt| (3, attempt, Fault::Truncate)))
+            .collect(),
+        ..Faults::default()
+    };
+    let site = Site {
+        pages: 4,
+        faults,
+        ..Site::default()
+    };
+    let job = Job::new(site).concurrency(1).with("retries = 2");
+    let output = job.run_ok();
+    assert!(
+        stdout(&output).contains("finished: 2 pages done, 2 failed"),
+        "{}",
+        stdout(&output)
+    );
+    assert_eq!(job.status()["retries"], 4, "two retries for each page");
+    let stats = job.server.stats();
+    assert!(
+        (3..=6).contains(&stats.requests_for(2)),
+        "page 2: {} requests for 3 attempts",
+        stats.requests_for(2)
+    );
+    assert_eq!(stats.requests_for(3), 3, "page 3: one request per attempt");
+    assert_same_items(&job.output_bugs(), &job.expected_bugs([1, 4]));
 }
 
 #[test]
