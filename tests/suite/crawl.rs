@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use pagecrawl::fixture::{Charset, Fault, Faults, Site};
+use pagecrawl::fixture::{Charset, Fault, Faults, Hostile, Site};
 
 use crate::harness::*;
 
@@ -333,5 +333,81 @@ fn try_prints_one_page_and_touches_no_state() {
         stderr(&empty).contains("matched nothing"),
         "{}",
         stderr(&empty)
+    );
+}
+
+#[test]
+fn try_shows_control_characters_from_the_page_escaped() {
+    // A title that retitles the window, clears the screen, and holds a
+    // NUL, a C1 CSI and a right-to-left override: the readable view
+    // (what a terminal gets; `--pretty` here, to a pipe) shows them as
+    // escapes in the field, in the first match and in the no-match hint;
+    // the JSON Lines view stays valid JSON with the title as it is.
+    let job = Job::new(Site {
+        pages: 3,
+        hostile: vec![(2, Hostile::ControlCharacters)],
+        ..Site::default()
+    });
+    let raw = |text: &str| {
+        text.chars()
+            .any(|c| (c.is_control() && c != '\n') || c == '\u{202e}')
+    };
+    let escaped = r"\u{1b}]0;pwned\u{7}\u{1b}[2J\0\u{9b}31m\u{202e}";
+
+    let pretty = job.exec(&["try", "--page", "2", "--pretty"]);
+    assert_success(&pretty);
+    let shown = stdout(&pretty);
+    assert!(!raw(&shown), "{shown:?}");
+    assert_eq!(
+        shown.matches(escaped).count(),
+        2,
+        "in the title field and in the first match: {shown}"
+    );
+
+    let json = job.exec(&["try", "--page", "2", "--json"]);
+    assert_success(&json);
+    let first: serde_json::Value =
+        serde_json::from_str(stdout(&json).lines().next().unwrap()).unwrap();
+    let title = first["title"].as_str().unwrap();
+    assert!(
+        title.starts_with(pagecrawl::fixture::CONTROL_CHARACTERS),
+        "{title:?}"
+    );
+    assert!(
+        !stdout(&json).chars().any(|c| c < ' ' && c != '\n'),
+        "JSON escapes C0 itself (C1 and U+202E stay, as in the output file)"
+    );
+
+    // The same page for a pattern that fails after `pwned`.
+    let config = std::fs::read_to_string(job.write_config()).unwrap();
+    let config: String = config
+        .lines()
+        .map(|line| match line.starts_with("pattern =") {
+            true => "pattern = 'pwned(?P<never>NEVER)'\n".to_string(),
+            false => format!("{line}\n"),
+        })
+        .collect();
+    let path = job.dir.path().join("unmatched.toml");
+    std::fs::write(&path, config).unwrap();
+    let hinted = finish(
+        pagecrawl(&[
+            "try",
+            "--config",
+            path.to_str().unwrap(),
+            "--page",
+            "2",
+            "--pretty",
+        ])
+        .spawn()
+        .unwrap(),
+        COMMAND_TIMEOUT,
+    );
+    assert_success(&hinted);
+    let hints = stderr(&hinted);
+    assert!(hints.contains("matched nothing"), "{hints}");
+    assert!(!raw(&hints), "{hints:?}");
+    assert!(
+        hints.contains(r"pwned\u{7}\u{1b}[2J\0\u{9b}31m\u{202e}"),
+        "{hints}"
     );
 }
