@@ -67,8 +67,9 @@ pub struct LeanTransport<T> {
 }
 
 /// The mark on an error that broke a request on a reused connection before
-/// any byte of its response came: sending it again cannot repeat anything
-/// the server did.
+/// any byte of its response came. Most often the server had closed the
+/// connection before the request reached it; either way the request is a
+/// GET, which may be sent again (idempotent, RFC 9110 §9.2.2).
 #[derive(Debug, thiserror::Error)]
 #[error("the server closed the kept-alive connection before answering ({0})")]
 pub struct ClosedBeforeAnswer(io::Error);

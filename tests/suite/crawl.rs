@@ -167,14 +167,17 @@ fn a_request_lost_on_a_connection_the_server_just_closed_is_sent_again_for_free(
 
 #[test]
 fn a_server_that_really_fails_on_a_reused_connection_is_still_retried_then_failed() {
-    // The free resend is for a request no byte of whose answer came. A
-    // server that closes on every request of page 2 gets it at most once
-    // more per attempt, and the page still spends its retries and fails; a
-    // body cut short on page 3 (some bytes came) is never sent again free.
+    // The free resend is for a request on a reused connection no byte of
+    // whose answer came. A server that closes on every request of page 2
+    // gets it at most once more per attempt, and the page still spends its
+    // retries and fails; a body cut short on page 3 (some bytes came) is
+    // never sent again free, nor is page 1, closed on its first request on
+    // a new connection: it spends a retry.
     let faults = Faults {
         scripted: (0..6)
             .map(|attempt| (2, attempt, Fault::Reset))
             .chain((0..3).map(|attempt| (3, attempt, Fault::Truncate)))
+            .chain([(1, 0, Fault::Reset)])
             .collect(),
         ..Faults::default()
     };
@@ -190,7 +193,11 @@ fn a_server_that_really_fails_on_a_reused_connection_is_still_retried_then_faile
         "{}",
         stdout(&output)
     );
-    assert_eq!(job.status()["retries"], 4, "two retries for each page");
+    assert_eq!(
+        job.status()["retries"],
+        5,
+        "one for page 1, two for each failed page"
+    );
     let stats = job.server.stats();
     assert!(
         (3..=6).contains(&stats.requests_for(2)),
@@ -198,6 +205,7 @@ fn a_server_that_really_fails_on_a_reused_connection_is_still_retried_then_faile
         stats.requests_for(2)
     );
     assert_eq!(stats.requests_for(3), 3, "page 3: one request per attempt");
+    assert_eq!(stats.requests_for(1), 2, "page 1: one request per attempt");
     assert_same_items(&job.output_bugs(), &job.expected_bugs([1, 4]));
 }
 
