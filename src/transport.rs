@@ -17,7 +17,15 @@
 //! Both assume ureq 3.5's pool (the probe on take); the test
 //! `crawl::a_connection_the_server_closed_is_not_reused` checks that a
 //! connection closed by the server while pooled is not used again.
+//!
+//! It also tells one failure apart: a request on a **reused** connection
+//! that broke before any byte of its response came back. The server
+//! closed the idle connection as the request crossed it (the probe on take
+//! cannot see a close that is still on its way), so the request was never
+//! answered and can be sent again on a new connection, as curl and Go's
+//! HTTP client do. Such an error carries [`ClosedBeforeAnswer`].
 
+use std::io;
 use std::time::Duration as StdDuration;
 
 use ureq::unversioned::transport::time::Duration;
@@ -39,6 +47,8 @@ impl<In: Transport> Connector<In> for Lean {
         Ok(chained.map(|inner| LeanTransport {
             inner,
             used_since_probe: false,
+            reused: false,
+            answered: false,
         }))
     }
 }
@@ -49,6 +59,52 @@ pub struct LeanTransport<T> {
     /// Bytes went either way since the last liveness question: the next
     /// one is the pool taking the connection back.
     used_since_probe: bool,
+    /// A response was read on it before: the pool gave it back, and the
+    /// server may close it at any time.
+    reused: bool,
+    /// Some byte of the current request's response arrived.
+    answered: bool,
+}
+
+/// The mark on an error that broke a request on a reused connection before
+/// any byte of its response came. Most often the server had closed the
+/// connection before the request reached it; either way the request is a
+/// GET, which may be sent again (idempotent, RFC 9110 §9.2.2).
+#[derive(Debug, thiserror::Error)]
+#[error("the server closed the kept-alive connection before answering ({0})")]
+pub struct ClosedBeforeAnswer(io::Error);
+
+impl ClosedBeforeAnswer {
+    /// Whether `error` is one.
+    pub fn is(error: &Error) -> bool {
+        matches!(error, Error::Io(io) if io.get_ref().is_some_and(|e| e.is::<ClosedBeforeAnswer>()))
+    }
+}
+
+/// What a socket says when its peer closed it.
+fn is_closed(error: &Error) -> bool {
+    matches!(error, Error::Io(io) if matches!(
+        io.kind(),
+        io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::NotConnected
+    ))
+}
+
+impl<T> LeanTransport<T> {
+    /// `error`, marked when it is a close that cut a request on a reused
+    /// connection before any of its answer.
+    fn mark(&self, error: Error) -> Error {
+        if !self.reused || self.answered || !is_closed(&error) {
+            return error;
+        }
+        let Error::Io(io) = error else {
+            return error;
+        };
+        Error::Io(io::Error::new(io.kind(), ClosedBeforeAnswer(io)))
+    }
 }
 
 impl<T: Transport> Transport for LeanTransport<T> {
@@ -58,18 +114,34 @@ impl<T: Transport> Transport for LeanTransport<T> {
 
     fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), Error> {
         self.used_since_probe = true;
-        self.inner.transmit_output(amount, coarse(timeout))
+        // A GET is all sent before its answer comes: a new request starts.
+        self.answered = false;
+        self.inner
+            .transmit_output(amount, coarse(timeout))
+            .map_err(|e| self.mark(e))
     }
 
     fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, Error> {
         self.used_since_probe = true;
-        self.inner.await_input(coarse(timeout))
+        match self.inner.await_input(coarse(timeout)) {
+            Ok(true) => {
+                self.answered = true;
+                Ok(true)
+            }
+            // The end of the stream where an answer should start.
+            Ok(false) if self.reused && !self.answered => Err(self.mark(Error::Io(
+                io::Error::new(io::ErrorKind::UnexpectedEof, "closed by the server"),
+            ))),
+            Ok(false) => Ok(false),
+            Err(error) => Err(self.mark(error)),
+        }
     }
 
     fn is_open(&mut self) -> bool {
         if std::mem::replace(&mut self.used_since_probe, false) {
             // Back to the pool right after a response: it is probed when it
             // is taken out again.
+            self.reused = true;
             return true;
         }
         self.inner.is_open()

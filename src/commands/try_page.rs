@@ -7,7 +7,13 @@
 //! When the pattern matches nothing, it says where the page and the pattern
 //! part ways: undecodable characters (a wrong charset), or whether the text
 //! just before the first group occurs in the page at all, with a snippet.
+//!
+//! Text from the page never reaches a terminal raw: control characters
+//! (an escape sequence, NUL, a C1 CSI) and the bidirectional overrides that
+//! reorder a line are shown as Rust writes them in a string, `\u{1b}`,
+//! `\0`, `\n`, `\u{202e}`. The JSON Lines view escapes as JSON does.
 
+use std::borrow::Cow;
 use std::io::IsTerminal;
 use std::path::Path;
 use std::time::Instant;
@@ -199,7 +205,7 @@ fn pretty_items(page: u64, fields: &[String], items: &[Vec<String>], paint: Pain
             let value = if value.is_empty() {
                 paint.dim("(empty)")
             } else {
-                paint.wrap(GROUP_COLORS[index % GROUP_COLORS.len()], value)
+                paint.wrap(GROUP_COLORS[index % GROUP_COLORS.len()], &printable(value))
             };
             let field = paint.dim(&format!("{field:<width$}"));
             out.push_str(&format!("  {field}  {value}\n"));
@@ -228,11 +234,15 @@ fn highlight_first_match(pattern: &Regex, text: &str, paint: Paint) -> Option<St
         if start < at {
             continue; // nested in a group already shown
         }
-        shown.push_str(&paint.dim(&shorten(&collapse(&text[at..start]), 60)));
-        shown.push_str(&paint.group(order, name, &clean(&collapse(&text[start..end]))));
+        shown.push_str(&paint.dim(&printable(&shorten(&collapse(&text[at..start]), 60))));
+        shown.push_str(&paint.group(
+            order,
+            name,
+            &printable(&clean(&collapse(&text[start..end]))),
+        ));
         at = end;
     }
-    shown.push_str(&paint.dim(&shorten(&collapse(&text[at..whole.end()]), 60)));
+    shown.push_str(&paint.dim(&printable(&shorten(&collapse(&text[at..whole.end()]), 60))));
     let legend: Vec<String> = groups
         .iter()
         .enumerate()
@@ -282,18 +292,18 @@ fn no_match_hints(pattern: &str, text: &str, url: &str) -> String {
                     "  hint: the text before the first group, {literal:?}, occurs {count} time{} in the page; \
                      the pattern fails after it. The first, at byte {at}:\n    {}\n",
                     if count == 1 { "" } else { "s" },
-                    shorten(&collapse(&text[at..]), 240)
+                    printable(&shorten(&collapse(&text[at..]), 240))
                 ));
             }
             None => out.push_str(&format!(
                 "  hint: the text before the first group, {literal:?}, is not in the page at all. \
                  The page starts with:\n    {}\n",
-                shorten(&collapse(text), 240)
+                printable(&shorten(&collapse(text), 240))
             )),
         },
         None => out.push_str(&format!(
             "  hint: the page starts with:\n    {}\n",
-            shorten(&collapse(text), 240)
+            printable(&shorten(&collapse(text), 240))
         )),
     }
     out.push_str(&format!(
@@ -406,6 +416,30 @@ fn collapse(text: &str) -> String {
     out
 }
 
+/// Whether a character from the page must not reach a terminal as it is:
+/// a control character (C0, DEL, C1), or one that reorders the line
+/// (bidirectional embeddings, overrides and isolates).
+fn unprintable(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Page text as it can be shown on a terminal: each [`unprintable`]
+/// character as Rust escapes it (`\u{1b}`, `\0`, `\t`); the rest as it is.
+fn printable(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(unprintable) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unprintable(c) {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// At most `limit` characters, marking what was cut.
 fn shorten(text: &str, limit: usize) -> String {
     if text.chars().count() <= limit {
@@ -504,6 +538,18 @@ mod tests {
             highlight_first_match(&pattern, "nothing", Paint { color: false }),
             None
         );
+    }
+
+    #[test]
+    fn control_characters_from_the_page_are_shown_escaped() {
+        assert_eq!(printable("plain 二 é"), "plain 二 é");
+        assert!(matches!(printable("plain"), Cow::Borrowed(_)));
+        assert_eq!(
+            printable("a\u{1b}[2Jb\0c\u{7f}d\u{9b}e\tf\u{202e}g"),
+            r"a\u{1b}[2Jb\0c\u{7f}d\u{9b}e\tf\u{202e}g"
+        );
+        // Combining marks and quotes stay as they are.
+        assert_eq!(printable("e\u{301} \"q\" \\"), "e\u{301} \"q\" \\");
     }
 
     #[test]

@@ -3,6 +3,11 @@
 //! simultaneous requests even after a reload lowers it. A thread never
 //! sleeps on a retry: failures go on to the commit stage, which reschedules
 //! them through the feeder. While paused, no new request starts.
+//!
+//! Every request on the wire takes its turn from the rate limiter: the
+//! first, each redirect followed, and a request sent again on a new
+//! connection after the server closed the kept-alive one under it. All of
+//! them are made under the same permit, one at a time.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -10,6 +15,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::{Fetched, Shared, Work};
+use crate::http::FetchError;
 
 /// Fetch thread number `index` (from 0): threads past the concurrency limit
 /// take no work until a reload raises it, and end with the others.
@@ -36,11 +42,14 @@ pub(super) fn run(index: usize, work: Receiver<Work>, fetched: Sender<Fetched>, 
         } else {
             let url = shared.config().page_url(page);
             let fetched = if shared.robots.allows(&crate::robots::path_and_query(&url)) {
-                shared.fetcher().fetch(&url)
+                shared
+                    .fetcher()
+                    .fetch_paced(&url, &mut || shared.limiter.acquire(&shared.stop))
             } else {
-                Err(crate::http::FetchError::Robots)
+                Err(FetchError::Robots)
             };
             match fetched {
+                Err(FetchError::Abandoned) => Fetched::Abandoned,
                 Ok(response) => Fetched::Body {
                     page,
                     attempts: attempts + 1,

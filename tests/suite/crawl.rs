@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use pagecrawl::fixture::{Charset, Site};
+use pagecrawl::fixture::{Charset, Fault, Faults, Hostile, Site};
 
 use crate::harness::*;
 
@@ -115,6 +115,98 @@ fn a_connection_the_server_closed_is_not_reused() {
         job.server.stats().connections()
     );
     assert_same_items(&job.output_bugs(), &job.expected_bugs(1..=4));
+}
+
+#[test]
+fn a_request_lost_on_a_connection_the_server_just_closed_is_sent_again_for_free() {
+    // The server closes each kept-alive connection right after its response
+    // (idle_timeout zero), or 10 ms after it, without `Connection: close`:
+    // a request sent on the pooled connection as the close crosses it gets
+    // no byte back. It is sent again on a fresh connection without spending
+    // a retry, so no page fails even with no retries at all.
+    let mut problems = Vec::new();
+    for (close_after, retries) in [
+        (Duration::ZERO, 0),
+        (Duration::ZERO, 1),
+        (Duration::from_millis(10), 0),
+        (Duration::from_millis(10), 1),
+    ] {
+        let case = format!("closed {close_after:?} after each response, retries = {retries}");
+        let site = Site {
+            pages: 400,
+            per_page: 2,
+            padding: 200,
+            close_after_response: Some(close_after),
+            ..Site::default()
+        };
+        let job = Job::new(site)
+            .concurrency(4)
+            .with(&format!("retries = {retries}"));
+        job.run_ok();
+        let status = job.status();
+        let stats = job.server.stats();
+        let unanswered = (1..=400).filter(|p| stats.requests_for(*p) != 1).count();
+        eprintln!(
+            "closing server | {case} | failed {} | retries {} | pages not requested exactly once {unanswered} | connections {} | requests {}",
+            status["failed"],
+            status["retries"],
+            stats.connections(),
+            stats.total()
+        );
+        if status["failed"] != 0 || status["retries"] != 0 || unanswered != 0 {
+            problems.push(format!(
+                "{case}: {} failed, {} retries, {unanswered} pages not requested exactly once",
+                status["failed"], status["retries"]
+            ));
+            continue;
+        }
+        assert_same_items(&job.output_bugs(), &job.expected_bugs(1..=400));
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+}
+
+#[test]
+fn a_server_that_really_fails_on_a_reused_connection_is_still_retried_then_failed() {
+    // The free resend is for a request on a reused connection no byte of
+    // whose answer came. A server that closes on every request of page 2
+    // gets it at most once more per attempt, and the page still spends its
+    // retries and fails; a body cut short on page 3 (some bytes came) is
+    // never sent again free, nor is page 1, closed on its first request on
+    // a new connection: it spends a retry.
+    let faults = Faults {
+        scripted: (0..6)
+            .map(|attempt| (2, attempt, Fault::Reset))
+            .chain((0..3).map(|attempt| (3, attempt, Fault::Truncate)))
+            .chain([(1, 0, Fault::Reset)])
+            .collect(),
+        ..Faults::default()
+    };
+    let site = Site {
+        pages: 4,
+        faults,
+        ..Site::default()
+    };
+    let job = Job::new(site).concurrency(1).with("retries = 2");
+    let output = job.run_ok();
+    assert!(
+        stdout(&output).contains("finished: 2 pages done, 2 failed"),
+        "{}",
+        stdout(&output)
+    );
+    assert_eq!(
+        job.status()["retries"],
+        5,
+        "one for page 1, two for each failed page"
+    );
+    let stats = job.server.stats();
+    assert!(
+        (3..=6).contains(&stats.requests_for(2)),
+        "page 2: {} requests for 3 attempts",
+        stats.requests_for(2)
+    );
+    assert_eq!(stats.requests_for(3), 3, "page 3: one request per attempt");
+    assert_eq!(stats.requests_for(1), 2, "page 1: one request per attempt");
+    assert_same_items(&job.output_bugs(), &job.expected_bugs([1, 4]));
 }
 
 #[test]
@@ -249,5 +341,81 @@ fn try_prints_one_page_and_touches_no_state() {
         stderr(&empty).contains("matched nothing"),
         "{}",
         stderr(&empty)
+    );
+}
+
+#[test]
+fn try_shows_control_characters_from_the_page_escaped() {
+    // A title that retitles the window, clears the screen, and holds a
+    // NUL, a C1 CSI and a right-to-left override: the readable view
+    // (what a terminal gets; `--pretty` here, to a pipe) shows them as
+    // escapes in the field, in the first match and in the no-match hint;
+    // the JSON Lines view stays valid JSON with the title as it is.
+    let job = Job::new(Site {
+        pages: 3,
+        hostile: vec![(2, Hostile::ControlCharacters)],
+        ..Site::default()
+    });
+    let raw = |text: &str| {
+        text.chars()
+            .any(|c| (c.is_control() && c != '\n') || c == '\u{202e}')
+    };
+    let escaped = r"\u{1b}]0;pwned\u{7}\u{1b}[2J\0\u{9b}31m\u{202e}";
+
+    let pretty = job.exec(&["try", "--page", "2", "--pretty"]);
+    assert_success(&pretty);
+    let shown = stdout(&pretty);
+    assert!(!raw(&shown), "{shown:?}");
+    assert_eq!(
+        shown.matches(escaped).count(),
+        2,
+        "in the title field and in the first match: {shown}"
+    );
+
+    let json = job.exec(&["try", "--page", "2", "--json"]);
+    assert_success(&json);
+    let first: serde_json::Value =
+        serde_json::from_str(stdout(&json).lines().next().unwrap()).unwrap();
+    let title = first["title"].as_str().unwrap();
+    assert!(
+        title.starts_with(pagecrawl::fixture::CONTROL_CHARACTERS),
+        "{title:?}"
+    );
+    assert!(
+        !stdout(&json).chars().any(|c| c < ' ' && c != '\n'),
+        "JSON escapes C0 itself (C1 and U+202E stay, as in the output file)"
+    );
+
+    // The same page for a pattern that fails after `pwned`.
+    let config = std::fs::read_to_string(job.write_config()).unwrap();
+    let config: String = config
+        .lines()
+        .map(|line| match line.starts_with("pattern =") {
+            true => "pattern = 'pwned(?P<never>NEVER)'\n".to_string(),
+            false => format!("{line}\n"),
+        })
+        .collect();
+    let path = job.dir.path().join("unmatched.toml");
+    std::fs::write(&path, config).unwrap();
+    let hinted = finish(
+        pagecrawl(&[
+            "try",
+            "--config",
+            path.to_str().unwrap(),
+            "--page",
+            "2",
+            "--pretty",
+        ])
+        .spawn()
+        .unwrap(),
+        COMMAND_TIMEOUT,
+    );
+    assert_success(&hinted);
+    let hints = stderr(&hinted);
+    assert!(hints.contains("matched nothing"), "{hints}");
+    assert!(!raw(&hints), "{hints:?}");
+    assert!(
+        hints.contains(r"pwned\u{7}\u{1b}[2J\0\u{9b}31m\u{202e}"),
+        "{hints}"
     );
 }

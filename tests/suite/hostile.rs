@@ -98,7 +98,7 @@ fn hostile_replies_end_in_bounded_logged_outcomes() {
     assert_eq!(reasons, expected.map(|(p, r)| (p, r.to_string())).to_vec());
     let log = stderr(&output);
     assert!(
-        log.contains("page 6 failed: redirect to another host (127.0.0.2) refused"),
+        log.contains("page 6 failed: redirect to another host (127.0.0.2:9) refused"),
         "{log}"
     );
     assert!(
@@ -131,6 +131,99 @@ fn hostile_replies_end_in_bounded_logged_outcomes() {
     );
     expected_bugs.extend(page8.into_iter().cloned());
     assert_same_items(&bugs, &expected_bugs);
+}
+
+#[test]
+fn malformed_answers_fail_at_once_with_their_own_reason() {
+    // More header lines than the client parses (128), and a gzip body that
+    // does not inflate: the same bytes come back on every attempt, so they
+    // fail at once, each with its own reason, not as a cut-short body that
+    // is retried. 100 extra lines are still read.
+    let site = Site {
+        pages: 5,
+        hostile: vec![
+            (2, Hostile::ManyHeaders(200)),
+            (3, Hostile::CorruptGzip),
+            (4, Hostile::ManyHeaders(100)),
+        ],
+        ..Site::default()
+    };
+    let job = Job::new(site).with("retries = 3");
+    let output = job.run_ok();
+    assert_eq!(
+        failed_reasons(&job),
+        vec![
+            (2, "too many headers".to_string()),
+            (3, "corrupt gzip body".to_string())
+        ]
+    );
+    let log = stderr(&output);
+    assert!(
+        log.contains("page 2 failed: too many headers in the response"),
+        "{log}"
+    );
+    assert!(log.contains("page 3 failed: corrupt gzip body: "), "{log}");
+    for page in [2, 3] {
+        assert_eq!(
+            job.server.stats().requests_for(page),
+            1,
+            "page {page} is not retried"
+        );
+    }
+    assert_eq!(job.status()["retries"], 0);
+    assert_same_items(&job.output_bugs(), &job.expected_bugs([1, 4, 5]));
+}
+
+#[test]
+fn a_redirect_off_http_or_off_the_origin_is_refused_at_once() {
+    // A `Location` with another scheme than HTTP(S) is not a path to
+    // resolve, and another port of the same host is another origin (another
+    // server, maybe another owner): both are refused without a request, and
+    // not retried.
+    let site = Site {
+        pages: 6,
+        hostile: vec![
+            (2, Hostile::RedirectTo("file:///etc/passwd".into())),
+            (3, Hostile::RedirectTo("javascript:alert(1)".into())),
+            (4, Hostile::RedirectTo("mailto:someone@example.com".into())),
+            (
+                5,
+                Hostile::RedirectTo("http://127.0.0.1:9/wooyun/bugs.php?page=5".into()),
+            ),
+        ],
+        ..Site::default()
+    };
+    let job = Job::new(site).with("retries = 3");
+    let output = job.run_ok();
+    let reasons = failed_reasons(&job);
+    assert_eq!(
+        reasons,
+        (2..=5)
+            .map(|p| (p, "redirect".to_string()))
+            .collect::<Vec<_>>()
+    );
+    let log = stderr(&output);
+    for line in [
+        "page 2 failed: redirect to a non-HTTP URL (file:) refused",
+        "page 3 failed: redirect to a non-HTTP URL (javascript:) refused",
+        "page 4 failed: redirect to a non-HTTP URL (mailto:) refused",
+        "page 5 failed: redirect to another host (127.0.0.1:9) refused",
+    ] {
+        assert!(log.contains(line), "{line}: {log}");
+    }
+    for page in 2..=5 {
+        assert_eq!(
+            job.server.stats().requests_for(page),
+            1,
+            "page {page}: one request, the redirect, is all"
+        );
+    }
+    assert_eq!(
+        job.server.stats().total(),
+        6,
+        "nothing requested but the pages"
+    );
+    assert_same_items(&job.output_bugs(), &job.expected_bugs([1, 6]));
 }
 
 #[test]
