@@ -80,6 +80,8 @@ pub struct Summary {
     pub elapsed: Duration,
     pub output: PathBuf,
     pub interrupted: bool,
+    /// The state's counters at the end: what `status` reports.
+    pub totals: Counters,
 }
 
 /// Runs the job in `config` with its state in `dir`, printing the summary.
@@ -87,25 +89,28 @@ pub struct Summary {
 pub fn crawl(config: &Config, dir: &Path, follow: Option<Duration>) -> Result<Exit> {
     let summary = crawl_quietly(config, dir, follow)?;
     let seconds = summary.elapsed.as_secs_f64();
-    let rate = if seconds > 0.0 {
-        summary.done as f64 / seconds
-    } else {
-        0.0
+    // The same numbers as `status` (totals, and the run's rate as it
+    // computes it), so the two never disagree.
+    let totals = &summary.totals;
+    let rate = match crate::control::ops::run_rate(totals) {
+        Some(rate) => format!("{rate:.1} pages/s"),
+        None => "no new pages".into(),
     };
     println!(
-        "{} {} pages done, {} failed, {} items in {:.2} s ({:.1} pages/s); output: {}",
-        if summary.interrupted {
+        "{} {} pages done, {} failed, {} items in {seconds:.2} s ({rate}); output: {}",
+        if summary.interrupted || totals.pending > 0 {
             "stopped:"
         } else {
             "finished:"
         },
-        summary.done,
-        summary.failed,
-        summary.items,
-        seconds,
-        rate,
+        totals.done,
+        totals.failed,
+        totals.items,
         summary.output.display()
     );
+    if summary.done > 0 && summary.done != totals.done {
+        println!("{} pages were crawled in this run", summary.done);
+    }
     if summary.duplicates > 0 {
         println!(
             "{} items were already in the output (same key) and were not written again",
@@ -301,6 +306,7 @@ pub fn crawl_quietly(config: &Config, dir: &Path, follow: Option<Duration>) -> R
         elapsed: started.elapsed(),
         output: wanted.output,
         interrupted,
+        totals: after,
     })
 }
 
@@ -395,7 +401,7 @@ fn supervise(
                         std::process::exit(Exit::Interrupted as i32);
                     }
                     let grace = shared.config().stop_grace;
-                    log::warn!("{name}: stopping; in-flight pages have {grace:.0?} to finish (send it again to exit at once)");
+                    log::info!("{name}: stopping; in-flight pages have {grace:.0?} to finish (send it again to exit at once)");
                     if let Some(notifier) = notifier {
                         notifier.send("STOPPING=1");
                     }
@@ -455,10 +461,18 @@ fn reload(shared: &Shared, follow: Option<Duration>) {
     match loaded.and_then(|config| shared.reload(config)) {
         Ok(()) => {
             let config = shared.config();
-            log::warn!(
-                "SIGHUP: reloaded {}: concurrency {}, rate limit {}, request timeout {:?}, retries {}",
+            let threads = shared.fetch_threads();
+            let concurrency = if config.concurrency > threads {
+                format!(
+                    "{threads} (asked {}: a running crawl has {threads} fetch threads; restart it for more)",
+                    config.concurrency
+                )
+            } else {
+                config.concurrency.to_string()
+            };
+            log::info!(
+                "SIGHUP: reloaded {}: concurrency {concurrency}, rate limit {}, request timeout {:?}, retries {}",
                 path.display(),
-                config.concurrency,
                 config.rate_limit.map_or("none".to_string(), |r| format!("{r}/s")),
                 config.request_timeout,
                 config.retries

@@ -73,18 +73,27 @@ pub struct ErrorCount {
     pub pages: u64,
 }
 
-pub fn status(store: &Store, daemon: Option<Daemon>) -> Result<Status> {
-    let counters = store.counters();
-    let job = store.job()?;
+/// Pages per second in the current (or last) run: pages that became done
+/// since it started, over the time from its start to its last commit.
+/// `None` when it made none done. The run's closing summary and `status`
+/// both use it, so they agree.
+pub fn run_rate(counters: &crate::store::Counters) -> Option<f64> {
     let elapsed_ms = counters
         .last_commit_ms
         .saturating_sub(counters.run_started_ms);
     let done_in_run = counters.done.saturating_sub(counters.run_done_base);
-    let rate = (elapsed_ms > 0 && done_in_run > 0)
-        .then(|| done_in_run as f64 * 1000.0 / elapsed_ms as f64);
+    (elapsed_ms > 0 && done_in_run > 0).then(|| done_in_run as f64 * 1000.0 / elapsed_ms as f64)
+}
+
+pub fn status(store: &Store, daemon: Option<Daemon>) -> Result<Status> {
+    let counters = store.counters();
+    let job = store.job()?;
+    let rate = run_rate(&counters);
     // Measured by the crawl running in this process: only the daemon has one.
     let rate_last_minute = daemon.and_then(|_| crate::progress::recent_rate());
-    let eta_rate = rate_last_minute.or(rate).filter(|r| *r > 0.0);
+    // No ETA while paused: nothing moves until it is resumed.
+    let paused = daemon.is_some_and(|d| d.paused);
+    let eta_rate = rate_last_minute.or(rate).filter(|r| *r > 0.0 && !paused);
     let open_range = job
         .as_ref()
         .and_then(|j| crate::range::parse_range(&j.pages).ok())

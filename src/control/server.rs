@@ -155,7 +155,7 @@ fn answer(command: Command, store: &Store, shared: &Shared) -> Reply {
             Command::Pause | Command::Resume => {
                 let pause = matches!(command, Command::Pause);
                 if shared.paused.swap(pause, Ordering::SeqCst) != pause {
-                    log::warn!(
+                    log::info!(
                         "{} by a control request",
                         if pause { "paused" } else { "resumed" }
                     );

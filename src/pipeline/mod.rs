@@ -152,6 +152,8 @@ pub struct Shared {
     /// with where to send the outcome; the commit stage takes them at its
     /// next boundary. Bounded: a few requests can wait, more are refused.
     pub reopen_requests: (Sender<ReopenReply>, Receiver<ReopenReply>),
+    /// Fetch threads started: the most requests a reload can allow at once.
+    threads: usize,
 }
 
 /// Where the commit stage sends a reopen's outcome: whether a new file was
@@ -176,6 +178,7 @@ impl Shared {
             robots,
             error: Mutex::new(None),
             reopen_requests: crossbeam_channel::bounded(4),
+            threads: fetch_threads(config),
         }
     }
 
@@ -233,6 +236,12 @@ impl Shared {
         self.gate.set_limit(new.concurrency);
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
         Ok(())
+    }
+
+    /// How many fetch threads run: `concurrency` above it (after a
+    /// reload) is capped to it.
+    pub fn fetch_threads(&self) -> usize {
+        self.threads
     }
 
     fn beat(&self) {

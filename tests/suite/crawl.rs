@@ -39,7 +39,8 @@ fn a_full_crawl_writes_every_item_exactly_once() {
     let before = std::fs::read(job.output_path("items.jsonl")).unwrap();
     let output = job.run_ok();
     assert!(
-        stdout(&output).contains("finished: 0 pages done"),
+        stdout(&output).contains("finished: 295 pages done, 0 failed, 5900 items in")
+            && stdout(&output).contains("(no new pages)"),
         "{}",
         stdout(&output)
     );

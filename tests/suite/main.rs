@@ -14,4 +14,5 @@ mod faults;
 mod hostile;
 mod power_loss;
 mod properties;
+mod reports;
 mod ux;

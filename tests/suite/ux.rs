@@ -283,7 +283,7 @@ fn the_progress_bar_and_status_read_well_in_a_terminal() {
     let screen = tmux.wait_for("crawl", "the reload logged above the bar", |screen| {
         let lines: Vec<&str> = screen.lines().collect();
         lines.len() >= 2
-            && lines[lines.len() - 2].contains("WARN ] SIGHUP: reloaded")
+            && lines[lines.len() - 2].contains("INFO ] SIGHUP: reloaded")
             && bar.is_match(lines[lines.len() - 1])
     });
     assert_eq!(
@@ -355,7 +355,7 @@ fn the_progress_bar_and_status_read_well_in_a_terminal() {
             .is_match(tail[3]),
         "{screen}"
     );
-    assert!(screen.contains("WARN ] SIGINT: stopping;"), "{screen}");
+    assert!(screen.contains("INFO ] SIGINT: stopping;"), "{screen}");
 
     // `status` with no crawl running: idle, the last run's rate.
     tmux.run("idle", &["status", "--state-dir", state_text]);
