@@ -118,9 +118,16 @@ pub fn untrusted_dir(dir: &std::path::Path, shared_ok: bool) -> Option<String> {
     let owner = metadata.uid();
     let sticky = mode & 0o1000 != 0;
     if owner != me && !(shared_ok && owner == 0) {
+        let fix = if me == 0 {
+            // A systemd job's state belongs to its dynamic user: root
+            // reaches a running crawl through its socket, and a stopped
+            // one as that user.
+            format!("run the command as its owner: sudo -u '#{owner}' pagecrawl ...")
+        } else {
+            "use a folder of your own, or `chown` it to you".to_string()
+        };
         return Some(format!(
-            "{} belongs to another user (uid {owner}, you are uid {me}): that user could replace the crawl's files; \
-             use a folder of your own, or `chown` it to you",
+            "{} belongs to another user (uid {owner}, you are uid {me}): that user could replace the crawl's files; {fix}",
             dir.display()
         ));
     }
