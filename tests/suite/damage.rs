@@ -444,6 +444,7 @@ impl Drop for SmallDisk {
 /// `key` set: the run stops with one line and exit 1, every command run
 /// while it is full says why in one line, and once space is freed the
 /// same `run` resumes with nothing lost or doubled, in 10 of 10 tries.
+/// On a read-only disk, `status` says why it cannot read the state.
 /// (sled 0.34 leaves an unfinished `snap.*.generating` file when the disk
 /// fills as it opens, and then reads it back as a corrupt database; the
 /// store removes such files before opening.)
@@ -494,6 +495,20 @@ fn a_full_disk_stops_the_crawl_and_the_same_run_resumes_once_space_is_freed() {
         assert_success(&resumed);
         let bugs = read_jsonl_bugs(&state.join("items.jsonl"));
         assert_same_items(&bugs, &job.expected_bugs(1..=400));
+        if attempt == 0 {
+            // Read-only: `status` says exactly why it cannot read the state.
+            let remounted = std::process::Command::new("mount")
+                .args(["-o", "remount,ro"])
+                .arg(&disk.path)
+                .status()
+                .unwrap();
+            assert!(remounted.success());
+            let status = finish(
+                pagecrawl(&["status", "--state-dir", &dir]).spawn().unwrap(),
+                COMMAND_TIMEOUT,
+            );
+            assert_error_line(&status, 1, &["Read-only file system", "copy the folder"]);
+        }
         drop(disk);
     }
 }
