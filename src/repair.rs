@@ -368,3 +368,257 @@ fn parent_of(path: &Path) -> &Path {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::render;
+    use crate::range::PageRange;
+    use crate::store::{Settle, StateFilter};
+
+    /// A job of `pages` pages, each done with `per_page` items written to
+    /// the output in page order; returns the store, the output's path and
+    /// each page's bytes.
+    fn crawled(
+        dir: &Path,
+        format: Format,
+        key: Option<&str>,
+        pages: u64,
+        per_page: usize,
+    ) -> (Store, PathBuf, Vec<Vec<u8>>) {
+        let fields = vec!["a".to_string(), "b".to_string()];
+        let output = dir.join(if format == Format::Csv {
+            "o.csv"
+        } else {
+            "o.jsonl"
+        });
+        let job = Job {
+            url: "http://x/{page}".into(),
+            pages: format!("1..={pages}"),
+            pattern: "(?P<a>.)(?P<b>.)".into(),
+            format: format.name().into(),
+            fields: fields.clone(),
+            key: key.map(str::to_string),
+            output: output.clone(),
+        };
+        let store = Store::open(&dir.join("state")).unwrap();
+        let mut bytes = if format == Format::Csv {
+            csv_header(&fields)
+        } else {
+            Vec::new()
+        };
+        store
+            .set_job(
+                &job,
+                &PageRange::Closed {
+                    start: 1,
+                    end: pages,
+                },
+                Fingerprint::of(&bytes),
+            )
+            .unwrap();
+        let mut chunks = Vec::new();
+        for page in 1..=pages {
+            let items: Vec<Vec<String>> = (0..per_page)
+                .map(|i| vec![format!("p{page}i{i}"), "x".to_string()])
+                .collect();
+            let chunk = render(format, page, &fields, &items);
+            bytes.extend_from_slice(&chunk);
+            let keys = if key.is_some() {
+                items.iter().map(|item| item[0].clone()).collect()
+            } else {
+                Vec::new()
+            };
+            store
+                .commit(
+                    &[Settle::Done {
+                        page,
+                        attempts: 1,
+                        items: per_page as u32,
+                        extracted: per_page as u32,
+                        bytes: 1,
+                        keys,
+                    }],
+                    bytes.len() as u64,
+                    None,
+                )
+                .unwrap();
+            chunks.push(chunk);
+        }
+        store
+            .record_output(Fingerprint::of(&bytes), bytes.len() as u64)
+            .unwrap();
+        std::fs::write(&output, &bytes).unwrap();
+        (store, output, chunks)
+    }
+
+    fn pending_pages(store: &Store) -> Vec<u64> {
+        store
+            .list(StateFilter::Pending, 1000)
+            .unwrap()
+            .into_iter()
+            .map(|(page, _)| page)
+            .collect()
+    }
+
+    #[test]
+    fn a_truncation_keeps_whole_pages_and_requeues_the_rest() {
+        for format in [Format::Jsonl, Format::Csv] {
+            let dir = tempfile::tempdir().unwrap();
+            let (store, output, chunks) = crawled(dir.path(), format, None, 6, 3);
+            let header = if format == Format::Csv {
+                csv_header(&["a".into(), "b".into()])
+            } else {
+                Vec::new()
+            };
+            let whole: usize = header.len() + chunks[..3].iter().map(Vec::len).sum::<usize>();
+            // Cut two items into page 4 plus a torn third line.
+            let line = chunks[3].len() / 3;
+            let cut = whole + 2 * line + 5;
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&output)
+                .unwrap();
+            file.set_len(cut as u64).unwrap();
+            let report = repair(&store).unwrap();
+            assert_eq!(report.requeued, 3, "{format:?}: pages 4, 5, 6");
+            assert_eq!((report.adopted, report.kept_items), (0, 9), "{format:?}");
+            assert_eq!(report.kept_bytes, whole as u64);
+            assert!(report.kept_aside.is_none(), "only a torn line went");
+            assert!(report.found.contains("was truncated"), "{}", report.found);
+            assert_eq!(std::fs::read(&output).unwrap().len(), whole);
+            assert_eq!(pending_pages(&store), vec![4, 5, 6]);
+            let counters = store.counters();
+            assert_eq!((counters.done, counters.pending, counters.items), (3, 3, 9));
+            assert_eq!(counters.output_len, whole as u64);
+            assert_eq!(store.recount().unwrap(), counters);
+            assert!(crate::output::mismatch(&output, &counters).is_none());
+            assert!(
+                report.to_string().starts_with("repaired (")
+                    && report.to_string().contains("3 pages re-queued")
+            );
+        }
+    }
+
+    #[test]
+    fn a_cut_at_a_page_boundary_keeps_that_page_when_it_is_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, output, chunks) = crawled(dir.path(), Format::Jsonl, None, 4, 2);
+        let two: usize = chunks[..2].iter().map(Vec::len).sum();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&output)
+            .unwrap()
+            .set_len(two as u64)
+            .unwrap();
+        let report = repair(&store).unwrap();
+        assert_eq!((report.requeued, report.kept_items), (2, 4));
+        assert_eq!(pending_pages(&store), vec![3, 4]);
+        // Cut inside page 2 at a line boundary: page 2 is not whole.
+        let dir = tempfile::tempdir().unwrap();
+        let (store, output, chunks) = crawled(dir.path(), Format::Jsonl, None, 4, 2);
+        let cut = chunks[0].len() + chunks[1].len() / 2;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&output)
+            .unwrap()
+            .set_len(cut as u64)
+            .unwrap();
+        let report = repair(&store).unwrap();
+        assert_eq!((report.requeued, report.kept_items), (3, 2));
+        assert_eq!(std::fs::read(&output).unwrap(), chunks[0]);
+    }
+
+    #[test]
+    fn a_deleted_output_requeues_every_page_with_items_and_forgets_their_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, output, _) = crawled(dir.path(), Format::Jsonl, Some("a"), 3, 2);
+        assert!(store.has_item_key("p2i1").unwrap());
+        std::fs::remove_file(&output).unwrap();
+        let report = repair(&store).unwrap();
+        assert_eq!(
+            (report.requeued, report.kept_items, report.kept_bytes),
+            (3, 0, 0)
+        );
+        assert!(report.found.contains("is missing"), "{}", report.found);
+        assert!(output.exists(), "a new, empty output");
+        assert!(
+            !store.has_item_key("p2i1").unwrap(),
+            "keys of items no longer written are forgotten"
+        );
+        assert_eq!(store.counters().items, 0);
+    }
+
+    #[test]
+    fn a_replaced_output_is_kept_aside_and_everything_requeued() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, output, chunks) = crawled(dir.path(), Format::Jsonl, None, 3, 2);
+        let total: usize = chunks.iter().map(Vec::len).sum();
+        std::fs::write(&output, vec![b'z'; total + 10]).unwrap();
+        let report = repair(&store).unwrap();
+        assert_eq!(report.requeued, 3);
+        assert!(report.found.contains("was replaced"), "{}", report.found);
+        let aside = report.kept_aside.expect("kept aside");
+        assert_eq!(std::fs::read(&aside).unwrap(), vec![b'z'; total + 10]);
+        assert_eq!(std::fs::read(&output).unwrap(), b"");
+    }
+
+    #[test]
+    fn foreign_bytes_after_the_items_are_kept_aside_not_destroyed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, output, chunks) = crawled(dir.path(), Format::Jsonl, Some("a"), 3, 2);
+        // Cut inside page 2, then zeros and someone's lines (shorter than
+        // the checkpoint, so it reads as a truncation written into).
+        let mut bytes = chunks[0].clone();
+        bytes.extend(vec![0u8; 10]);
+        bytes.extend_from_slice(b"\ngarbage\n");
+        std::fs::write(&output, &bytes).unwrap();
+        let report = repair(&store).unwrap();
+        let aside = report.kept_aside.clone().expect("the damaged file is kept");
+        assert_eq!(std::fs::read(&aside).unwrap(), bytes);
+        assert_eq!(
+            std::fs::read(&output).unwrap(),
+            chunks[0],
+            "the intact items are copied"
+        );
+        assert_eq!((report.requeued, report.kept_items), (2, 2));
+        assert!(store.has_item_key("p1i0").unwrap() && !store.has_item_key("p3i0").unwrap());
+    }
+
+    #[test]
+    fn whole_pages_the_state_lost_are_recorded_as_done_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, output, chunks) = crawled(dir.path(), Format::Jsonl, Some("a"), 5, 2);
+        // The state forgets pages 3..=5 (as a rolled-back checkpoint
+        // would), while the file keeps their items.
+        store
+            .enqueue(&[PageRange::Closed { start: 3, end: 5 }])
+            .unwrap();
+        let all: Vec<u8> = chunks.concat();
+        std::fs::write(&output, &all).unwrap();
+        let report = repair(&store).unwrap();
+        assert_eq!(
+            report.adopted, 2,
+            "pages 3 and 4 are whole; page 5, the last, may be cut"
+        );
+        assert_eq!(pending_pages(&store), vec![5]);
+        assert_eq!(report.kept_items, 8);
+        let counters = store.counters();
+        assert_eq!((counters.done, counters.pending), (4, 1));
+        assert_eq!(store.recount().unwrap(), counters);
+        assert!(store.has_item_key("p4i1").unwrap() && !store.has_item_key("p5i0").unwrap());
+    }
+
+    #[test]
+    fn an_intact_output_is_left_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, output, chunks) = crawled(dir.path(), Format::Csv, None, 3, 2);
+        let before = std::fs::read(&output).unwrap();
+        let report = repair(&store).unwrap();
+        assert_eq!((report.requeued, report.adopted), (0, 0));
+        assert_eq!(report.found, "the output matched the checkpoint");
+        assert_eq!(std::fs::read(&output).unwrap(), before);
+        assert_eq!(report.kept_items, 6);
+        assert_eq!(chunks.len(), 3);
+    }
+}
