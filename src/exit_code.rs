@@ -12,6 +12,11 @@ pub enum Exit {
     Usage = 2,
     /// The state directory is held by another running `pagecrawl run`.
     Busy = 3,
+    /// The crawl finished, but some pages failed for good (after their
+    /// retries): `pagecrawl queue --state failed` lists them and
+    /// `pagecrawl retry` queues them again. wget uses 8 for the same
+    /// ("server issued an error response").
+    FailedPages = 8,
     /// A second SIGINT/SIGTERM cut the graceful stop short (the checkpoint is
     /// still consistent; the next run resumes).
     Interrupted = 130,

@@ -82,6 +82,8 @@ pub struct Summary {
     pub interrupted: bool,
     /// The state's counters at the end: what `status` reports.
     pub totals: Counters,
+    /// Pages failed for good, less the 404s that mark an open range's end.
+    pub real_failures: u64,
 }
 
 /// Runs the job in `config` with its state in `dir`, printing the summary.
@@ -123,11 +125,19 @@ pub fn crawl(config: &Config, dir: &Path, follow: Option<Duration>) -> Result<Ex
             summary.pending
         );
     }
-    if summary.failed > 0 {
+    if summary.real_failures > 0 {
         println!(
-            "failed pages: pagecrawl queue --state failed --state-dir {}",
+            "{} pages failed for good: pagecrawl queue --state failed --state-dir {}; pagecrawl retry --state-dir {} queues them again",
+            summary.real_failures,
+            dir.display(),
             dir.display()
         );
+    }
+    // A crawl that ended with pages it could not get is not a success:
+    // scripts and systemd should see it (exit 8, as wget's "server issued
+    // an error response"). A stopped crawl is not finished: exit 0.
+    if !summary.interrupted && totals.pending == 0 && summary.real_failures > 0 {
+        return Ok(Exit::FailedPages);
     }
     Ok(Exit::Success)
 }
@@ -307,6 +317,7 @@ pub fn crawl_quietly(config: &Config, dir: &Path, follow: Option<Duration>) -> R
         output: wanted.output,
         interrupted,
         totals: after,
+        real_failures: store.real_failures()?,
     })
 }
 

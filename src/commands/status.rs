@@ -55,6 +55,11 @@ pub fn render(s: &Status) -> String {
         ("idle", _) => {
             "idle: no crawl is running; `pagecrawl run` with the same config resumes".to_string()
         }
+        ("finished", _) if s.failed_for_good > 0 => format!(
+            "finished with {} failed page{}: `pagecrawl queue --state failed` lists them, `pagecrawl retry` queues them again",
+            s.failed_for_good,
+            if s.failed_for_good == 1 { "" } else { "s" }
+        ),
         ("finished", _) => "finished: nothing pending".to_string(),
         ("damaged", pid) => format!(
             "damaged{}: `pagecrawl repair` brings back what was lost",
@@ -79,6 +84,9 @@ pub fn render(s: &Status) -> String {
         )),
         (true, None, Some(frontier)) => {
             pages.push_str(&format!("; open range, frontier page {frontier}"))
+        }
+        _ if s.total > 0 && s.failed_for_good > 0 => {
+            pages.push_str(&format!(", {}% done", s.done * 100 / s.total.max(1)))
         }
         _ if s.total > 0 => {
             pages.push_str(&format!(", {}% finished", finished * 100 / s.total.max(1)))
@@ -180,6 +188,7 @@ mod tests {
             open_range: false,
             frontier: None,
             damaged: None,
+            failed_for_good: 2,
         }
     }
 

@@ -65,6 +65,10 @@ pub struct Status {
     /// (`state` is then `damaged`). Null when all is well.
     #[serde(default)]
     pub damaged: Option<String>,
+    /// Pages that failed for good, less the 404s and 410s that only mark
+    /// where an open range ends: a finished crawl with any exits 8.
+    #[serde(default)]
+    pub failed_for_good: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -140,6 +144,7 @@ pub fn status(store: &Store, daemon: Option<Daemon>) -> Result<Status> {
         open_range,
         frontier: open_range.then_some(counters.frontier),
         damaged,
+        failed_for_good: store.real_failures()?,
     })
 }
 

@@ -334,6 +334,27 @@ impl Store {
         Ok(())
     }
 
+    /// Pages that failed for good, less those that only mark where an open
+    /// range ends (a 404 or 410 at or past the end found): what a
+    /// finished crawl reports as failures.
+    pub fn real_failures(&self) -> Result<u64> {
+        let counters = self.counters();
+        let Some(end) = counters.open_end() else {
+            return Ok(counters.failed);
+        };
+        let mut markers = 0;
+        for entry in self
+            .tree
+            .range(page_key(FAILED, end)..=page_key(FAILED, u64::MAX))
+        {
+            let (_, value) = entry?;
+            if is_end_marker(&Failed::decode(&value).kind) {
+                markers += 1;
+            }
+        }
+        Ok(counters.failed.saturating_sub(markers))
+    }
+
     /// Whether this state holds a job whose closed range has no page in
     /// any state: what a power loss between the two batches of older
     /// pagecrawls' job creation left. Such a state is not finished; it

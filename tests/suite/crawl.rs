@@ -188,7 +188,7 @@ fn a_server_that_really_fails_on_a_reused_connection_is_still_retried_then_faile
         ..Site::default()
     };
     let job = Job::new(site).concurrency(1).with("retries = 2");
-    let output = job.run_ok();
+    let output = job.run_with_failures();
     assert!(
         stdout(&output).contains("finished: 2 pages done, 2 failed"),
         "{}",

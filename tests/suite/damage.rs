@@ -380,7 +380,7 @@ fn folders_and_files_others_control_are_refused() {
     assert_error_line(
         &job.exec(&["run"]),
         2,
-        &["belongs to another user", "chown"],
+        &["belongs to another user", "sudo -u '#65534'"],
     );
     assert_error_line(&job.exec(&["status"]), 2, &["belongs to another user"]);
     assert!(!state.join("queue.sled").exists(), "nothing written");

@@ -56,7 +56,7 @@ fn a_page_that_keeps_failing_ends_in_failed_and_retry_requeues_it() {
         ..Site::default()
     })
     .with("retries = 2");
-    let output = job.run_ok();
+    let output = job.run_with_failures();
     assert!(
         stdout(&output).contains("8 pages done, 2 failed"),
         "{}",
@@ -96,7 +96,7 @@ fn a_page_that_keeps_failing_ends_in_failed_and_retry_requeues_it() {
         "{}",
         stdout(&retry)
     );
-    job.run_ok();
+    job.run_with_failures();
     let mut expected = job.expected_bugs(1..=10);
     expected.retain(|b| b.page != 8);
     assert_same_items(&job.output_bugs(), &expected);

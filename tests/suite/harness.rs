@@ -135,6 +135,14 @@ impl Job {
         output
     }
 
+    /// Runs `pagecrawl run` to completion on a job with pages that fail
+    /// for good, and checks it finished with exit 8.
+    pub fn run_with_failures(&self) -> Output {
+        let output = self.exec(&["run"]);
+        assert_finished_with_failures(&output);
+        output
+    }
+
     /// `pagecrawl run` with pagecrawl's debug log on stderr (one line per
     /// commit group, per failed request...), checked to succeed.
     pub fn run_logged(&self) -> Output {
@@ -308,6 +316,17 @@ pub fn assert_success(output: &Output) {
     assert!(
         output.status.success(),
         "pagecrawl failed ({:?}):\nstdout:\n{}\nstderr:\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A run that finished with pages failed for good: exit 8.
+pub fn assert_finished_with_failures(output: &Output) {
+    assert!(
+        output.status.code() == Some(8) && stdout(output).contains("finished:"),
+        "expected a finished run with failed pages, exit 8 ({:?}):\nstdout:\n{}\nstderr:\n{}",
         output.status.code(),
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)

@@ -75,7 +75,7 @@ fn hostile_replies_end_in_bounded_logged_outcomes() {
         .with("retries = 1");
     let started = Instant::now();
     let (output, peak_kb) = run_watching_memory(&job);
-    assert_success(&output);
+    assert_finished_with_failures(&output);
     assert!(
         started.elapsed() < Duration::from_secs(60),
         "every hostile page ended"
@@ -149,7 +149,7 @@ fn malformed_answers_fail_at_once_with_their_own_reason() {
         ..Site::default()
     };
     let job = Job::new(site).with("retries = 3");
-    let output = job.run_ok();
+    let output = job.run_with_failures();
     assert_eq!(
         failed_reasons(&job),
         vec![
@@ -194,7 +194,7 @@ fn a_redirect_off_http_or_off_the_origin_is_refused_at_once() {
         ..Site::default()
     };
     let job = Job::new(site).with("retries = 3");
-    let output = job.run_ok();
+    let output = job.run_with_failures();
     let reasons = failed_reasons(&job);
     assert_eq!(
         reasons,
@@ -236,7 +236,7 @@ fn robots_txt_is_obeyed_by_default_and_crawl_delay_kept() {
         ..Site::default()
     })
     .concurrency(4);
-    let output = job.run_ok();
+    let output = job.run_with_failures();
     assert_eq!(
         job.server.stats().requests_for(3),
         0,
@@ -430,7 +430,7 @@ fn a_scripted_fault_on_the_last_attempt_fails_the_page_with_its_reason() {
         ..Site::default()
     })
     .with("retries = 2");
-    job.run_ok();
+    job.run_with_failures();
     assert_eq!(
         failed_reasons(&job),
         vec![(2, "truncated body".to_string())]

@@ -38,7 +38,7 @@ fn the_run_summary_and_status_give_the_same_numbers() {
         },
         ..Site::default()
     });
-    let first = job.run_ok();
+    let first = job.run_with_failures();
     let status = job.status();
     let (done, failed, items, rate) = summary_numbers(&stdout(&first));
     assert_eq!((done, failed, items), (299, 1, 299 * 20));
@@ -51,7 +51,7 @@ fn the_run_summary_and_status_give_the_same_numbers() {
     // Three done pages crawled again: the totals still agree with status,
     // and the summary says what this run crawled.
     assert_success(&job.exec(&["enqueue", "1..=3"]));
-    let second = job.run_ok();
+    let second = job.run_with_failures();
     let status = job.status();
     let (done, failed, items, rate) = summary_numbers(&stdout(&second));
     assert_eq!((done, failed), (299, 1), "{}", stdout(&second));
@@ -70,7 +70,7 @@ fn the_run_summary_and_status_give_the_same_numbers() {
         stdout(&second)
     );
     // A run with nothing to do shows no rate it did not measure.
-    let third = job.run_ok();
+    let third = job.run_with_failures();
     assert!(
         stdout(&third).contains("(no new pages)"),
         "{}",

@@ -308,7 +308,7 @@ fn the_progress_bar_and_status_read_well_in_a_terminal() {
         &[
             r"state     running \(pid \d+\)",
             r"job       http://127\.0\.0\.1:\d+/wooyun/bugs\.php\?page=\{page\}, pages 1\.\.=2000",
-            r"pages     \d+ done, \d+ pending, 2 failed \(of 2000\), \d+% finished",
+            r"pages     \d+ done, \d+ pending, 2 failed \(of 2000\), \d+% done",
             r"items     \d+",
             r"rate      \d+\.\d pages/s over the last minute",
             r"eta       \d+[hm]?[0-9ms]*",
@@ -341,7 +341,7 @@ fn the_progress_bar_and_status_read_well_in_a_terminal() {
     assert_eq!(tail[0], "[exit 0]", "{screen}");
     assert_eq!(
         tail[1],
-        format!("failed pages: pagecrawl queue --state failed --state-dir {state_text}")
+        format!("2 pages failed for good: pagecrawl queue --state failed --state-dir {state_text}; pagecrawl retry --state-dir {state_text} queues them again")
     );
     assert!(
         Regex::new(r"^\d+ pages still pending; run the same command again to resume$")
