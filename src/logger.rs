@@ -62,6 +62,14 @@ pub fn route_through(bar: Option<ProgressBar>) {
     *BAR.lock().unwrap_or_else(|e| e.into_inner()) = bar;
 }
 
+/// Takes the progress bar off the screen for good (before an exit that
+/// skips destructors), so the shell's prompt does not land on it.
+pub fn clear_bar() {
+    if let Some(bar) = BAR.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        bar.finish_and_clear();
+    }
+}
+
 /// Prints a message for the user on stderr, above the progress bar if one
 /// is drawn.
 pub fn eprint_line(message: &str) {

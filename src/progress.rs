@@ -145,6 +145,8 @@ impl Snapshot {
 
 /// The text right of the bar, e.g.
 /// `1234/5900 pages  98.3 pages/s  ETA 47s  24680 items  12 retries  3 failed`.
+/// Stopping or paused, the rate and ETA give way to the state, so the line
+/// is no wider than a running one (the layout was chosen for that width).
 pub fn bar_message(s: &Snapshot) -> String {
     let pages = match s.frontier {
         Some(frontier) => format!(
@@ -162,14 +164,20 @@ pub fn bar_message(s: &Snapshot) -> String {
         (None, None) => "  ETA --".to_string(),
     };
     let state = if s.stopping {
-        "stopping: in-flight pages finishing; "
+        "stopping"
     } else if s.paused {
-        "paused; "
+        "paused"
     } else {
         ""
     };
+    if !state.is_empty() {
+        return format!(
+            "{pages}  {state}  {} items  {} retries  {} failed",
+            s.items, s.retries, s.failed
+        );
+    }
     format!(
-        "{state}{pages}  {rate}{eta}  {} items  {} retries  {} failed",
+        "{pages}  {rate}{eta}  {} items  {} retries  {} failed",
         s.items, s.retries, s.failed
     )
 }
@@ -398,7 +406,7 @@ mod tests {
         };
         assert_eq!(
             bar_message(&open),
-            "paused; open range: 1234 pages, frontier page 1240  -- pages/s  24620 items  12 retries  3 failed"
+            "open range: 1234 pages, frontier page 1240  paused  24620 items  12 retries  3 failed"
         );
         assert_eq!(open.eta_seconds(), None, "an open range has no ETA");
         let stopping = Snapshot {
@@ -406,7 +414,42 @@ mod tests {
             rate: Some(0.0),
             ..snapshot
         };
-        assert!(bar_message(&stopping).starts_with("stopping: "));
-        assert!(bar_message(&stopping).contains("ETA --"));
+        assert_eq!(
+            bar_message(&stopping),
+            "1234/5900 pages  stopping  24620 items  12 retries  3 failed"
+        );
+    }
+
+    #[test]
+    fn a_stopping_or_paused_bar_is_no_wider_than_a_running_one() {
+        // Wide numbers: a million pages, ten million items, a slow rate.
+        let running = Snapshot {
+            done: 999_000,
+            failed: 999,
+            pending: 1,
+            items: 19_999_999,
+            retries: 99_999,
+            frontier: None,
+            rate: Some(0.1),
+            paused: false,
+            stopping: false,
+        };
+        let width = bar_message(&running).chars().count();
+        for state in [
+            Snapshot {
+                stopping: true,
+                ..running
+            },
+            Snapshot {
+                paused: true,
+                ..running
+            },
+        ] {
+            let message = bar_message(&state);
+            assert!(
+                message.chars().count() <= width,
+                "{message} is wider than {width}"
+            );
+        }
     }
 }

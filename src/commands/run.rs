@@ -408,6 +408,7 @@ fn supervise(
                 }
                 Ok(Signal::Stop(name)) => {
                     if grace_ends.is_some() {
+                        crate::logger::clear_bar();
                         crate::logger::eprint_line(&format!("pagecrawl: {name} again: exiting now; the next run resumes from the last checkpoint"));
                         std::process::exit(Exit::Interrupted as i32);
                     }

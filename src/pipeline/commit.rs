@@ -190,7 +190,9 @@ fn flush(
             } => {
                 if error.retryable() && attempts <= config.retries {
                     let delay = retry_delay(&config, attempts, &error);
-                    log::info!(
+                    // In the bar, the summary and `status`; in the log
+                    // only with -v: a person need not act on a retry.
+                    log::debug!(
                         "page {page}: {error}; retry {attempts} of {} in {delay:.1?}",
                         config.retries
                     );

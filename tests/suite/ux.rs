@@ -887,3 +887,69 @@ fn the_readme_lists_every_status_json_field() {
         assert!(fields.contains_key(old), "status --json keeps `{old}`");
     }
 }
+
+/// A second Ctrl-C while in-flight pages finish exits at once (130) and
+/// takes the bar with it, so the shell's prompt starts on a line of its
+/// own; the "stopping" bar fits the terminal's 120 columns, and retries
+/// are not log lines (they are in the bar).
+#[test]
+fn a_second_ctrl_c_leaves_a_clean_terminal() {
+    let site = Site {
+        pages: 400,
+        latency: Duration::from_millis(50),
+        faults: Faults {
+            // Hanging pages keep the first Ctrl-C's grace period going.
+            hang: 0.2,
+            hang_for: Duration::from_secs(30),
+            server_error: 0.2,
+            faulty_attempts: 3,
+            ..Faults::default()
+        },
+        ..Site::default()
+    };
+    let job = Job::new(site).concurrency(4).with("stop_grace = \"60s\"");
+    let config = job.write_config();
+    let state = job.state_dir();
+    let (config, state_text) = (config.to_str().unwrap(), state.to_str().unwrap());
+    let mut tmux = Tmux::new(job.dir.path(), "twice");
+    tmux.pid_files.push(state.join("run.pid"));
+    tmux.run(
+        "crawl",
+        &["run", "--config", config, "--state-dir", state_text],
+    );
+    let retried = Regex::new(r"  ([1-9]\d*) retries  ").unwrap();
+    tmux.wait_for("crawl", "a bar that counted retries", |s| {
+        s.lines().any(|l| retried.is_match(l))
+    });
+    tmux.keys("crawl", "C-c");
+    let stopping = tmux.wait_for("crawl", "the stopping bar", |s| {
+        s.lines().any(|l| l.contains(" stopping  "))
+    });
+    println!("--- stopping:\n{stopping}");
+    let bar = stopping
+        .lines()
+        .find(|l| l.contains(" stopping  "))
+        .unwrap();
+    assert!(
+        bar.chars().count() <= 120 && bar.ends_with(" failed"),
+        "the stopping bar fits on one line of 120 columns: {bar:?}"
+    );
+    assert!(
+        !stopping.contains("; retry "),
+        "retries are in the bar, not the log:\n{stopping}"
+    );
+    tmux.keys("crawl", "C-c");
+    let screen = tmux.wait_for("crawl", "the crawl's exit", |s| s.contains("[exit "));
+    println!("--- after the second Ctrl-C:\n{screen}");
+    let last = screen.lines().last().unwrap();
+    assert_eq!(
+        last, "[exit 130]",
+        "the prompt's line is its own:\n{screen}"
+    );
+    assert!(
+        !screen
+            .lines()
+            .any(|l| l.contains(" pages  ") && l.contains(" items  ")),
+        "no bar left behind:\n{screen}"
+    );
+}
