@@ -8,14 +8,22 @@
 //! `{"v":1,"cmd":"status"}` (or `queue`, `enqueue`, `retry`, `pause`,
 //! `resume`, `export`, with their arguments); the reply is
 //! `{"ok":true,"result":...}` or `{"ok":false,"error":"...","exit":N}`.
+//! Extensions, each optional and ignored by older peers:
+//! - `"stream":true` on `queue`: one `{"row":{...}}` line per page, then the
+//!   reply line `{"ok":true,"result":{"rows":N}}` (or an error reply).
+//! - `"deadline_ms"` (Unix ms) on a request: a daemon that reads a request
+//!   that changes state after its deadline refuses it unapplied.
+//! - `"finishing":true` on an error reply: the crawl is ending and took no
+//!   more pages; the CLI then applies the change itself once the state is
+//!   released.
 
 pub mod ops;
 pub mod server;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use serde::de::DeserializeOwned;
@@ -28,10 +36,25 @@ use crate::store::{EnqueueReport, Store};
 pub const VERSION: u32 = 1;
 /// Largest request the daemon reads; anything longer gets an error reply.
 pub const MAX_REQUEST: usize = 64 * 1024;
-/// How long a command waits for a daemon that holds the state but has not
-/// opened its socket yet.
-const STARTUP_WAIT: Duration = Duration::from_secs(3);
-/// Largest reply the CLI reads (a long `queue --limit`).
+/// How long a command waits for the state when another process holds it
+/// but does not listen: a daemon starting (the socket comes up once the
+/// queue is open) or ending (the socket is gone, the lock not yet
+/// released), or other commands, each holding it for a moment.
+const STARTUP_WAIT: Duration = Duration::from_secs(30);
+/// How long a command waits for the daemon to answer (for `queue`: for
+/// each row) before reporting it does not answer.
+const ANSWER_WAIT: Duration = Duration::from_secs(3);
+/// The same for `enqueue` and `retry`, whose work grows with the pages
+/// named; a stopped daemon is still reported after [`STOPPED_AFTER`].
+const CHANGE_WAIT: Duration = Duration::from_secs(15);
+/// Silence after which a stopped daemon (`kill -STOP`) is reported.
+const STOPPED_AFTER: Duration = Duration::from_secs(1);
+/// How often a waiting command looks whether the daemon is stopped.
+const POLL: Duration = Duration::from_millis(200);
+/// How long `enqueue` and `retry` wait for a finishing crawl to release the
+/// state, to apply what it could no longer take.
+const RELEASE_WAIT: Duration = Duration::from_secs(60);
+/// Largest reply line the CLI reads.
 const MAX_REPLY: u64 = 256 << 20;
 
 /// The control socket of a state directory.
@@ -43,6 +66,10 @@ pub fn socket_path(dir: &Path) -> PathBuf {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Request {
     pub v: u32,
+    /// Unix ms after which the client no longer waits: a daemon that reads
+    /// a request that changes state later refuses it, unapplied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
     #[serde(flatten)]
     pub command: Command,
 }
@@ -51,9 +78,20 @@ pub struct Request {
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Command {
     Status,
-    Queue { state: String, limit: usize },
-    Enqueue { ranges: Vec<String> },
-    Retry { pages: Vec<u64> },
+    Queue {
+        state: String,
+        limit: usize,
+        /// Rows as separate lines (see the module doc); absent from older
+        /// clients, which get one reply.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        stream: bool,
+    },
+    Enqueue {
+        ranges: Vec<String>,
+    },
+    Retry {
+        pages: Vec<u64>,
+    },
     Pause,
     Resume,
     Export,
@@ -70,7 +108,67 @@ pub struct Reply {
     /// The exit code the CLI should end with on error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit: Option<u8>,
+    /// The crawl is finishing and could not take the pages asked for.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub finishing: bool,
 }
+
+/// One row of a streamed `queue` reply.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RowLine {
+    pub row: ops::QueueRow,
+}
+
+impl Command {
+    /// Whether the request changes the crawl's state (and so must not be
+    /// applied after its client gave up).
+    pub fn changes_state(&self) -> bool {
+        matches!(
+            self,
+            Command::Enqueue { .. } | Command::Retry { .. } | Command::Pause | Command::Resume
+        )
+    }
+
+    fn answer_wait(&self) -> Duration {
+        match self {
+            Command::Enqueue { .. } | Command::Retry { .. } => CHANGE_WAIT,
+            _ => ANSWER_WAIT,
+        }
+    }
+}
+
+impl Request {
+    fn new(command: Command) -> Request {
+        let deadline_ms = command
+            .changes_state()
+            .then(|| crate::util::now_ms() + command.answer_wait().as_millis() as u64);
+        Request {
+            v: VERSION,
+            deadline_ms,
+            command,
+        }
+    }
+
+    /// Whether its client has stopped waiting.
+    pub fn expired(&self) -> bool {
+        self.deadline_ms
+            .is_some_and(|deadline| crate::util::now_ms() > deadline)
+    }
+}
+
+/// A request the daemon did not take: it is finishing (and said so), or its
+/// socket was gone by the time the request was sent. Either way nothing was
+/// applied, and the CLI can apply it itself once the state is released.
+#[derive(Debug)]
+struct NotTaken(String);
+
+impl std::fmt::Display for NotTaken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotTaken {}
 
 /// Where a command's answers come from.
 pub enum Backend {
@@ -84,79 +182,156 @@ impl Backend {
     /// Connects to the daemon of `dir` if one answers, else opens the store.
     pub fn connect(dir: &Path) -> Result<Backend> {
         let socket = socket_path(dir);
-        if socket.exists() && UnixStream::connect(&socket).is_ok() {
-            return Ok(Backend::Daemon(socket));
-        }
-        // No daemon answers (none runs, or a killed one left its socket):
-        // open the state ourselves; sled's lock tells us if one does run.
-        match Store::open_existing(dir) {
-            Ok(store) => Ok(Backend::Direct(store)),
-            Err(error) if crate::error::exit_for(&error) == crate::exit_code::Exit::Busy => {
-                // A daemon holds the state but is not answering yet: it is
-                // starting (the socket comes up once the queue is open).
-                // Give it a moment before reporting it busy.
-                let answers = || UnixStream::connect(&socket).is_ok();
-                let deadline = std::time::Instant::now() + STARTUP_WAIT;
-                while std::time::Instant::now() < deadline {
-                    if answers() {
-                        return Ok(Backend::Daemon(socket));
+        let deadline = Instant::now() + STARTUP_WAIT;
+        let mut backoff = Backoff::default();
+        loop {
+            if socket.exists() {
+                match connect_within(&socket, ANSWER_WAIT) {
+                    Ok(_) => return Ok(Backend::Daemon(socket)),
+                    Err(e) if e.kind() == ErrorKind::TimedOut => {
+                        return Err(no_answer(dir, ANSWER_WAIT, false))
                     }
-                    std::thread::sleep(Duration::from_millis(50));
+                    Err(_) => {}
                 }
+            }
+            // No daemon answers (none runs, a killed one left its socket,
+            // or one is starting or ending): open the state ourselves;
+            // sled's lock tells us if a daemon holds it.
+            match Store::open_existing(dir) {
+                Ok(store) => return Ok(Backend::Direct(store)),
                 Err(error)
+                    if crate::error::exit_for(&error) == crate::exit_code::Exit::Busy
+                        && Instant::now() < deadline =>
+                {
+                    backoff.sleep();
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    pub fn is_daemon(&self) -> bool {
+        matches!(self, Backend::Daemon(_))
+    }
+
+    pub fn status(&mut self) -> Result<ops::Status> {
+        match self.ask_or_take_over(Command::Status)? {
+            Some(status) => Ok(status),
+            None => self.direct(|store| ops::status(store, None)),
+        }
+    }
+
+    /// Hands `each` up to `limit` pages in `state` as they arrive (from the
+    /// daemon, streamed; or from the store): constant memory either way.
+    pub fn queue_each(
+        &mut self,
+        state: &str,
+        limit: usize,
+        each: &mut dyn FnMut(ops::QueueRow) -> Result<()>,
+    ) -> Result<()> {
+        let socket = match self {
+            Backend::Direct(store) => return ops::queue_each(store, state, limit, each),
+            Backend::Daemon(socket) => socket.clone(),
+        };
+        let command = Command::Queue {
+            state: state.into(),
+            limit,
+            stream: true,
+        };
+        let mut link = match Link::open(&socket, &Request::new(command)) {
+            Err(error) if error.downcast_ref::<NotTaken>().is_some() => {
+                *self = Backend::Direct(wait_for_release(dir_of(&socket), &error)?);
+                return self.queue_each(state, limit, each);
+            }
+            link => link?,
+        };
+        let mut rows = 0u64;
+        loop {
+            let Some(line) = link.next_line()? else {
+                return Err(anyhow!(
+                    "the daemon at {} ended its listing after {rows} rows without a last line",
+                    socket.display()
+                ));
+            };
+            let value: serde_json::Value = serde_json::from_slice(&line).with_context(|| {
+                format!("the daemon at {} sent a malformed reply", socket.display())
+            })?;
+            if value.get("row").is_some() {
+                let row: RowLine = serde_json::from_value(value).context(
+                    "the daemon's reply has an unexpected shape (is it another pagecrawl version?)",
+                )?;
+                each(row.row)?;
+                rows += 1;
+                continue;
+            }
+            let reply: Reply = serde_json::from_value(value).with_context(|| {
+                format!("the daemon at {} sent a malformed reply", socket.display())
+            })?;
+            let result = result_of(reply)?;
+            // A daemon from before streaming sends the rows in one reply.
+            if let serde_json::Value::Array(rows) = result {
+                for row in rows {
+                    each(serde_json::from_value(row)?)?;
+                }
+            }
+            return Ok(());
+        }
+    }
+
+    /// Queues pages. If the daemon is finishing and cannot take them, they
+    /// are queued in the state once it is released (and `self` becomes
+    /// [`Backend::Direct`], so the caller can say the next run fetches them).
+    pub fn enqueue(&mut self, ranges: &[String]) -> Result<EnqueueReport> {
+        let command = Command::Enqueue {
+            ranges: ranges.to_vec(),
+        };
+        match self.ask_or_take_over(command)? {
+            Some(report) => Ok(report),
+            None => self.direct(|store| ops::enqueue(store, ranges)),
+        }
+    }
+
+    /// Failed pages back to pending; like [`Backend::enqueue`] when the
+    /// daemon is finishing.
+    pub fn retry(&mut self, pages: &[u64]) -> Result<ops::RetryReport> {
+        let command = Command::Retry {
+            pages: pages.to_vec(),
+        };
+        match self.ask_or_take_over(command)? {
+            Some(report) => Ok(report),
+            None => self.direct(|store| ops::retry(store, pages)),
+        }
+    }
+
+    /// Asks the daemon; `None` when it did not take the request (it is
+    /// finishing, or its socket went away) and this process now holds the
+    /// state instead.
+    fn ask_or_take_over<T: DeserializeOwned>(&mut self, command: Command) -> Result<Option<T>> {
+        let Backend::Daemon(socket) = self else {
+            return Ok(None);
+        };
+        match ask(socket, command) {
+            Ok(answer) => Ok(Some(answer)),
+            Err(error) if error.downcast_ref::<NotTaken>().is_some() => {
+                let store = wait_for_release(dir_of(socket), &error)?;
+                *self = Backend::Direct(store);
+                Ok(None)
             }
             Err(error) => Err(error),
         }
     }
 
-    pub fn status(&self) -> Result<ops::Status> {
+    fn direct<T>(&self, operation: impl FnOnce(&Store) -> Result<T>) -> Result<T> {
         match self {
-            Backend::Daemon(socket) => ask(socket, Command::Status),
-            Backend::Direct(store) => ops::status(store, None),
+            Backend::Direct(store) => operation(store),
+            Backend::Daemon(_) => Err(anyhow!("internal error: no store to apply the change to")),
         }
     }
 
-    pub fn queue(&self, state: &str, limit: usize) -> Result<Vec<ops::QueueRow>> {
-        match self {
-            Backend::Daemon(socket) => ask(
-                socket,
-                Command::Queue {
-                    state: state.into(),
-                    limit,
-                },
-            ),
-            Backend::Direct(store) => ops::queue(store, state, limit),
-        }
-    }
-
-    pub fn enqueue(&self, ranges: &[String]) -> Result<EnqueueReport> {
-        match self {
-            Backend::Daemon(socket) => ask(
-                socket,
-                Command::Enqueue {
-                    ranges: ranges.to_vec(),
-                },
-            ),
-            Backend::Direct(store) => ops::enqueue(store, ranges),
-        }
-    }
-
-    pub fn retry(&self, pages: &[u64]) -> Result<ops::RetryReport> {
-        match self {
-            Backend::Daemon(socket) => ask(
-                socket,
-                Command::Retry {
-                    pages: pages.to_vec(),
-                },
-            ),
-            Backend::Direct(store) => ops::retry(store, pages),
-        }
-    }
-
-    pub fn export_info(&self) -> Result<ops::ExportInfo> {
-        match self {
-            Backend::Daemon(socket) => ask(socket, Command::Export),
-            Backend::Direct(store) => ops::export_info(store),
+    pub fn export_info(&mut self) -> Result<ops::ExportInfo> {
+        match self.ask_or_take_over(Command::Export)? {
+            Some(info) => Ok(info),
+            None => self.direct(ops::export_info),
         }
     }
 
@@ -180,51 +355,287 @@ impl Backend {
     }
 }
 
+/// Waits between tries to open a state another process holds: from 20 ms
+/// doubling to 400 ms, with jitter, so that many commands waiting at once
+/// (each try opens the database) do not starve the one holding it.
+#[derive(Default)]
+struct Backoff {
+    tries: u32,
+}
+
+impl Backoff {
+    fn sleep(&mut self) {
+        let full = Duration::from_millis(20 << self.tries.min(4));
+        self.tries += 1;
+        std::thread::sleep(full.mul_f64(0.5 + fastrand::f64() * 0.5));
+    }
+}
+
+/// The state directory of a socket.
+fn dir_of(socket: &Path) -> &Path {
+    socket.parent().unwrap_or(Path::new("."))
+}
+
+/// Waits for a finishing daemon to release the state, and opens it.
+fn wait_for_release(dir: &Path, refusal: &anyhow::Error) -> Result<Store> {
+    let deadline = Instant::now() + RELEASE_WAIT;
+    let mut backoff = Backoff::default();
+    loop {
+        match Store::open_existing(dir) {
+            Ok(store) => return Ok(store),
+            Err(error)
+                if crate::error::exit_for(&error) == crate::exit_code::Exit::Busy
+                    && Instant::now() < deadline =>
+            {
+                backoff.sleep();
+            }
+            Err(error) if crate::error::exit_for(&error) == crate::exit_code::Exit::Busy => {
+                return Err(UserError::Busy(format!(
+                    "{refusal}, and still holds {} after {} s; nothing was changed: run the same command again once it has exited",
+                    dir.display(),
+                    RELEASE_WAIT.as_secs()
+                ))
+                .into())
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
 /// Sends one request and decodes the result.
 fn ask<T: DeserializeOwned>(socket: &Path, command: Command) -> Result<T> {
-    let reply = exchange(
-        socket,
-        &Request {
-            v: VERSION,
-            command,
-        },
-    )?;
-    if !reply.ok {
-        let message = reply
-            .error
-            .unwrap_or_else(|| "the daemon refused the request".into());
-        return Err(match reply.exit {
-            Some(2) => UserError::Usage(message).into(),
-            _ => anyhow!(message),
-        });
-    }
-    let result = reply.result.unwrap_or(serde_json::Value::Null);
+    let reply = exchange(socket, &Request::new(command))?;
+    let result = result_of(reply)?;
     serde_json::from_value(result)
         .context("the daemon's reply has an unexpected shape (is it another pagecrawl version?)")
 }
 
+/// A reply's result, or its error with the exit code it names.
+fn result_of(reply: Reply) -> Result<serde_json::Value> {
+    if !reply.ok {
+        let message = reply
+            .error
+            .unwrap_or_else(|| "the daemon refused the request".into());
+        if reply.finishing {
+            return Err(NotTaken(message).into());
+        }
+        return Err(match reply.exit {
+            Some(2) => UserError::Usage(message).into(),
+            Some(3) => UserError::Busy(message).into(),
+            _ => anyhow!(message),
+        });
+    }
+    Ok(reply.result.unwrap_or(serde_json::Value::Null))
+}
+
 /// One round trip on the socket.
 pub fn exchange(socket: &Path, request: &Request) -> Result<Reply> {
-    let no_answer = |e: std::io::Error| {
-        anyhow!(
-            "the daemon at {} did not answer: {}",
-            socket.display(),
-            crate::util::io_reason(&e)
-        )
+    let mut link = Link::open(socket, request)?;
+    let Some(answer) = link.next_line()? else {
+        return Err(anyhow!(
+            "the running crawl closed the connection without answering (did it exit?){}",
+            if request.command.changes_state() {
+                "; `pagecrawl status` and `pagecrawl queue` show whether the request was applied"
+            } else {
+                ""
+            }
+        ));
     };
-    let mut stream = UnixStream::connect(socket).map_err(no_answer)?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(no_answer)?;
-    stream
-        .set_write_timeout(Some(Duration::from_secs(30)))
-        .map_err(no_answer)?;
-    let mut line = serde_json::to_vec(request)?;
-    line.push(b'\n');
-    stream.write_all(&line).map_err(no_answer)?;
-    let mut reader = BufReader::new(stream.take(MAX_REPLY));
-    let mut answer = String::new();
-    reader.read_line(&mut answer).map_err(no_answer)?;
-    serde_json::from_str(&answer)
+    serde_json::from_slice(&answer)
         .with_context(|| format!("the daemon at {} sent a malformed reply", socket.display()))
+}
+
+/// A request sent, and its reply being read with a deadline per line.
+struct Link {
+    reader: BufReader<std::io::Take<UnixStream>>,
+    socket: PathBuf,
+    wait: Duration,
+    changes_state: bool,
+}
+
+impl Link {
+    fn open(socket: &Path, request: &Request) -> Result<Link> {
+        let dir = socket.parent().unwrap_or(Path::new("."));
+        let wait = request.command.answer_wait();
+        let changes_state = request.command.changes_state();
+        let failed = |e: std::io::Error| {
+            if matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) {
+                no_answer(dir, wait, changes_state)
+            } else if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) {
+                // It ended between our look and this request.
+                NotTaken(format!(
+                    "the running crawl ended before it got the request ({})",
+                    crate::util::io_reason(&e)
+                ))
+                .into()
+            } else {
+                anyhow!(
+                    "the daemon at {} did not answer: {}",
+                    socket.display(),
+                    crate::util::io_reason(&e)
+                )
+            }
+        };
+        let mut stream = connect_within(socket, wait).map_err(failed)?;
+        stream.set_write_timeout(Some(wait)).map_err(failed)?;
+        let mut line = serde_json::to_vec(request)?;
+        line.push(b'\n');
+        stream.write_all(&line).map_err(failed)?;
+        stream.set_read_timeout(Some(POLL)).map_err(failed)?;
+        Ok(Link {
+            reader: BufReader::new(stream.take(MAX_REPLY)),
+            socket: socket.to_path_buf(),
+            wait,
+            changes_state,
+        })
+    }
+
+    /// The next line of the reply (`None` at the end), waiting at most the
+    /// request's wait for it to progress, and reporting a stopped daemon
+    /// after [`STOPPED_AFTER`].
+    fn next_line(&mut self) -> Result<Option<Vec<u8>>> {
+        let dir = self.socket.parent().unwrap_or(Path::new(".")).to_path_buf();
+        self.reader.get_mut().set_limit(MAX_REPLY);
+        let mut line = Vec::new();
+        let mut progress = Instant::now();
+        loop {
+            let before = line.len();
+            match self.reader.read_until(b'\n', &mut line) {
+                Ok(0) => return Ok((!line.is_empty()).then_some(line)),
+                Ok(_) if line.ends_with(b"\n") => return Ok(Some(line)),
+                Ok(_) => return Ok(Some(line)),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                    ) =>
+                {
+                    if line.len() > before {
+                        progress = Instant::now();
+                    }
+                    let silent = progress.elapsed();
+                    let stopped = silent >= STOPPED_AFTER && daemon_stopped(&dir);
+                    if stopped || silent >= self.wait {
+                        return Err(no_answer(&dir, self.wait, self.changes_state));
+                    }
+                }
+                Err(e) => {
+                    return Err(anyhow!(
+                        "the daemon at {} did not answer: {}",
+                        self.socket.display(),
+                        crate::util::io_reason(&e)
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// Connects, giving up after `wait` (a stopped daemon whose listen backlog
+/// is full would make `connect` wait forever): `TimedOut` then.
+fn connect_within(socket: &Path, wait: Duration) -> std::io::Result<UnixStream> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let path = socket.to_path_buf();
+    std::thread::Builder::new()
+        .name("connect".into())
+        .spawn(move || {
+            let _ = tx.send(UnixStream::connect(path));
+        })?;
+    // A stopped daemon is reported sooner than a merely slow one.
+    let started = Instant::now();
+    loop {
+        match rx.recv_timeout(POLL) {
+            Ok(result) => return result,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                return Err(std::io::Error::other("the connecting thread ended"))
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                let silent = started.elapsed();
+                let dir = socket.parent().unwrap_or(Path::new("."));
+                if silent >= wait || (silent >= STOPPED_AFTER && daemon_stopped(dir)) {
+                    return Err(ErrorKind::TimedOut.into());
+                }
+            }
+        }
+    }
+}
+
+/// The pid in the state directory's pid file.
+fn daemon_pid(dir: &Path) -> Option<u32> {
+    std::fs::read_to_string(crate::store::pid_path(dir))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The state letter of a process in `/proc/PID/stat` (`R`, `S`, `D`, `T`...).
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    process_state_of(&stat)
+}
+
+/// The state field of a `/proc/PID/stat` line: the first one after the
+/// command name, which is in parentheses and may itself hold ") ".
+fn process_state_of(stat: &str) -> Option<char> {
+    let (_, after) = stat.rsplit_once(')')?;
+    after.trim_start().chars().next()
+}
+
+/// Whether the daemon of `dir` is stopped (SIGSTOP, a debugger).
+fn daemon_stopped(dir: &Path) -> bool {
+    daemon_pid(dir)
+        .and_then(process_state)
+        .is_some_and(|state| matches!(state, 'T' | 't'))
+}
+
+/// The error for a daemon that did not answer within `wait`.
+fn no_answer(dir: &Path, wait: Duration, changes_state: bool) -> anyhow::Error {
+    let pid = daemon_pid(dir);
+    let who = pid.map_or("the running crawl".to_string(), |pid| {
+        format!("the running crawl (pid {pid})")
+    });
+    let unapplied = if changes_state {
+        "; a request it reads late is not applied"
+    } else {
+        ""
+    };
+    match pid.and_then(process_state) {
+        Some('T' | 't') => anyhow!(
+            "{who} does not answer; it is stopped (`kill -CONT {}` resumes it){unapplied}",
+            pid.unwrap_or_default()
+        ),
+        _ => anyhow!(
+            "{who} does not answer within {} s; it is not stopped, so it may be overloaded or hung: try again, or look at its log{unapplied}",
+            wait.as_secs()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_process_state_is_the_field_after_the_command_name() {
+        assert_eq!(process_state_of("4242 (pagecrawl) T 1 4242"), Some('T'));
+        assert_eq!(process_state_of("7 (a) b) c) S 1 7"), Some('S'));
+        assert_eq!(process_state_of("7 (x"), None);
+    }
+
+    #[test]
+    fn requests_that_change_state_carry_a_deadline_and_others_do_not() {
+        let status = serde_json::to_string(&Request::new(Command::Status)).unwrap();
+        assert_eq!(status, r#"{"v":1,"cmd":"status"}"#);
+        let retry = Request::new(Command::Retry { pages: vec![3] });
+        assert!(retry.deadline_ms.is_some() && !retry.expired());
+        let late = Request {
+            deadline_ms: Some(1),
+            ..retry
+        };
+        assert!(late.expired());
+        let old: Request =
+            serde_json::from_str(r#"{"v":1,"cmd":"queue","state":"done","limit":5}"#).unwrap();
+        assert!(matches!(old.command, Command::Queue { stream: false, .. }));
+    }
 }

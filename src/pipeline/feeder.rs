@@ -136,7 +136,11 @@ pub(super) fn run(
         });
         if drained && in_flight.is_empty() {
             let Some(every) = config.follow else {
-                return Ok(());
+                // Pages enqueued since the last scan keep the run going.
+                if shared.close_intake() {
+                    return Ok(());
+                }
+                continue;
             };
             let due = round_started + every;
             if Instant::now() >= due {
