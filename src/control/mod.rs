@@ -11,8 +11,9 @@
 //! Extensions, each optional and ignored by older peers:
 //! - `"stream":true` on `queue`: one `{"row":{...}}` line per page, then the
 //!   reply line `{"ok":true,"result":{"rows":N}}` (or an error reply).
-//! - `"deadline_ms"` (Unix ms) on a request: a daemon that reads a request
-//!   that changes state after its deadline refuses it unapplied.
+//! - `"deadline_ms"` (Unix ms) on a request that changes state: a daemon
+//!   that reads it later refuses it unapplied, with `"late":true` (the
+//!   client, if it still waits, sends it again).
 //! - `"finishing":true` on an error reply: the crawl is ending and took no
 //!   more pages; the CLI then applies the change itself once the state is
 //!   released.
@@ -47,7 +48,9 @@ const ANSWER_WAIT: Duration = Duration::from_secs(3);
 /// The same for `enqueue` and `retry`, whose work grows with the pages
 /// named; a stopped daemon is still reported after [`STOPPED_AFTER`].
 const CHANGE_WAIT: Duration = Duration::from_secs(15);
-/// Silence after which a stopped daemon (`kill -STOP`) is reported.
+/// Silence after which a stopped daemon (`kill -STOP`) is reported. A
+/// request that changes state carries this as its deadline: a daemon
+/// continued later must not apply what its client gave up on.
 const STOPPED_AFTER: Duration = Duration::from_secs(1);
 /// How often a waiting command looks whether the daemon is stopped.
 const POLL: Duration = Duration::from_millis(200);
@@ -111,6 +114,9 @@ pub struct Reply {
     /// The crawl is finishing and could not take the pages asked for.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub finishing: bool,
+    /// The request was read after its deadline and not applied.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub late: bool,
 }
 
 /// One row of a streamed `queue` reply.
@@ -141,7 +147,7 @@ impl Request {
     fn new(command: Command) -> Request {
         let deadline_ms = command
             .changes_state()
-            .then(|| crate::util::now_ms() + command.answer_wait().as_millis() as u64);
+            .then(|| crate::util::now_ms() + STOPPED_AFTER.as_millis() as u64);
         Request {
             v: VERSION,
             deadline_ms,
@@ -402,9 +408,16 @@ fn wait_for_release(dir: &Path, refusal: &anyhow::Error) -> Result<Store> {
     }
 }
 
-/// Sends one request and decodes the result.
+/// Sends one request and decodes the result. A request that reached a
+/// slow daemon after its deadline is sent again while the client waits.
 fn ask<T: DeserializeOwned>(socket: &Path, command: Command) -> Result<T> {
-    let reply = exchange(socket, &Request::new(command))?;
+    let started = Instant::now();
+    let reply = loop {
+        let reply = exchange(socket, &Request::new(command.clone()))?;
+        if !reply.late || started.elapsed() >= command.answer_wait() {
+            break reply;
+        }
+    };
     let result = result_of(reply)?;
     serde_json::from_value(result)
         .context("the daemon's reply has an unexpected shape (is it another pagecrawl version?)")
@@ -595,19 +608,24 @@ fn no_answer(dir: &Path, wait: Duration, changes_state: bool) -> anyhow::Error {
     let who = pid.map_or("the running crawl".to_string(), |pid| {
         format!("the running crawl (pid {pid})")
     });
-    let unapplied = if changes_state {
-        "; a request it reads late is not applied"
-    } else {
-        ""
-    };
     match pid.and_then(process_state) {
         Some('T' | 't') => anyhow!(
-            "{who} does not answer; it is stopped (`kill -CONT {}` resumes it){unapplied}",
-            pid.unwrap_or_default()
+            "{who} does not answer; it is stopped (`kill -CONT {}` resumes it){}",
+            pid.unwrap_or_default(),
+            if changes_state {
+                "; a request it had not read yet is not applied when it resumes"
+            } else {
+                ""
+            }
         ),
         _ => anyhow!(
-            "{who} does not answer within {} s; it is not stopped, so it may be overloaded or hung: try again, or look at its log{unapplied}",
-            wait.as_secs()
+            "{who} does not answer within {} s; it is not stopped, so it may be overloaded or hung: try again, or look at its log{}",
+            wait.as_secs(),
+            if changes_state {
+                " (it may still apply the request: `pagecrawl status` shows whether it did)"
+            } else {
+                ""
+            }
         ),
     }
 }

@@ -208,10 +208,13 @@ fn serve_client(stream: &UnixStream, context: &Served) {
             ),
             2,
         ),
-        Ok(request) if request.command.changes_state() && request.expired() => error_reply(
-            "the request reached the crawl after the client had stopped waiting; nothing was changed",
-            1,
-        ),
+        Ok(request) if request.command.changes_state() && request.expired() => Reply {
+            late: true,
+            ..error_reply(
+                "the request reached the crawl after its deadline; nothing was changed",
+                1,
+            )
+        },
         Ok(Request {
             command:
                 Command::Queue {
@@ -351,6 +354,7 @@ fn ok_reply(value: serde_json::Value) -> Reply {
         error: None,
         exit: None,
         finishing: false,
+        late: false,
     }
 }
 
@@ -361,6 +365,7 @@ fn error_reply(message: &str, exit: u8) -> Reply {
         error: Some(message.to_string()),
         exit: Some(exit),
         finishing: false,
+        late: false,
     }
 }
 

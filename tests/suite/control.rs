@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Output, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pagecrawl::fixture::{Faults, Site};
 
@@ -170,4 +170,327 @@ fn an_acknowledged_enqueue_or_retry_is_crawled_in_that_run_racing_its_start_and_
         || served() >= 100 + 38,
     );
     check_race(&job, &run, &raced, &before);
+}
+
+fn slow_site(pages: u64, latency_ms: u64) -> Site {
+    Site {
+        pages,
+        latency: Duration::from_millis(latency_ms),
+        ..Site::default()
+    }
+}
+
+/// The pid of a running crawl, as `status` reports it.
+fn pid_of(child: &Child) -> u32 {
+    child.id()
+}
+
+#[test]
+fn two_hundred_concurrent_status_calls_are_all_answered() {
+    let job = Job::new(slow_site(400, 50)).concurrency(2);
+    let run = job.spawn_run();
+    job.wait_for_daemon();
+    let calls: Vec<Child> = (0..200)
+        .map(|_| {
+            let mut command = job.command(&["status", "--json"]);
+            command.stdout(Stdio::piped()).stderr(Stdio::piped());
+            command.spawn().expect("pagecrawl starts")
+        })
+        .collect();
+    let failures: Vec<String> = calls
+        .into_iter()
+        .map(|call| finish(call, COMMAND_TIMEOUT))
+        .filter_map(|output| {
+            let answered = output.status.success()
+                && serde_json::from_slice::<serde_json::Value>(&output.stdout)
+                    .is_ok_and(|status| status["pid"] == pid_of(&run));
+            (!answered).then(|| format!("{}{}", stdout(&output), stderr(&output)))
+        })
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of 200 not answered by the crawl, e.g. {:?}",
+        failures.len(),
+        failures.first()
+    );
+    signal(&run, "TERM");
+    assert_success(&finish(run, COMMAND_TIMEOUT));
+}
+
+#[test]
+fn clients_dripping_bytes_are_cut_off_and_lock_no_one_out() {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let job = Job::new(slow_site(400, 50)).concurrency(2);
+    let run = job.spawn_run();
+    job.wait_for_daemon();
+    let socket = job.state_dir().join("control.sock");
+    let stop = Arc::new(AtomicBool::new(false));
+    let cut_off = Arc::new(AtomicUsize::new(0));
+    // 16 clients that send a byte every 300 ms and never a whole line,
+    // reconnecting whenever the daemon drops them.
+    let drippers: Vec<_> = (0..16)
+        .map(|_| {
+            let (socket, stop, cut_off) = (socket.clone(), stop.clone(), cut_off.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(&socket) else {
+                        return;
+                    };
+                    let connected = Instant::now();
+                    stream
+                        .set_read_timeout(Some(Duration::from_millis(300)))
+                        .unwrap();
+                    let mut reply = Vec::new();
+                    while !stop.load(Ordering::SeqCst) && stream.write_all(b"{").is_ok() {
+                        let mut buffer = [0u8; 256];
+                        match stream.read(&mut buffer) {
+                            Ok(0) => break,
+                            Ok(n) => reply.extend_from_slice(&buffer[..n]),
+                            Err(_) => {}
+                        }
+                        if reply.ends_with(b"\n") {
+                            break;
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&reply);
+                    if text.contains("no complete request within 2 s")
+                        && connected.elapsed() < Duration::from_secs(4)
+                    {
+                        cut_off.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..3 {
+        let asked = Instant::now();
+        let status = job.status();
+        assert_eq!(status["pid"], run.id(), "{status}");
+        assert!(
+            asked.elapsed() < Duration::from_secs(3),
+            "status took {:?} with 16 clients dripping bytes",
+            asked.elapsed()
+        );
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || cut_off.load(Ordering::SeqCst)
+            >= 16),
+        "a client dripping bytes is cut off after 2 s: {} cut off",
+        cut_off.load(Ordering::SeqCst)
+    );
+    stop.store(true, Ordering::SeqCst);
+    for dripper in drippers {
+        dripper.join().unwrap();
+    }
+    signal(&run, "TERM");
+    assert_success(&finish(run, COMMAND_TIMEOUT));
+}
+
+#[test]
+fn a_stopped_daemon_is_reported_within_three_seconds_with_its_pid() {
+    let job = Job::new(slow_site(400, 50)).concurrency(2);
+    let run = job.spawn_run();
+    job.wait_for_daemon();
+    signal(&run, "STOP");
+    // Whatever the command, and whether the backlog is free or not.
+    for args in [&["status"][..], &["enqueue", "500"], &["queue", "--json"]] {
+        let asked = Instant::now();
+        let output = job.exec(args);
+        let took = asked.elapsed();
+        let err = stderr(&output);
+        assert!(!output.status.success(), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!(
+                "the running crawl (pid {}) does not answer; it is stopped",
+                run.id()
+            )),
+            "{args:?}: {err}"
+        );
+        assert!(took < Duration::from_millis(3500), "{args:?} took {took:?}");
+    }
+    signal(&run, "CONT");
+    assert_eq!(job.status()["pid"], run.id(), "answers again once resumed");
+    let pending: Vec<u64> = {
+        let output = job.exec(&["queue", "--json", "--limit", "1000"]);
+        assert_success(&output);
+        let rows: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["page"].as_u64().unwrap())
+            .collect()
+    };
+    assert!(
+        !pending.contains(&500),
+        "the enqueue reported as not answered was not applied late"
+    );
+    signal(&run, "TERM");
+    assert_success(&finish(run, COMMAND_TIMEOUT));
+}
+
+/// The peak resident memory of a process, from /proc.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
+#[test]
+fn listing_a_million_pages_leaves_the_daemons_memory_flat() {
+    let job = Job::new(slow_site(5, 2000)).pages("1..=5").concurrency(1);
+    job.run_ok();
+    assert_success(&job.exec(&["enqueue", "1..=1000000"]));
+    let run = job.spawn_run();
+    job.wait_for_daemon();
+    let before = peak_rss_kib(run.id());
+    let mut queue = job.command(&["queue", "--limit", "5000000", "--json"]);
+    queue.stdout(Stdio::piped());
+    let mut child = queue.spawn().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    // Count the rows as they stream by, without keeping them.
+    let mut rows = 0u64;
+    let mut buffer = vec![0u8; 1 << 16];
+    loop {
+        let n = std::io::Read::read(&mut stdout, &mut buffer).unwrap();
+        if n == 0 {
+            break;
+        }
+        rows += buffer[..n]
+            .windows(8)
+            .filter(|w| w == b"\"page\": ")
+            .count() as u64;
+    }
+    assert_success(&finish(child, COMMAND_TIMEOUT));
+    let after = peak_rss_kib(run.id());
+    assert!(rows >= 999_990, "{rows} rows listed");
+    assert!(
+        after < 64 * 1024,
+        "the daemon's peak RSS went from {before} KiB to {after} KiB while listing {rows} pages"
+    );
+    eprintln!("daemon VmHWM {before} KiB before, {after} KiB after listing {rows} pages");
+    signal(&run, "TERM");
+    assert_success(&finish(run, COMMAND_TIMEOUT));
+}
+
+/// `job.command(args)` with another pagecrawl binary (for measuring a
+/// build before and after a change).
+fn command_with(bin: &str, job: &Job, args: &[&str]) -> std::process::Command {
+    let template = job.command(args);
+    let mut command = std::process::Command::new(bin);
+    command.args(template.get_args());
+    for (key, value) in template.get_envs() {
+        match value {
+            Some(value) => command.env(key, value),
+            None => command.env_remove(key),
+        };
+    }
+    command.stdin(Stdio::null());
+    command
+}
+
+/// Runs `command` under `/usr/bin/time -v` with stdout to /dev/null; its
+/// peak RSS in KiB.
+fn peak_rss_of_command(command: std::process::Command) -> u64 {
+    let mut timed = std::process::Command::new("/usr/bin/time");
+    timed
+        .arg("-v")
+        .arg(command.get_program())
+        .args(command.get_args());
+    for (key, value) in command.get_envs() {
+        if let Some(value) = value {
+            timed.env(key, value);
+        } else {
+            timed.env_remove(key);
+        }
+    }
+    let output = timed
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    stderr(&output)
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Maximum resident set size (kbytes): ")
+        })
+        .and_then(|v| v.parse().ok())
+        .expect("/usr/bin/time -v reports the peak")
+}
+
+/// Not a test: the figures for the report. Builds a state with a large
+/// output and a million pending pages, then measures the peak RSS of
+/// `export` (JSONL and CSV) and of the daemon during `queue --limit
+/// 5000000 --json`, with the binary in `PAGECRAWL_MEASURE_BIN`:
+/// `PAGECRAWL_MEASURE_BIN=target/release/pagecrawl cargo test --test suite
+/// control::measure -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn measure_peak_rss_of_export_and_queue() {
+    let bin = std::env::var("PAGECRAWL_MEASURE_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_pagecrawl").to_string());
+    let pages: u64 = std::env::var("PAGECRAWL_MEASURE_PAGES")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(10_000);
+    let job = Job::new(Site {
+        pages,
+        per_page: 100,
+        ..Site::default()
+    })
+    .concurrency(8);
+    let crawl = command_with(&bin, &job, &["run"]).output().unwrap();
+    assert_success(&crawl);
+    let output_bytes = std::fs::metadata(job.output_path("items.jsonl"))
+        .unwrap()
+        .len();
+    for format in ["jsonl", "csv"] {
+        let rss = peak_rss_of_command(command_with(&bin, &job, &["export", "--format", format]));
+        eprintln!(
+            "MEASURE export --format {format} of a {output_bytes}-byte output: peak RSS {rss} KiB"
+        );
+    }
+    let first = pages + 1;
+    let range = format!("{first}..={}", first + 999_999);
+    assert_success(
+        &command_with(&bin, &job, &["enqueue", &range])
+            .output()
+            .unwrap(),
+    );
+    job.server
+        .update(|site| site.latency = Duration::from_secs(5));
+    let run = Running::new(
+        command_with(&bin, &job, &["run"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    job.wait_for_daemon();
+    let before = peak_rss_kib(run.id());
+    let started = Instant::now();
+    let queue = command_with(
+        &bin,
+        &job,
+        &[
+            "queue", "--state", "pending", "--limit", "5000000", "--json",
+        ],
+    )
+    .stdout(Stdio::null())
+    .output()
+    .unwrap();
+    assert_success(&queue);
+    let after = peak_rss_kib(run.id());
+    eprintln!(
+        "MEASURE daemon VmHWM {before} KiB before, {after} KiB after queue --limit 5000000 --json of 1000000 pending pages ({:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
+    signal(&run, "KILL");
 }
