@@ -154,22 +154,30 @@ fn an_acknowledged_enqueue_or_retry_is_crawled_in_that_run_racing_its_start_and_
     );
     check_race(&job, &run, &raced, &before);
 
-    // The last commit: the requests start as the last of 40 slow pages
-    // are fetched, and arrive until past the run's end.
-    let job = Job::new(site_with_failed_pages(5))
+    // The last commit, 20 times: a run crawls 10 pages, and once the last of
+    // them is fetched (its commit is on the way) 5 retries and 5 enqueues
+    // arrive.
+    let job = Job::new(site_with_failed_pages(20))
         .pages("1..=100")
         .concurrency(4);
     job.run_ok();
-    assert_success(&job.exec(&["enqueue", "101..=140"]));
-    let before: BTreeMap<u64, u32> = (1..=100).map(|p| (p, 1)).collect();
-    let served = || job.server.stats().total();
-    let (run, raced) = race(
-        &job,
-        &(1..=100).collect::<Vec<_>>(),
-        &(141..=240).collect::<Vec<_>>(),
-        || served() >= 100 + 38,
-    );
-    check_race(&job, &run, &raced, &before);
+    for round in 0..20u64 {
+        let work = 201 + round * 10;
+        assert_success(&job.exec(&["enqueue", &format!("{work}..={}", work + 9)]));
+        let retries: Vec<u64> = (1 + round * 5..=5 + round * 5).collect();
+        let enqueues: Vec<u64> = (101 + round * 5..=105 + round * 5).collect();
+        let stats = job.server.stats();
+        let before: BTreeMap<u64, u32> = retries
+            .iter()
+            .chain(&enqueues)
+            .map(|&p| (p, stats.requests_for(p)))
+            .collect();
+        let served = stats.total();
+        let (run, raced) = race(&job, &retries, &enqueues, || {
+            job.server.stats().total() >= served + 10
+        });
+        check_race(&job, &run, &raced, &before);
+    }
 }
 
 fn slow_site(pages: u64, latency_ms: u64) -> Site {
