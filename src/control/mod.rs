@@ -273,6 +273,17 @@ impl Backend {
             let reply: Reply = serde_json::from_value(value).with_context(|| {
                 format!("the daemon at {} sent a malformed reply", socket.display())
             })?;
+            if rows == 0 && is_before_streaming(&reply) {
+                let command = Command::Queue {
+                    state: state.into(),
+                    limit,
+                    stream: false,
+                };
+                for row in ask::<Vec<ops::QueueRow>>(&socket, command)? {
+                    each(row)?;
+                }
+                return Ok(());
+            }
             let result = result_of(reply)?;
             // A daemon from before streaming sends the rows in one reply.
             if let serde_json::Value::Array(rows) = result {
@@ -377,6 +388,26 @@ impl Backoff {
     }
 }
 
+/// Whether a daemon refused a streamed `queue` because it predates
+/// streaming (it denies unknown fields): ask it the old way then.
+fn is_before_streaming(reply: &Reply) -> bool {
+    refused_field(reply, "stream")
+}
+
+/// Whether a daemon refused a request's deadline because it predates
+/// deadlines: send it without one then.
+fn is_before_deadlines(reply: &Reply) -> bool {
+    refused_field(reply, "deadline_ms")
+}
+
+fn refused_field(reply: &Reply, field: &str) -> bool {
+    !reply.ok
+        && reply
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains(&format!("unknown field `{field}`")))
+}
+
 /// The state directory of a socket.
 fn dir_of(socket: &Path) -> &Path {
     socket.parent().unwrap_or(Path::new("."))
@@ -413,7 +444,13 @@ fn wait_for_release(dir: &Path, refusal: &anyhow::Error) -> Result<Store> {
 fn ask<T: DeserializeOwned>(socket: &Path, command: Command) -> Result<T> {
     let started = Instant::now();
     let reply = loop {
-        let reply = exchange(socket, &Request::new(command.clone()))?;
+        let mut request = Request::new(command.clone());
+        let mut reply = exchange(socket, &request)?;
+        if is_before_deadlines(&reply) {
+            // It refused the request unread; it has no deadlines to keep.
+            request.deadline_ms = None;
+            reply = exchange(socket, &request)?;
+        }
         if !reply.late || started.elapsed() >= command.answer_wait() {
             break reply;
         }
