@@ -115,6 +115,55 @@ mod tests {
     }
 
     #[test]
+    fn the_table_has_one_header_and_a_detail_per_state() {
+        let done = QueueRow {
+            page: 8,
+            state: "done".into(),
+            attempts: 1,
+            reason: None,
+            error: None,
+            not_before_ms: None,
+            items: Some(20),
+            bytes: Some(4096),
+            at_ms: Some(1),
+        };
+        let mut bytes = Vec::new();
+        let mut listing = Listing {
+            json: false,
+            rows: 0,
+            out: &mut bytes,
+        };
+        listing.row(&done).unwrap();
+        listing.row(&row(9)).unwrap();
+        listing.end("done").unwrap();
+        let text = String::from_utf8(bytes).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(text.matches("attempts").count(), 1, "one header: {text}");
+        assert!(lines[0].contains("page") && lines[0].contains("detail"));
+        assert!(lines[1].ends_with("20 items, 4096 bytes"), "{text}");
+        assert!(lines[2].contains("HTTP 500 \"quoted\""), "{text}");
+
+        let mut empty = Vec::new();
+        Listing {
+            json: false,
+            rows: 0,
+            out: &mut empty,
+        }
+        .end("pending")
+        .unwrap();
+        assert_eq!(String::from_utf8(empty).unwrap(), "no pending pages\n");
+    }
+
+    #[test]
+    fn only_a_reader_gone_away_is_not_an_error() {
+        let gone = anyhow::Error::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        assert!(is_broken_pipe(&gone));
+        let full = anyhow::Error::from(std::io::Error::from(std::io::ErrorKind::StorageFull));
+        assert!(!is_broken_pipe(&full));
+        assert!(!is_broken_pipe(&anyhow::anyhow!("other")));
+    }
+
+    #[test]
     fn streamed_json_is_byte_for_byte_the_pretty_array() {
         for count in [0, 1, 3] {
             let rows: Vec<QueueRow> = (1..=count).map(row).collect();

@@ -679,6 +679,16 @@ mod tests {
     }
 
     #[test]
+    fn changes_wait_longer_than_questions_and_every_wait_is_bounded() {
+        let status = Command::Status.answer_wait();
+        assert_eq!(status, ANSWER_WAIT);
+        assert!(status > STOPPED_AFTER && status <= Duration::from_secs(3));
+        assert!(Command::Enqueue { ranges: vec![] }.answer_wait() > status);
+        assert!(Command::Retry { pages: vec![] }.answer_wait() > status);
+        assert!(Command::Pause.changes_state() && !Command::Export.changes_state());
+    }
+
+    #[test]
     fn requests_that_change_state_carry_a_deadline_and_others_do_not() {
         let status = serde_json::to_string(&Request::new(Command::Status)).unwrap();
         assert_eq!(status, r#"{"v":1,"cmd":"status"}"#);
