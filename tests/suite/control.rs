@@ -508,3 +508,20 @@ fn measure_peak_rss_of_export_and_queue() {
     );
     signal(&run, "KILL");
 }
+
+#[test]
+fn a_listing_its_reader_stops_reading_ends_quietly() {
+    // `pagecrawl queue | head`: the reader goes away mid-listing.
+    let job = Job::new(slow_site(3, 0)).pages("1..=3");
+    job.run_ok();
+    assert_success(&job.exec(&["enqueue", "1..=200000"]));
+    let mut queue = job.command(&["queue", "--limit", "200000", "--json"]);
+    queue.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = queue.spawn().unwrap();
+    let mut first = [0u8; 64];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+    drop(child.stdout.take());
+    let output = finish(child, COMMAND_TIMEOUT);
+    assert_success(&output);
+    assert!(stderr(&output).is_empty(), "{}", stderr(&output));
+}
