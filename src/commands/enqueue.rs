@@ -12,13 +12,19 @@ use crate::range::parse_closed_ranges;
 pub fn command(dir: &Path, ranges: &[String]) -> Result<Exit> {
     // Check the ranges before touching anything.
     parse_closed_ranges(ranges).map_err(UserError::Usage)?;
-    let report = Backend::connect(dir)?.enqueue(ranges)?;
+    let mut backend = Backend::connect(dir)?;
+    let asked_daemon = backend.is_daemon();
+    let report = backend.enqueue(ranges)?;
+    if asked_daemon && !backend.is_daemon() {
+        eprintln!("pagecrawl: note: the running crawl was finishing and took no more pages; they were queued in the state instead");
+    }
     println!(
-        "queued {} pages ({} new, {} again); {} were already pending",
+        "queued {} pages ({} new, {} again); {} were already pending; {}",
         report.added + report.requeued,
         report.added,
         report.requeued,
-        report.already_pending
+        report.already_pending,
+        super::retry::who_fetches(&backend)
     );
     Ok(Exit::Success)
 }

@@ -8,13 +8,17 @@ use crate::control::Backend;
 use crate::exit_code::Exit;
 
 pub fn command(dir: &Path, pages: &[u64]) -> Result<Exit> {
-    let backend = Backend::connect(dir)?;
+    let mut backend = Backend::connect(dir)?;
+    let asked_daemon = backend.is_daemon();
     let report = backend.retry(pages)?;
-    let next = match backend {
-        Backend::Daemon(_) => "the running crawl fetches them",
-        Backend::Direct(_) => "`pagecrawl run` fetches them",
-    };
-    println!("{} failed pages back in the queue; {next}", report.moved);
+    if asked_daemon && !backend.is_daemon() {
+        eprintln!("pagecrawl: note: the running crawl was finishing and took no more pages; they were put back in the state instead");
+    }
+    println!(
+        "{} failed pages back in the queue; {}",
+        report.moved,
+        who_fetches(&backend)
+    );
     if !report.not_failed.is_empty() {
         let list: Vec<String> = report.not_failed.iter().map(u64::to_string).collect();
         eprintln!(
@@ -23,4 +27,14 @@ pub fn command(dir: &Path, pages: &[u64]) -> Result<Exit> {
         );
     }
     Ok(Exit::Success)
+}
+
+/// Who crawls the pages a command queued: the daemon that took them, or
+/// the next run.
+pub(super) fn who_fetches(backend: &Backend) -> &'static str {
+    if backend.is_daemon() {
+        "the running crawl fetches them"
+    } else {
+        "`pagecrawl run` fetches them"
+    }
 }

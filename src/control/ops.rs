@@ -182,49 +182,86 @@ pub fn parse_state(name: &str) -> Result<StateFilter> {
     }
 }
 
+/// Rows read from sled per step of [`queue_each`]: what a listing holds in
+/// memory at once, whatever its limit.
+const QUEUE_STEP: usize = 1024;
+
+/// Up to `limit` pages in `state`, in page order, collected (for a short
+/// listing or an older client that asked for one reply).
 pub fn queue(store: &Store, state: &str, limit: usize) -> Result<Vec<QueueRow>> {
-    let rows = store.list(parse_state(state)?, limit)?;
-    Ok(rows
-        .into_iter()
-        .map(|(page, state)| {
-            let blank = QueueRow {
-                page,
-                state: String::new(),
-                attempts: 0,
-                reason: None,
-                error: None,
-                not_before_ms: None,
-                items: None,
-                bytes: None,
-                at_ms: None,
-            };
-            match state {
-                PageState::Pending(p) => QueueRow {
-                    state: "pending".into(),
-                    attempts: p.attempts,
-                    error: (!p.last_error.is_empty()).then_some(p.last_error),
-                    not_before_ms: (p.not_before_ms > 0).then_some(p.not_before_ms),
-                    ..blank
-                },
-                PageState::Done(d) => QueueRow {
-                    state: "done".into(),
-                    attempts: d.attempts,
-                    items: Some(d.items),
-                    bytes: Some(d.bytes),
-                    at_ms: Some(d.at_ms),
-                    ..blank
-                },
-                PageState::Failed(f) => QueueRow {
-                    state: "failed".into(),
-                    attempts: f.attempts,
-                    error: Some(f.to_string()),
-                    reason: Some(f.kind),
-                    at_ms: Some(f.at_ms),
-                    ..blank
-                },
-            }
-        })
-        .collect())
+    let mut rows = Vec::new();
+    queue_each(store, state, limit, &mut |row| {
+        rows.push(row);
+        Ok(())
+    })?;
+    Ok(rows)
+}
+
+/// Hands `each` up to `limit` pages in `state`, in page order, reading
+/// sled [`QUEUE_STEP`] rows at a time: constant memory whatever `limit`.
+pub fn queue_each(
+    store: &Store,
+    state: &str,
+    limit: usize,
+    each: &mut dyn FnMut(QueueRow) -> Result<()>,
+) -> Result<()> {
+    let filter = parse_state(state)?;
+    let mut after = None;
+    let mut left = limit;
+    while left > 0 {
+        let batch = store.list_after(filter, after, left.min(QUEUE_STEP))?;
+        let Some(&(last, _)) = batch.last() else {
+            break;
+        };
+        left -= batch.len();
+        for (page, state) in batch {
+            each(row_of(page, state))?;
+        }
+        if last == u64::MAX {
+            break;
+        }
+        after = Some(last);
+    }
+    Ok(())
+}
+
+fn row_of(page: u64, state: PageState) -> QueueRow {
+    let blank = QueueRow {
+        page,
+        state: String::new(),
+        attempts: 0,
+        reason: None,
+        error: None,
+        not_before_ms: None,
+        items: None,
+        bytes: None,
+        at_ms: None,
+    };
+    match state {
+        PageState::Pending(p) => QueueRow {
+            state: "pending".into(),
+            attempts: p.attempts,
+            error: (!p.last_error.is_empty()).then_some(p.last_error),
+            not_before_ms: (p.not_before_ms > 0).then_some(p.not_before_ms),
+            ..blank
+        },
+        PageState::Done(d) => QueueRow {
+            state: "done".into(),
+            attempts: d.attempts,
+            items: Some(d.items),
+            bytes: Some(d.bytes),
+            at_ms: Some(d.at_ms),
+            ..blank
+        },
+        PageState::Failed(f) => QueueRow {
+            state: "failed".into(),
+            attempts: f.attempts,
+            error: Some(f.to_string()),
+            reason: Some(f.kind),
+            at_ms: Some(f.at_ms),
+            ..blank
+        },
+    }
 }
 
 pub fn enqueue(store: &Store, ranges: &[String]) -> Result<EnqueueReport> {

@@ -1,29 +1,56 @@
 //! The daemon's side of the control socket: accepts connections in a
 //! thread of its own, answers each line-delimited JSON request from the
-//! running store, and never lets a bad request disturb the crawl.
+//! running store in a thread per client, and never lets a bad, slow or
+//! abusive client disturb the crawl or lock the other clients out.
+//!
+//! - Up to [`MAX_CLIENTS`] clients are served at once; more wait in the
+//!   socket's listen backlog until one is done (never refused).
+//! - A client has [`REQUEST_DEADLINE`] from its connection to send its whole
+//!   request line (a client dripping a byte at a time cannot hold a slot),
+//!   and each write of the reply must go through within [`WRITE_TIMEOUT`].
+//! - `queue` is streamed: rows are written as they are read from sled.
+//! - When the crawl ends, the socket is removed first, then the clients
+//!   already connected are answered (pages they would add are refused as
+//!   "finishing"), so no client sees its connection cut mid-reply.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufWriter, ErrorKind, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use super::{ops, socket_path, Command, Reply, Request, MAX_REQUEST, VERSION};
+use super::{ops, socket_path, Command, Reply, Request, RowLine, MAX_REQUEST, VERSION};
 use crate::error::exit_for;
 use crate::pipeline::Shared;
 use crate::store::Store;
 
-/// At most this many requests are served at once; more get a busy reply.
-const MAX_CLIENTS: usize = 8;
+/// Clients served at once. Each costs a thread; a flood beyond this waits
+/// in the kernel's backlog instead of being refused.
+const MAX_CLIENTS: usize = 64;
+/// Time from the connection to the end of the request line.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+/// Longest one write of a reply may block on a client that does not read.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// When the crawl ends: how long the clients being answered may take.
+const DRAIN_WAIT: Duration = Duration::from_secs(10);
 
 /// The listening socket; removed when dropped.
 pub struct ControlServer {
     path: PathBuf,
     stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// What every client thread answers from.
+struct Served {
+    store: Arc<Store>,
+    shared: Arc<Shared>,
+    clients: Slots,
 }
 
 impl ControlServer {
@@ -33,7 +60,7 @@ impl ControlServer {
         let path = socket_path(dir);
         match std::fs::remove_file(&path) {
             Ok(()) => log::info!("replaced a stale control socket left by an earlier run"),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => {
                 return Err(e)
                     .with_context(|| format!("cannot remove the stale socket {}", path.display()))
@@ -44,91 +71,229 @@ impl ControlServer {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("cannot restrict {}", path.display()))?;
         let stop = Arc::new(AtomicBool::new(false));
-        let stop_flag = stop.clone();
-        std::thread::Builder::new()
+        let context = Arc::new(Served {
+            store,
+            shared,
+            clients: Slots::default(),
+        });
+        let (stop_flag, socket) = (stop.clone(), path.clone());
+        let thread = std::thread::Builder::new()
             .name("control".into())
-            .spawn(move || accept_loop(listener, store, shared, stop_flag))
+            .spawn(move || accept_loop(listener, &socket, context, &stop_flag))
             .context("cannot start the control thread")?;
-        Ok(ControlServer { path, stop })
+        Ok(ControlServer {
+            path,
+            stop,
+            thread: Some(thread),
+        })
     }
 }
 
 impl Drop for ControlServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wake the blocking accept so the thread sees the flag and ends.
-        let _ = UnixStream::connect(&self.path);
+        // Wake the blocking accept (this connection closes at once, so it
+        // costs no deadline), then remove the socket: later clients find
+        // no daemon and open the state themselves once it is released.
+        drop(UnixStream::connect(&self.path));
         let _ = std::fs::remove_file(&self.path);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
-fn accept_loop(
-    listener: UnixListener,
-    store: Arc<Store>,
-    shared: Arc<Shared>,
-    stop: Arc<AtomicBool>,
-) {
-    let clients = Arc::new(AtomicUsize::new(0));
-    while !stop.load(Ordering::SeqCst) {
-        let stream = match listener.accept() {
-            Ok((stream, _)) => stream,
+fn accept_loop(listener: UnixListener, path: &Path, context: Arc<Served>, stop: &AtomicBool) {
+    loop {
+        context.clients.wait_for_room(MAX_CLIENTS);
+        match listener.accept() {
+            Ok((stream, _)) => spawn_client(stream, &context),
             Err(e) => {
                 log::warn!("control socket: {e}");
                 std::thread::sleep(Duration::from_millis(100));
-                continue;
             }
-        };
+        }
         if stop.load(Ordering::SeqCst) {
             break;
         }
-        if clients.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
-            clients.fetch_sub(1, Ordering::SeqCst);
-            let _ = reply_line(
-                &stream,
-                &error_reply("too many control requests at once; try again", 1),
-            );
-            continue;
+    }
+    // The crawl is ending. Answer whoever connected before the socket was
+    // removed (wait for the removal, so that no one connects after the
+    // backlog was emptied), then wait for the answers to go out.
+    let gone = Instant::now() + Duration::from_secs(1);
+    while path.exists() && Instant::now() < gone {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if listener.set_nonblocking(true).is_ok() {
+        while let Ok((stream, _)) = listener.accept() {
+            let _ = stream.set_nonblocking(false);
+            context.clients.wait_for_room(MAX_CLIENTS);
+            spawn_client(stream, &context);
         }
-        let (store, shared, clients) = (store.clone(), shared.clone(), clients.clone());
-        let spawned = std::thread::Builder::new()
-            .name("control-client".into())
-            .spawn(move || {
-                serve_client(stream, &store, &shared);
-                clients.fetch_sub(1, Ordering::SeqCst);
-            });
-        if spawned.is_err() {
-            log::warn!("control socket: cannot start a thread for a request");
+    }
+    if !context.clients.wait_idle(DRAIN_WAIT) {
+        log::warn!("control socket: a client still being answered as the crawl ends");
+    }
+}
+
+fn spawn_client(stream: UnixStream, context: &Arc<Served>) {
+    context.clients.take();
+    let shared_context = context.clone();
+    let spawned = std::thread::Builder::new()
+        .name("control-client".into())
+        .spawn(move || {
+            serve_client(&stream, &shared_context);
+            shared_context.clients.give_back();
+        });
+    if spawned.is_err() {
+        context.clients.give_back();
+        log::warn!("control socket: cannot start a thread for a request");
+    }
+}
+
+/// Counts the clients being served; lets the accept loop wait for room.
+#[derive(Default)]
+struct Slots {
+    busy: Mutex<usize>,
+    changed: Condvar,
+}
+
+impl Slots {
+    fn count(&self) -> std::sync::MutexGuard<'_, usize> {
+        self.busy.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wait_for_room(&self, limit: usize) {
+        let mut busy = self.count();
+        while *busy >= limit {
+            busy = self.changed.wait(busy).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn take(&self) {
+        *self.count() += 1;
+    }
+
+    fn give_back(&self) {
+        *self.count() -= 1;
+        self.changed.notify_all();
+    }
+
+    /// Waits until no client is served; false if `timeout` passed first.
+    fn wait_idle(&self, timeout: Duration) -> bool {
+        let busy = self.count();
+        let (busy, _) = self
+            .changed
+            .wait_timeout_while(busy, timeout, |busy| *busy > 0)
+            .unwrap_or_else(|e| e.into_inner());
+        *busy == 0
+    }
+}
+
+fn serve_client(stream: &UnixStream, context: &Served) {
+    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    let line = match read_request(stream, Instant::now() + REQUEST_DEADLINE) {
+        Ok(Some(line)) => line,
+        Ok(None) => return,
+        Err(reply) => {
+            let _ = reply_line(stream, &reply);
+            return;
+        }
+    };
+    let reply = match serde_json::from_slice::<Request>(&line) {
+        Ok(request) if request.v != VERSION => error_reply(
+            &format!(
+                "protocol version {} not supported (this daemon speaks {VERSION})",
+                request.v
+            ),
+            2,
+        ),
+        Ok(request) if request.command.changes_state() && request.expired() => Reply {
+            late: true,
+            ..error_reply(
+                "the request reached the crawl after its deadline; nothing was changed",
+                1,
+            )
+        },
+        Ok(Request {
+            command:
+                Command::Queue {
+                    state,
+                    limit,
+                    stream: true,
+                },
+            ..
+        }) => {
+            stream_queue(stream, &context.store, &state, limit);
+            return;
+        }
+        Ok(request) => answer(request.command, &context.store, &context.shared),
+        Err(e) => error_reply(&format!("malformed request: {e}"), 2),
+    };
+    let _ = reply_line(stream, &reply);
+}
+
+/// Reads one request line, all of it before `deadline`. `Ok(None)`: the
+/// client closed without sending anything (a probe).
+fn read_request(mut stream: &UnixStream, deadline: Instant) -> Result<Option<Vec<u8>>, Reply> {
+    let mut line = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(error_reply(
+                &format!(
+                    "no complete request within {} s",
+                    REQUEST_DEADLINE.as_secs()
+                ),
+                2,
+            ));
+        }
+        let _ = stream.set_read_timeout(Some(left));
+        match stream.read(&mut chunk) {
+            Ok(0) => return Ok((!line.is_empty()).then_some(line)),
+            Ok(n) => {
+                line.extend_from_slice(&chunk[..n]);
+                if let Some(end) = line.iter().position(|&b| b == b'\n') {
+                    line.truncate(end);
+                    return Ok(Some(line));
+                }
+                if line.len() > MAX_REQUEST {
+                    return Err(error_reply(
+                        &format!("request longer than {MAX_REQUEST} bytes"),
+                        2,
+                    ));
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(error_reply(&format!("cannot read the request: {e}"), 2)),
         }
     }
 }
 
-fn serve_client(stream: UnixStream, store: &Store, shared: &Shared) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(30)));
-    let Ok(read_half) = stream.try_clone() else {
-        return;
+/// `queue`, one line per row as sled yields it, then a final reply line
+/// (`{"ok":true,"result":{"rows":N}}`, or an error): memory stays flat
+/// whatever the limit.
+fn stream_queue(stream: &UnixStream, store: &Store, state: &str, limit: usize) {
+    let mut out = BufWriter::new(stream);
+    let mut rows: u64 = 0;
+    let listed = ops::queue_each(store, state, limit, &mut |row| {
+        serde_json::to_writer(&mut out, &RowLine { row })?;
+        out.write_all(b"\n")?;
+        rows += 1;
+        Ok(())
+    });
+    let last = match listed {
+        Ok(()) => ok_reply(serde_json::json!({ "rows": rows })),
+        Err(e) => error_reply(&crate::error::one_line(&e), exit_for(&e) as u8),
     };
-    let mut reader = BufReader::new(read_half.take(MAX_REQUEST as u64 + 1));
-    let mut line = Vec::new();
-    let reply = match reader.read_until(b'\n', &mut line) {
-        Ok(_) if line.len() > MAX_REQUEST => {
-            error_reply(&format!("request longer than {MAX_REQUEST} bytes"), 2)
-        }
-        Ok(0) => return,
-        Ok(_) => match serde_json::from_slice::<Request>(&line) {
-            Ok(request) if request.v != VERSION => error_reply(
-                &format!(
-                    "protocol version {} not supported (this daemon speaks {VERSION})",
-                    request.v
-                ),
-                2,
-            ),
-            Ok(request) => answer(request.command, store, shared),
-            Err(e) => error_reply(&format!("malformed request: {e}"), 2),
-        },
-        Err(e) => error_reply(&format!("cannot read the request: {e}"), 2),
-    };
-    let _ = reply_line(&stream, &reply);
+    let mut line = serde_json::to_vec(&last).unwrap_or_default();
+    line.push(b'\n');
+    let _ = out.write_all(&line).and_then(|()| out.flush());
 }
 
 fn answer(command: Command, store: &Store, shared: &Shared) -> Reply {
@@ -136,22 +301,23 @@ fn answer(command: Command, store: &Store, shared: &Shared) -> Reply {
         pid: std::process::id(),
         paused: shared.paused.load(Ordering::SeqCst),
     };
-    let result: Result<serde_json::Value> = (|| {
-        Ok(match command {
+    // `None`: the crawl is finishing and takes no more pages.
+    let result: Result<Option<serde_json::Value>> = (|| {
+        Ok(Some(match command {
             Command::Status => serde_json::to_value(ops::status(store, Some(daemon()))?)?,
-            Command::Queue { state, limit } => {
+            Command::Queue { state, limit, .. } => {
                 serde_json::to_value(ops::queue(store, &state, limit)?)?
             }
             Command::Enqueue { ranges } => {
-                let report = ops::enqueue(store, &ranges)?;
-                shared.rescan.store(true, Ordering::SeqCst);
-                serde_json::to_value(report)?
+                match shared.take_pages(|| ops::enqueue(store, &ranges)) {
+                    Some(report) => serde_json::to_value(report?)?,
+                    None => return Ok(None),
+                }
             }
-            Command::Retry { pages } => {
-                let report = ops::retry(store, &pages)?;
-                shared.rescan.store(true, Ordering::SeqCst);
-                serde_json::to_value(report)?
-            }
+            Command::Retry { pages } => match shared.take_pages(|| ops::retry(store, &pages)) {
+                Some(report) => serde_json::to_value(report?)?,
+                None => return Ok(None),
+            },
             Command::Pause | Command::Resume => {
                 let pause = matches!(command, Command::Pause);
                 if shared.paused.swap(pause, Ordering::SeqCst) != pause {
@@ -164,14 +330,19 @@ fn answer(command: Command, store: &Store, shared: &Shared) -> Reply {
             }
             Command::Export => serde_json::to_value(ops::export_info(store)?)?,
             Command::Reopen => serde_json::to_value(reopen(shared)?)?,
-        })
+        }))
     })();
     match result {
-        Ok(value) => Reply {
-            ok: true,
-            result: Some(value),
-            error: None,
-            exit: None,
+        Ok(Some(value)) => ok_reply(value),
+        Ok(None) => Reply {
+            finishing: true,
+            ..error_reply(
+                &format!(
+                    "the running crawl (pid {}) is finishing and takes no more pages",
+                    std::process::id()
+                ),
+                crate::exit_code::Exit::Busy as u8,
+            )
         },
         Err(e) => error_reply(&crate::error::one_line(&e), exit_for(&e) as u8),
     }
@@ -196,12 +367,25 @@ fn reopen(shared: &Shared) -> Result<bool> {
 /// group or waiting on a slow disk).
 const REOPEN_WAIT: Duration = Duration::from_secs(20);
 
+fn ok_reply(value: serde_json::Value) -> Reply {
+    Reply {
+        ok: true,
+        result: Some(value),
+        error: None,
+        exit: None,
+        finishing: false,
+        late: false,
+    }
+}
+
 fn error_reply(message: &str, exit: u8) -> Reply {
     Reply {
         ok: false,
         result: None,
         error: Some(message.to_string()),
         exit: Some(exit),
+        finishing: false,
+        late: false,
     }
 }
 

@@ -5,6 +5,11 @@
 //! the frontier until the commit stage has found the run of empty pages
 //! that ends the range. In follow mode, when everything is settled, it waits
 //! for the next round and re-queues the first pages of the range.
+//! Otherwise it ends once nothing is pending or in flight, and decides so
+//! under the lock the control socket takes to add pages
+//! ([`Shared::take_pages`]): a page enqueued or retried over the socket is
+//! either seen by a scan of this run or refused, never acknowledged and
+//! left behind.
 //!
 //! Leases live only in memory: after a crash every page that was in flight
 //! is simply pending again, which is what makes `kill -9` safe.
@@ -136,7 +141,11 @@ pub(super) fn run(
         });
         if drained && in_flight.is_empty() {
             let Some(every) = config.follow else {
-                return Ok(());
+                // Pages enqueued since the last scan keep the run going.
+                if shared.close_intake() {
+                    return Ok(());
+                }
+                continue;
             };
             let due = round_started + every;
             if Instant::now() >= due {

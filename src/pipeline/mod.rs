@@ -136,6 +136,9 @@ pub struct Shared {
     /// The feeder has returned: no work will come (fetch threads standing
     /// by end).
     feeder_ended: AtomicBool,
+    /// Whether pages added now (`enqueue`, `retry` over the control
+    /// socket) will still be crawled by this run: see [`Shared::take_pages`].
+    intake_open: Mutex<bool>,
     pub progress: Progress,
     /// Called from the commit loop after every group or idle tick: the
     /// systemd watchdog ping lives here, in the loop that makes progress.
@@ -169,6 +172,7 @@ impl Shared {
             rescan: AtomicBool::new(false),
             waiting_on_commits: AtomicBool::new(false),
             feeder_ended: AtomicBool::new(false),
+            intake_open: Mutex::new(true),
             progress: Progress::default(),
             heartbeat: None,
             config: RwLock::new(Arc::new(config.clone())),
@@ -191,6 +195,40 @@ impl Shared {
 
     pub fn stopping(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Applies `change` (an enqueue or a retry on the store) if this run
+    /// will crawl the pages it adds, and tells the feeder to look again;
+    /// `None` (nothing applied) once the feeder has ended or is ending.
+    /// The feeder decides to end under the same lock ([`Self::close_intake`]),
+    /// so a change either lands before that decision, and is seen, or is
+    /// refused: never acknowledged and then left behind.
+    pub fn take_pages<T>(&self, change: impl FnOnce() -> Result<T>) -> Option<Result<T>> {
+        let open = self.intake_open.lock().unwrap_or_else(|e| e.into_inner());
+        if !*open || self.stopping() {
+            return None;
+        }
+        let result = change();
+        self.rescan.store(true, Ordering::SeqCst);
+        drop(open);
+        Some(result)
+    }
+
+    /// The feeder found nothing left to do: closes the intake and returns
+    /// true, unless pages were added since its last scan (then it must
+    /// look again, and false).
+    fn close_intake(&self) -> bool {
+        let mut open = self.intake_open.lock().unwrap_or_else(|e| e.into_inner());
+        if self.rescan.load(Ordering::SeqCst) {
+            return false;
+        }
+        *open = false;
+        true
+    }
+
+    /// The feeder ended (stopped, failed, or done): take nothing more.
+    fn shut_intake(&self) {
+        *self.intake_open.lock().unwrap_or_else(|e| e.into_inner()) = false;
     }
 
     /// The configuration in force.
@@ -375,14 +413,16 @@ impl Pipeline {
                 "feeder".into(),
                 Box::new(move || {
                     // Set however the feeder ends, a panic included, so
-                    // that fetch threads standing by end too.
-                    struct Ended<'a>(&'a AtomicBool);
+                    // that fetch threads standing by end too, and the
+                    // control socket takes no more pages.
+                    struct Ended<'a>(&'a Shared);
                     impl Drop for Ended<'_> {
                         fn drop(&mut self) {
-                            self.0.store(true, Ordering::SeqCst);
+                            self.0.shut_intake();
+                            self.0.feeder_ended.store(true, Ordering::SeqCst);
                         }
                     }
-                    let _ended = Ended(&shared.feeder_ended);
+                    let _ended = Ended(&shared);
                     if let Err(e) = feeder::run(&store, work_tx, settled_rx, &shared, window) {
                         shared.fail(e);
                     }

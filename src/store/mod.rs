@@ -429,9 +429,26 @@ impl Store {
     /// Up to `limit` pages in one state, in page order (pending pages of
     /// lazy ranges included).
     pub fn list(&self, filter: StateFilter, limit: usize) -> Result<Vec<(u64, PageState)>> {
-        let mut rows = self.list_keyed(filter, limit)?;
+        self.list_after(filter, None, limit)
+    }
+
+    /// Up to `limit` pages in one state after `after` (from the start if
+    /// `None`), in page order; pending pages include those in lazy ranges.
+    /// A caller lists a long queue a batch at a time from the last page seen.
+    pub fn list_after(
+        &self,
+        filter: StateFilter,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, PageState)>> {
+        let first = match after {
+            Some(u64::MAX) => return Ok(Vec::new()),
+            Some(page) => page + 1,
+            None => 0,
+        };
+        let mut rows = self.list_keyed(filter, first, limit)?;
         if filter == StateFilter::Pending {
-            let lazy = self.lazy_pages(limit)?;
+            let lazy = self.lazy_after(after, limit)?;
             rows.extend(
                 lazy.into_iter()
                     .map(|page| (page, PageState::Pending(Pending::default()))),
@@ -442,9 +459,15 @@ impl Store {
         Ok(rows)
     }
 
-    fn list_keyed(&self, filter: StateFilter, limit: usize) -> Result<Vec<(u64, PageState)>> {
+    fn list_keyed(
+        &self,
+        filter: StateFilter,
+        first: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, PageState)>> {
         let mut rows = Vec::new();
-        for entry in self.tree.scan_prefix([filter.prefix()]).take(limit) {
+        let keys = page_key(filter.prefix(), first)..=page_key(filter.prefix(), u64::MAX);
+        for entry in self.tree.range(keys).take(limit) {
             let (key, value) = entry?;
             let Some(page) = page_of(&key) else { continue };
             let state = match filter {

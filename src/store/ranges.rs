@@ -254,11 +254,6 @@ impl Store {
         Ok(())
     }
 
-    /// The first `limit` lazily queued pages (no key yet), in order.
-    pub(super) fn lazy_pages(&self, limit: usize) -> Result<Vec<u64>> {
-        self.lazy_after(None, limit)
-    }
-
     /// Pages in lazy ranges that have no key (for `recount`).
     pub(super) fn count_lazy(&self) -> Result<u64> {
         let mut total = 0;

@@ -5,6 +5,7 @@
 mod harness;
 
 mod cli;
+mod control;
 mod crash;
 mod crawl;
 mod daemon;
