@@ -218,7 +218,8 @@ fn scan(path: &Path, format: Format, job: &Job) -> Result<Scan> {
             // file as a crash leaves it; anything else is foreign.
             let mut rest = line.clone();
             reader.read_to_end(&mut rest)?;
-            scan.rest_is_torn = !rest.contains(&b'\n') || rest.iter().all(|&b| b == 0);
+            scan.rest_is_torn =
+                !rest.contains(&b'\n') || rest.iter().all(|&b| b == 0 || b == b'\n');
             return Ok(scan);
         };
         match scan.groups.last_mut() {
@@ -491,6 +492,11 @@ mod tests {
             let counters = store.counters();
             assert_eq!((counters.done, counters.pending, counters.items), (3, 3, 9));
             assert_eq!(counters.output_len, whole as u64);
+            assert_eq!(
+                counters.output_fingerprint(),
+                Fingerprint::of(&std::fs::read(&output).unwrap()),
+                "{format:?}: the fingerprint of what was kept"
+            );
             assert_eq!(store.recount().unwrap(), counters);
             assert!(crate::output::mismatch(&output, &counters).is_none());
             assert!(
@@ -607,6 +613,96 @@ mod tests {
         assert_eq!((counters.done, counters.pending), (4, 1));
         assert_eq!(store.recount().unwrap(), counters);
         assert!(store.has_item_key("p4i1").unwrap() && !store.has_item_key("p5i0").unwrap());
+    }
+
+    #[test]
+    fn a_state_that_lost_its_queue_gets_it_back_with_the_pages_the_file_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, output, chunks) = crawled(dir.path(), Format::Jsonl, Some("a"), 5, 2);
+        store.forget_pages();
+        assert!(store.lost_its_pages().unwrap());
+        // The file holds pages 1..=5, then a page the job does not have.
+        let mut bytes = chunks.concat();
+        let fields = vec!["a".to_string(), "b".to_string()];
+        let stranger = render(Format::Jsonl, 99, &fields, &[vec!["s".into(), "t".into()]]);
+        bytes.extend_from_slice(&stranger);
+        bytes.extend_from_slice(&render(
+            Format::Jsonl,
+            5,
+            &fields,
+            &[vec!["p5i9".into(), "x".into()]],
+        ));
+        std::fs::write(&output, &bytes).unwrap();
+        let report = repair(&store).unwrap();
+        assert!(report.found.contains("lost its queue"), "{}", report.found);
+        assert!(
+            report.found.contains("past the checkpoint"),
+            "{}",
+            report.found
+        );
+        // Pages 1..=5 and 99 are whole groups; the last group (page 5
+        // again) may be cut, so it goes.
+        assert_eq!(report.adopted, 5, "pages of the job only, not page 99");
+        assert_eq!(report.kept_items, 11);
+        let counters = store.counters();
+        assert_eq!((counters.done, counters.pending), (5, 0));
+        assert_eq!(store.recount().unwrap(), counters);
+        assert!(!store.lost_its_pages().unwrap());
+        assert!(store.has_item_key("p3i1").unwrap() && store.has_item_key("s").unwrap());
+        assert!(!store.has_item_key("p5i9").unwrap());
+        let kept = std::fs::read(&output).unwrap();
+        assert_eq!(
+            counters.output_fingerprint(),
+            Fingerprint::of(&kept),
+            "the fingerprint of what was kept"
+        );
+    }
+
+    #[test]
+    fn a_symlink_at_the_output_path_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, output, _) = crawled(dir.path(), Format::Jsonl, None, 2, 2);
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::rename(&output, &elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &output).unwrap();
+        let refused = repair(&store).unwrap_err().to_string();
+        assert!(refused.contains("is a symbolic link"), "{refused}");
+    }
+
+    #[test]
+    fn csv_keys_and_a_tail_of_zeros_are_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, output, chunks) = crawled(dir.path(), Format::Csv, Some("b"), 3, 2);
+        let header = csv_header(&["a".into(), "b".into()]);
+        let mut bytes = header.clone();
+        bytes.extend_from_slice(&chunks[0]);
+        bytes.extend_from_slice(&chunks[1]);
+        // Zeros where page 3's write was lost: a crash, not someone's bytes.
+        bytes.extend(vec![0u8; chunks[2].len() / 2]);
+        bytes.push(b'\n');
+        bytes.extend(vec![0u8; 7]);
+        std::fs::write(&output, &bytes).unwrap();
+        let report = repair(&store).unwrap();
+        assert!(report.kept_aside.is_none(), "zeros are cut in place");
+        assert_eq!((report.requeued, report.kept_items), (1, 4));
+        // Key "b" is the second field: "x" for every item.
+        assert!(store.has_item_key("x").unwrap());
+        assert!(
+            !store.has_item_key("p1i0").unwrap(),
+            "the first field is not the key"
+        );
+        let seconds = crate::util::now_ms() / 1000;
+        // A replaced file is kept aside under the time it was found.
+        std::fs::write(&output, vec![b'q'; bytes.len() * 3]).unwrap();
+        let aside = repair(&store).unwrap().kept_aside.unwrap();
+        let suffix: u64 = aside
+            .to_string_lossy()
+            .rsplit('-')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(suffix.abs_diff(seconds) <= 5, "{}", aside.display());
     }
 
     #[test]

@@ -355,6 +355,26 @@ impl Store {
         Ok(counters.failed.saturating_sub(markers))
     }
 
+    /// Test help: makes this state what a power loss between the two
+    /// batches of older pagecrawls' job creation left (the job and its
+    /// counters' frontier, no page in any state, no item keys).
+    #[cfg(test)]
+    pub(crate) fn forget_pages(&self) {
+        for prefix in [PENDING, DONE, FAILED, keys::LAZY, ITEM_KEY, REASON] {
+            for key in self.tree.scan_prefix([prefix]).keys() {
+                self.tree.remove(key.unwrap()).unwrap();
+            }
+        }
+        let mut counters = self.lock();
+        *counters = Counters {
+            frontier: counters.frontier,
+            ..Counters::default()
+        };
+        self.tree
+            .insert(named_key(META, COUNTERS_KEY), counters.encode())
+            .unwrap();
+    }
+
     /// Whether this state holds a job whose closed range has no page in
     /// any state: what a power loss between the two batches of older
     /// pagecrawls' job creation left. Such a state is not finished; it
