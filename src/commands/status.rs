@@ -30,7 +30,7 @@ pub fn command(dir: &Path, json: bool) -> Result<Exit> {
 /// ```text
 /// state     running (pid 4242)
 /// job       http://127.0.0.1:8080/wooyun/bugs.php?page={page}, pages 1..=295
-/// pages     120 done, 173 pending, 2 failed (of 295), 41% finished
+/// pages     120 done, 173 pending, 2 failed (of 295), 40% done
 /// items     2400
 /// rate      35.2 pages/s over the last minute
 /// eta       5s
@@ -198,7 +198,7 @@ mod tests {
             render(&status()),
             "state     running (pid 4242)\n\
              job       http://127.0.0.1:8080/bugs.php?page={page}, pages 1..=295\n\
-             pages     120 done, 173 pending, 2 failed (of 295), 41% finished\n\
+             pages     120 done, 173 pending, 2 failed (of 295), 40% done\n\
              items     2400\n\
              rate      35.2 pages/s over the last minute\n\
              eta       5s\n\
@@ -236,9 +236,22 @@ mod tests {
             pending: 0,
             errors: Vec::new(),
             failed: 0,
+            failed_for_good: 0,
             ..status()
         });
         assert!(finished.contains("finished: nothing pending"), "{finished}");
+        let with_failures = render(&Status {
+            state: "finished".into(),
+            pid: None,
+            pending: 0,
+            failed_for_good: 1,
+            ..status()
+        });
+        assert!(
+            with_failures.starts_with("state     finished with 1 failed page: `pagecrawl queue --state failed` lists them"),
+            "{with_failures}"
+        );
+        assert!(with_failures.contains(", 40% done\n"), "{with_failures}");
         assert!(!finished.contains("eta"), "{finished}");
         assert!(!finished.contains("errors"), "{finished}");
         let open = render(&Status {
