@@ -167,8 +167,8 @@ pub enum Command {
         /// The job's TOML configuration.
         #[arg(long, short = 'c', value_name = "FILE")]
         config: PathBuf,
-        /// The page number to fetch.
-        #[arg(long, value_name = "N")]
+        /// The page number to fetch (default: the first).
+        #[arg(long, value_name = "N", default_value_t = 1)]
         page: u64,
         /// Print JSON Lines even on a terminal.
         #[arg(long, conflicts_with = "pretty")]

@@ -14,7 +14,7 @@ pub mod run;
 mod status;
 mod try_page;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
@@ -88,10 +88,46 @@ fn state_dir(args: &StateArgs) -> Result<PathBuf> {
     if let Some(config) = &args.config {
         return Ok(Config::load(config)?.default_state_dir());
     }
-    Err(UserError::Usage(
-        "no state directory given: pass --state-dir DIR (or --config FILE to use the one beside it)".into(),
-    )
-    .into())
+    let found = jobs_here(Path::new("."));
+    match found.as_slice() {
+        [only] => Ok(only.clone()),
+        [] => Err(UserError::Usage(
+            "no state directory given, and none here: pass --state-dir DIR (or --config FILE to use the one beside it)"
+                .into(),
+        )
+        .into()),
+        several => Err(UserError::Usage(format!(
+            "no state directory given, and {} here ({}): pass --state-dir DIR to say which",
+            several.len(),
+            several
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .into()),
+    }
+}
+
+/// The crawl states in `dir`: its folders that hold one (`NAME.state`
+/// beside `NAME.toml`, or any other), in name order. The inspection
+/// commands use the one there is when none is named.
+fn jobs_here(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = entries
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.is_dir() && crate::store::exists(path))
+        .map(|path| {
+            path.strip_prefix(".")
+                .map(Path::to_path_buf)
+                .unwrap_or(path)
+        })
+        .collect();
+    found.sort();
+    found
 }
 
 /// Writes a command's output to stdout. A reader that went away (`| head`)

@@ -91,7 +91,13 @@ pub fn command(config_path: &Path, page: u64, view: View) -> Result<Exit> {
         eprint!("{hint}");
     }
     if items.is_empty() {
-        eprint!("{}", no_match_hints(&config.pattern_text, &text, &url));
+        if let Some(hint) = past_the_end_hint(&config, page, &extractor) {
+            eprintln!("{hint}");
+        } else {
+            eprint!("{}", no_match_hints(&config.pattern_text, &text, &url));
+        }
+        // As grep: a pattern that matched nothing is not a success.
+        return Ok(Exit::Failure);
     } else if extractor.engine() == Engine::General {
         eprintln!(
             "hint: this pattern runs on the general regex engine; one that starts with literal text \
@@ -100,6 +106,28 @@ pub fn command(config_path: &Path, page: u64, view: View) -> Result<Exit> {
         );
     }
     Ok(Exit::Success)
+}
+
+/// When page `page` (past the first) matched nothing but page 1 has
+/// items, the page is probably past the end of the listing, not a pattern
+/// that fails: says so (one more request, to page 1).
+fn past_the_end_hint(config: &Config, page: u64, extractor: &Extractor) -> Option<String> {
+    if page <= 1 {
+        return None;
+    }
+    let first = config.page_url(1);
+    let response = Fetcher::new(config).fetch(&first).ok()?;
+    let (text, _) = charset::decode(
+        response.content_type.as_deref(),
+        &response.body,
+        config.charset,
+    );
+    let items = extractor.extract(&text).len();
+    (items > 0).then(|| {
+        format!(
+            "pagecrawl: page 1 has {items} items with this pattern: page {page} is probably past the end of the listing"
+        )
+    })
 }
 
 /// Where the charset a page was decoded with came from.

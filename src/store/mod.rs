@@ -204,11 +204,19 @@ impl Store {
 
     fn open_db(dir: &Path) -> Result<Store> {
         let path = db_path(dir);
-        remove_unfinished_snapshots(&path);
+        // A database that was there before this open was made durable by
+        // the process that created it (its first flush); a new one is
+        // synced, files and folders, at this process's first flush.
+        let existed = path.join("db").exists();
         let config = sled::Config::new().path(&path).cache_capacity(CACHE_BYTES);
         // sled panics on some corrupt files instead of returning an error;
         // that must reach the user as a message, not a backtrace.
-        let opened = crate::util::quietly(|| config.open());
+        let mut opened = crate::util::quietly(|| config.open());
+        if matches!(&opened, Ok(Err(sled::Error::Corruption { .. })))
+            && remove_unfinished_snapshots(&path)
+        {
+            opened = crate::util::quietly(|| config.open());
+        }
         let db = match opened {
             Ok(Ok(db)) => db,
             Ok(Err(e)) => return Err(open_error(dir, e)),
@@ -248,7 +256,11 @@ impl Store {
             counters: Mutex::new(counters),
             durable: Box::new(Mutex::new(Durability {
                 log: None,
-                names: Vec::new(),
+                names: if existed {
+                    list_names(&path)?
+                } else {
+                    Vec::new()
+                },
             })),
         })
     }
@@ -550,11 +562,7 @@ impl Store {
             log.sync_data()
                 .with_context(|| format!("cannot sync the state database in {}", path.display()))?;
         }
-        let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(&path)
-            .with_context(|| format!("cannot list {}", path.display()))?
-            .filter_map(|entry| entry.ok().map(|entry| entry.file_name()))
-            .collect();
-        names.sort();
+        let names = list_names(&path)?;
         if names != durable.names {
             // New files first (sled never syncs its `conf`; a snapshot is
             // synced by sled, once more costs little), then their names.
@@ -614,29 +622,57 @@ fn create_private_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The names in a folder, sorted.
+fn list_names(path: &Path) -> Result<Vec<std::ffi::OsString>> {
+    let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(path)
+        .with_context(|| format!("cannot list {}", path.display()))?
+        .filter_map(|entry| entry.ok().map(|entry| entry.file_name()))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
 /// sled writes a snapshot as `snap.N.generating`, syncs it and renames it
 /// `snap.N`; but when it opens, it reads the highest `snap.*` file,
 /// `.generating` ones included. One left by a full disk or a crash is
 /// incomplete, and sled then refuses the whole database as corrupt
 /// ("Read corrupted data"). It is never the only copy of anything (the
-/// previous snapshot and the log are still there), so it is removed.
-fn remove_unfinished_snapshots(db: &Path) {
-    let Ok(entries) = std::fs::read_dir(db) else {
-        return;
+/// previous snapshot and the log are still there), so it is removed, and
+/// the database opened again. Only under sled's own lock on its log file:
+/// a running crawl may be writing a snapshot right now. Returns whether
+/// one was removed.
+fn remove_unfinished_snapshots(db: &Path) -> bool {
+    let Ok(log) = std::fs::File::open(db.join("db")) else {
+        return false;
     };
+    // sled takes this lock (flock, exclusive) for as long as it has the
+    // database open; held by another process, it is not ours to touch.
+    if rustix::fs::flock(&log, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        return false;
+    }
+    let Ok(entries) = std::fs::read_dir(db) else {
+        return false;
+    };
+    let mut removed = false;
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
         if name.starts_with("snap.") && name.ends_with(".generating") {
             match std::fs::remove_file(entry.path()) {
-                Ok(()) => log::info!(
+                Ok(()) => {
+                    removed = true;
+                    log::info!(
                     "removed {}, an unfinished snapshot of the state database (a full disk or a crash cut it short)",
                     entry.path().display()
-                ),
+                    )
+                }
                 Err(e) => log::debug!("cannot remove {}: {e}", entry.path().display()),
             }
         }
     }
+    // Dropping the file releases the lock before sled takes it.
+    drop(log);
+    removed
 }
 
 /// Refuses a state directory that another user owns or may write in.

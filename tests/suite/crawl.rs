@@ -336,12 +336,23 @@ fn try_prints_one_page_and_touches_no_state() {
     assert!(stderr(&output).contains("20 items"), "{}", stderr(&output));
     assert!(!job.state_dir().exists(), "try created no state");
 
+    // Past the end: exit 1, as grep for no match, and said so.
     let empty = job.exec(&["try", "--page", "999"]);
-    assert_success(&empty);
+    assert_eq!(empty.status.code(), Some(1), "{}", stderr(&empty));
     assert!(
-        stderr(&empty).contains("matched nothing"),
+        stderr(&empty).contains(
+            "page 1 has 20 items with this pattern: page 999 is probably past the end of the listing"
+        ),
         "{}",
         stderr(&empty)
+    );
+    // No --page: page 1.
+    let first = job.exec(&["try"]);
+    assert_success(&first);
+    assert!(
+        stderr(&first).contains("page 1: 20 items"),
+        "{}",
+        stderr(&first)
     );
 }
 
@@ -411,7 +422,7 @@ fn try_shows_control_characters_from_the_page_escaped() {
         .unwrap(),
         COMMAND_TIMEOUT,
     );
-    assert_success(&hinted);
+    assert_eq!(hinted.status.code(), Some(1), "nothing matched: exit 1");
     let hints = stderr(&hinted);
     assert!(hints.contains("matched nothing"), "{hints}");
     assert!(!raw(&hints), "{hints:?}");

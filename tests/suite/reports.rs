@@ -132,3 +132,43 @@ fn a_reload_logs_the_concurrency_it_really_applies() {
         assert!(line.contains(" INFO "), "{line}");
     }
 }
+
+/// With no `--state-dir` or `--config`, the inspection commands use the
+/// one crawl state in the current folder, and say which to pick when there
+/// are several.
+#[test]
+fn inspection_commands_find_the_one_job_in_the_current_folder() {
+    let job = Job::new(Site {
+        pages: 3,
+        ..Site::default()
+    });
+    job.run_ok();
+    let here = job.dir.path();
+    let status = finish(
+        pagecrawl(&["status", "--json"])
+            .current_dir(here)
+            .spawn()
+            .unwrap(),
+        COMMAND_TIMEOUT,
+    );
+    assert_success(&status);
+    let value: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(value["done"], 3);
+    assert_eq!(value["state_dir"], "state");
+    // A second job beside it: which one must be said.
+    let other = Job::new(Site {
+        pages: 2,
+        ..Site::default()
+    });
+    other.run_ok();
+    std::fs::rename(other.state_dir(), here.join("other.state")).unwrap();
+    let ambiguous = finish(
+        pagecrawl(&["queue"]).current_dir(here).spawn().unwrap(),
+        COMMAND_TIMEOUT,
+    );
+    assert_eq!(ambiguous.status.code(), Some(2));
+    assert_eq!(
+        stderr(&ambiguous).trim_end(),
+        "pagecrawl: error: no state directory given, and 2 here (other.state, state): pass --state-dir DIR to say which"
+    );
+}

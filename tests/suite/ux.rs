@@ -723,7 +723,11 @@ fn try_shows_the_captures_and_hints_when_nothing_matches() {
         &job,
         r#"<td>(?P<date>\d{4}-\d{2}-\d{2})</td>\s*<td class="title">(?P<title>[^<]*)</td>"#,
     );
-    assert_success(&output);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "nothing matched: exit 1, as grep"
+    );
     assert_eq!(stdout(&output), "");
     let hints = stderr(&output);
     assert!(hints.contains("matched nothing"), "{hints}");
