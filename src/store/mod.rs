@@ -8,7 +8,9 @@
 //! after `kill -9` (the `recount` test helper checks exactly that).
 
 mod commit;
+mod follow;
 pub mod keys;
+mod open_end;
 mod ranges;
 pub mod records;
 mod repair;

@@ -13,6 +13,7 @@ mod damage;
 mod errors;
 mod faults;
 mod hostile;
+mod open_range;
 mod power_loss;
 mod properties;
 mod reports;
