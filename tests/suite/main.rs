@@ -12,6 +12,7 @@ mod daemon;
 mod damage;
 mod errors;
 mod faults;
+mod follow;
 mod hostile;
 mod open_range;
 mod power_loss;

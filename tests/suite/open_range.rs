@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use pagecrawl::fixture::Site;
 
-use crate::harness::{assert_same_items, Job};
+use crate::harness::{assert_same_items, stderr, stdout, Job};
 
 const LAST: u64 = 295;
 const EMPTY_RUN: u64 = 3;
@@ -69,4 +69,51 @@ fn timing_of_an_open_range_at_20ms_latency() {
             "concurrency {concurrency}, 20 ms latency: {past} requests past the end, {elapsed:.2?}"
         );
     }
+}
+
+#[test]
+fn an_open_range_reads_as_its_listing_in_status_and_the_start_up_log() {
+    let site = Site {
+        pages: 20,
+        ..Site::default()
+    };
+    let job = Job::new(site)
+        .pages("1..")
+        .concurrency(4)
+        .with(&format!("stop_after_empty = {EMPTY_RUN}"));
+    let run = job.run_ok();
+    assert!(
+        stderr(&run)
+            .contains("(open range from page 1, ends after 3 empty pages) with 4 connections"),
+        "{}",
+        stderr(&run)
+    );
+    let status = job.status();
+    assert_eq!(status["open_range_end"], 21, "{status}");
+    assert_eq!(status["open_range_last_page"], 20, "{status}");
+    let past = status["done_past_end"].as_u64().unwrap();
+    assert!(
+        (EMPTY_RUN..=EMPTY_RUN + 4).contains(&past),
+        "the empty run and the look-ahead: {status}"
+    );
+    assert_eq!(status["done"].as_u64().unwrap(), 20 + past, "{status}");
+    let text = stdout(&job.exec(&["status"]));
+    assert!(
+        text.contains(&format!(
+            "pages     20 done, 0 pending, 0 failed (of pages 1..=20); the open range ended at page 20: {past} pages from 21 on had no items"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("finished: nothing pending"), "{text}");
+
+    // Resumed, it says where it ended, and fetches nothing.
+    let served = job.server.stats().total();
+    let again = job.run_ok();
+    assert!(
+        stderr(&again)
+            .contains("(open range, ended at page 20 before the empty pages from 21; 0 pending,"),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(job.server.stats().total(), served);
 }
