@@ -259,11 +259,9 @@ pub fn crawl_quietly(config: &Config, dir: &Path, follow: Option<Duration>) -> R
     let counters = store.counters();
     store.start_run(output.fingerprint())?;
     log::info!(
-        "crawling {} ({} pending, {} done, {} failed) with {} connections into {}",
+        "crawling {} ({}) with {} connections into {}",
         config.url,
-        counters.pending,
-        counters.done,
-        counters.failed,
+        queue_summary(config, &counters),
         config.concurrency,
         wanted.output.display()
     );
@@ -452,6 +450,36 @@ fn supervise(
 }
 
 /// One line of progress, for logs and systemd's STATUS=.
+/// What the start-up line says of the queue. An open range has no total
+/// to count down: it says where it starts and what ends it, or where it
+/// ended.
+fn queue_summary(config: &Config, counters: &Counters) -> String {
+    let counts = format!(
+        "{} pending, {} done, {} failed",
+        counters.pending, counters.done, counters.failed
+    );
+    if !config.pages.is_open() {
+        return counts;
+    }
+    match counters.open_end() {
+        Some(end) => format!(
+            "open range, ended at page {} before the empty pages from {end}; {counts}",
+            end.saturating_sub(1)
+        ),
+        None if counters.done + counters.failed + counters.pending == 0 => format!(
+            "open range from page {}, ends after {} empty pages",
+            config.pages.start(),
+            config.stop_after_empty
+        ),
+        None => format!(
+            "open range from page {}, ends after {} empty pages; {counts}, queued up to page {}",
+            config.pages.start(),
+            config.stop_after_empty,
+            counters.frontier.saturating_sub(1)
+        ),
+    }
+}
+
 fn status_line(counters: &Counters, shared: &Shared) -> String {
     let paused = if shared.paused.load(Ordering::SeqCst) {
         "paused; "

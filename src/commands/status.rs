@@ -73,28 +73,14 @@ pub fn render(s: &Status) -> String {
     if let (Some(url), Some(range)) = (&s.url, &s.range) {
         line("job", format!("{url}, pages {range}"));
     }
-    let finished = s.done + s.failed;
-    let mut pages = format!(
-        "{} done, {} pending, {} failed (of {})",
-        s.done, s.pending, s.failed, s.total
-    );
-    match (s.open_range, s.open_range_end, s.frontier) {
-        (_, Some(end), _) => pages.push_str(&format!(
-            "; open range ended at page {end} (a run of empty pages)"
-        )),
-        (true, None, Some(frontier)) => {
-            pages.push_str(&format!("; open range, frontier page {frontier}"))
-        }
-        _ if s.total > 0 && s.failed_for_good > 0 => {
-            pages.push_str(&format!(", {}% done", s.done * 100 / s.total.max(1)))
-        }
-        _ if s.total > 0 => {
-            pages.push_str(&format!(", {}% finished", finished * 100 / s.total.max(1)))
-        }
-        _ => {}
-    }
-    line("pages", pages);
+    line("pages", pages_line(s));
     line("items", s.items.to_string());
+    if let Some(round) = s.round {
+        line(
+            "follow",
+            follow_line(round, s.next_round_at, crate::util::now_ms() / 1000),
+        );
+    }
     let rate = match (s.rate_last_minute, s.rate) {
         (Some(recent), _) => format!("{recent:.1} pages/s over the last minute"),
         (None, Some(rate)) if s.pid.is_some() => format!("{rate:.1} pages/s in this run"),
@@ -151,6 +137,72 @@ pub fn render(s: &Status) -> String {
     out
 }
 
+/// The counts, and how far the job has come. An open range that found its
+/// end counts the pages of its listing: the run of empty pages and the
+/// look-ahead past it are said apart, not added to the job's total.
+fn pages_line(s: &Status) -> String {
+    let start = s
+        .range
+        .as_deref()
+        .and_then(|range| crate::range::parse_range(range).ok())
+        .map_or(1, |range| range.start());
+    match (s.open_range, s.open_range_end, s.frontier) {
+        (_, Some(end), _) => {
+            let last = end.saturating_sub(1);
+            let past = s.done_past_end + s.failed_past_end;
+            let done = s.done.saturating_sub(s.done_past_end);
+            let failed = s.failed.saturating_sub(s.failed_past_end);
+            format!(
+                "{done} done, {} pending, {failed} failed (of pages {start}..={last}); \
+                 the open range ended at page {last}: {past} page{} from {end} on had no items \
+                 (the empty run that ends it, and the look-ahead)",
+                s.pending,
+                if past == 1 { "" } else { "s" }
+            )
+        }
+        (true, None, Some(frontier)) => format!(
+            "{} done, {} pending, {} failed; open range from page {start}, queued up to page {} \
+             (it ends at its first run of empty pages)",
+            s.done,
+            s.pending,
+            s.failed,
+            frontier.saturating_sub(1)
+        ),
+        _ => {
+            let mut pages = format!(
+                "{} done, {} pending, {} failed (of {})",
+                s.done, s.pending, s.failed, s.total
+            );
+            if s.total > 0 && s.failed_for_good > 0 {
+                pages.push_str(&format!(", {}% done", s.done * 100 / s.total.max(1)));
+            } else if s.total > 0 {
+                let finished = s.done + s.failed;
+                pages.push_str(&format!(", {}% finished", finished * 100 / s.total.max(1)));
+            }
+            pages
+        }
+    }
+}
+
+/// Follow mode: the round, and when the next one starts (known while a
+/// daemon follows).
+fn follow_line(round: u64, next_round_at: Option<u64>, now_s: u64) -> String {
+    match next_round_at {
+        Some(at) => {
+            let when = humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(at),
+            );
+            let wait = if at > now_s {
+                format!("in {}", human_duration((at - now_s) as f64))
+            } else {
+                "once this round's pages are done".to_string()
+            };
+            format!("round {round}; the next round starts at {when} ({wait})")
+        }
+        None => format!("round {round}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,7 +241,25 @@ mod tests {
             frontier: None,
             damaged: None,
             failed_for_good: 2,
+            open_range_last_page: None,
+            done_past_end: 0,
+            failed_past_end: 0,
+            round: None,
+            next_round_at: None,
         }
+    }
+
+    #[test]
+    fn follow_mode_says_its_round_and_when_the_next_starts() {
+        assert_eq!(follow_line(3, None, 100), "round 3");
+        assert_eq!(
+            follow_line(3, Some(1_800_000_060), 1_800_000_000),
+            "round 3; the next round starts at 2027-01-15T08:01:00Z (in 1m00s)"
+        );
+        assert_eq!(
+            follow_line(3, Some(1_800_000_000), 1_800_000_010),
+            "round 3; the next round starts at 2027-01-15T08:00:00Z (once this round's pages are done)"
+        );
     }
 
     #[test]
@@ -259,7 +329,10 @@ mod tests {
             frontier: Some(140),
             ..status()
         });
-        assert!(open.contains("; open range, frontier page 140\n"), "{open}");
+        assert!(
+            open.contains("pages     120 done, 173 pending, 2 failed; open range from page 1, queued up to page 139 (it ends at its first run of empty pages)\n"),
+            "{open}"
+        );
         assert!(open.contains("eta       unknown: an open range"), "{open}");
         let many = render(&Status {
             errors: (1..=7)
@@ -271,6 +344,37 @@ mod tests {
             ..status()
         });
         assert!(many.contains("  ... and 2 other reasons\n"), "{many}");
+        let ended = Status {
+            state: "finished".into(),
+            range: Some("1..".into()),
+            open_range: true,
+            frontier: Some(307),
+            open_range_end: Some(296),
+            open_range_last_page: Some(295),
+            done_past_end: 11,
+            pending: 0,
+            done: 306,
+            failed: 0,
+            total: 306,
+            ..status()
+        };
+        let ended_text = render(&ended);
+        assert!(
+            ended_text.contains("pages     295 done, 0 pending, 0 failed (of pages 1..=295); the open range ended at page 295: 11 pages from 296 on had no items (the empty run that ends it, and the look-ahead)\n"),
+            "{ended_text}"
+        );
+        let not_found = render(&Status {
+            open_range_end: Some(10),
+            done_past_end: 0,
+            failed_past_end: 3,
+            done: 9,
+            failed: 3,
+            ..ended.clone()
+        });
+        assert!(
+            not_found.contains("pages     9 done, 0 pending, 0 failed (of pages 1..=9);"),
+            "404s past the end are not failures of the job: {not_found}"
+        );
         assert!(!many.contains("HTTP 506"), "{many}");
     }
 }

@@ -17,6 +17,9 @@ use crate::store::{EnqueueReport, PageState, StateFilter, Store};
 pub struct Daemon {
     pub pid: u32,
     pub paused: bool,
+    /// Follow mode: the interval between rounds, in ms (`None` when the
+    /// crawl does not follow).
+    pub follow_ms: Option<u64>,
 }
 
 /// The `status --json` shape (documented in the README; add fields, never
@@ -69,6 +72,25 @@ pub struct Status {
     /// where an open range ends: a finished crawl with any exits 8.
     #[serde(default)]
     pub failed_for_good: u64,
+    /// Open ranges, once their end is found: the last page of the range
+    /// (the page before the run of empty pages). Added after 0.1.0.
+    #[serde(default)]
+    pub open_range_last_page: Option<u64>,
+    /// Open ranges: pages done and failed at or past the end (the run of
+    /// empty pages, or of 404s, and the look-ahead), counted in `done` and
+    /// `failed` but not part of the listing. Added after 0.1.0.
+    #[serde(default)]
+    pub done_past_end: u64,
+    #[serde(default)]
+    pub failed_past_end: u64,
+    /// Follow mode: the round in progress or last started (the first crawl
+    /// is round 1). Added after 0.1.0.
+    #[serde(default)]
+    pub round: Option<u64>,
+    /// Follow mode, while a daemon follows: when the next round starts, in
+    /// seconds since the Unix epoch. Added after 0.1.0.
+    #[serde(default)]
+    pub next_round_at: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,6 +115,7 @@ pub fn status(store: &Store, daemon: Option<Daemon>) -> Result<Status> {
     let counters = store.counters();
     let job = store.job()?;
     let rate = run_rate(&counters);
+    let past_end = store.past_end()?;
     // Measured by the crawl running in this process: only the daemon has one.
     let rate_last_minute = daemon.and_then(|_| crate::progress::recent_rate());
     // No ETA while paused: nothing moves until it is resumed.
@@ -145,6 +168,16 @@ pub fn status(store: &Store, daemon: Option<Daemon>) -> Result<Status> {
         frontier: open_range.then_some(counters.frontier),
         damaged,
         failed_for_good: store.real_failures()?,
+        open_range_last_page: counters.open_end().map(|end| end.saturating_sub(1)),
+        done_past_end: past_end.done,
+        failed_past_end: past_end.failed,
+        round: store.round().map(|(round, _)| round),
+        next_round_at: match (store.round(), daemon.and_then(|d| d.follow_ms)) {
+            (Some((_, started_ms)), Some(every_ms)) => {
+                Some(started_ms.saturating_add(every_ms).div_ceil(1000))
+            }
+            _ => None,
+        },
     })
 }
 

@@ -300,6 +300,7 @@ fn answer(command: Command, store: &Store, shared: &Shared) -> Reply {
     let daemon = || ops::Daemon {
         pid: std::process::id(),
         paused: shared.paused.load(Ordering::SeqCst),
+        follow_ms: shared.config().follow.map(|every| every.as_millis() as u64),
     };
     // `None`: the crawl is finishing and takes no more pages.
     let result: Result<Option<serde_json::Value>> = (|| {

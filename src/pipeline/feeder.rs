@@ -23,6 +23,7 @@ use anyhow::Result;
 use crossbeam_channel::{select, Receiver, Sender};
 
 use super::{Settled, Shared, Work};
+use crate::config::Config;
 use crate::range::PageRange;
 use crate::store::Store;
 use crate::util::now_ms;
@@ -51,7 +52,19 @@ pub(super) fn run(
     let mut lazy_cursor: Option<u64> = None;
     let mut keyed_exhausted = false;
     let mut exhausted = false;
-    let mut round_started = Instant::now();
+    // An open range resumed: its pages found with items before this run
+    // count for the look-ahead too.
+    if shared.config().pages.is_open() {
+        if let Some(page) = store.last_page_with_items()? {
+            shared.saw_items(page);
+        }
+    }
+    let mut stalled_warned = false;
+    // Follow mode: round 1 (the first crawl) starts with the first run; a
+    // restarted daemon keeps the round it finds.
+    if shared.config().follow.is_some() {
+        current_round(store)?;
+    }
 
     loop {
         if shared.stopping() {
@@ -123,18 +136,28 @@ pub(super) fn run(
         let drained = exhausted && fresh.is_empty();
         let blocked = waits_on_commits(drained, &retries, &in_flight, window);
         shared.waiting_on_commits.store(blocked, Ordering::SeqCst);
-        // Open ranges look ahead only as far as keeps every fetch thread busy,
-        // so the crawl overshoots the real end by a few pages, not a window.
-        let lookahead = 2 * config.concurrency + config.stop_after_empty as usize;
-        if !paused
-            && config.pages.is_open()
-            && drained
-            && in_flight.len() < lookahead
-            && store.counters().open_end().is_none()
-        {
-            store.extend((lookahead - in_flight.len()) as u64)?;
-            exhausted = false;
-            continue;
+        if !paused && config.pages.is_open() && drained && store.counters().open_end().is_none() {
+            let counters = store.counters();
+            let count = pages_to_extend(
+                counters.frontier,
+                shared.highest_with_items(),
+                &config,
+                in_flight.len(),
+            );
+            if count > 0 {
+                store.extend(count)?;
+                exhausted = false;
+                continue;
+            }
+            if in_flight.is_empty() && !stalled_warned {
+                stalled_warned = true;
+                log::warn!(
+                    "open range: no items on pages {}..={} but no {} empty pages in a row either (some failed); stopping there: `pagecrawl retry` queues the failed pages again",
+                    shared.highest_with_items().map_or(config.pages.start(), |p| p + 1),
+                    counters.frontier.saturating_sub(1),
+                    config.stop_after_empty
+                );
+            }
         }
         let mut wait = retries.peek().map_or(TICK, |Reverse((due, _, _))| {
             due.saturating_duration_since(Instant::now()).min(TICK)
@@ -147,33 +170,78 @@ pub(super) fn run(
                 }
                 continue;
             };
-            let due = round_started + every;
-            if Instant::now() >= due {
+            let (round, started_ms) = current_round(store)?;
+            let due_ms = started_ms.saturating_add(every.as_millis() as u64);
+            let now = now_ms();
+            if now >= due_ms {
                 let first = config.pages.start();
                 let last = first.saturating_add(config.refresh_pages - 1);
-                store.enqueue(&[PageRange::Closed {
-                    start: first,
-                    end: last,
-                }])?;
-                let round = shared.progress.rounds.fetch_add(1, Ordering::Relaxed) + 2;
+                let round = round + 1;
+                store.start_round(
+                    round,
+                    now,
+                    &[PageRange::Closed {
+                        start: first,
+                        end: last,
+                    }],
+                )?;
+                shared.progress.rounds.fetch_add(1, Ordering::Relaxed);
                 log::info!("follow: round {round}, re-crawling pages {first}..={last}");
-                round_started = Instant::now();
                 cursor = None;
                 lazy_cursor = None;
                 keyed_exhausted = false;
                 exhausted = false;
                 continue;
             }
-            wait = wait.min(due.saturating_duration_since(Instant::now()));
+            wait = wait.min(Duration::from_millis(due_ms - now));
         }
         select! {
             recv(settled) -> message => match message {
                 Ok(message) => settle(message, &mut in_flight, &mut retries),
                 Err(_) => return Ok(()),
             },
+            // A page was found with items: an open range may queue more.
+            recv(shared.items_seen.1) -> _ => {}
             default(wait) => {}
         }
     }
+}
+
+/// How many pages an open range queues past `frontier` now. It looks
+/// ahead `stop_after_empty + concurrency` pages past the highest page found
+/// with items (or from its start), so that at most that many are requested
+/// past its last page with items, whatever the concurrency; the
+/// `concurrency` part keeps every connection busy in the body of the range
+/// (a page's items are known as soon as it is parsed, so the look-ahead
+/// moves on long before the commit). Never more than twice the
+/// concurrency plus the run in flight, as a memory bound when pages wait
+/// for retries.
+fn pages_to_extend(
+    frontier: u64,
+    highest_with_items: Option<u64>,
+    config: &Config,
+    in_flight: usize,
+) -> u64 {
+    let reach = config.stop_after_empty as u64 + config.concurrency as u64;
+    let last_allowed = match highest_with_items {
+        Some(page) => page.saturating_add(reach),
+        None => config.pages.start().saturating_add(reach - 1),
+    };
+    let by_items = last_allowed.saturating_add(1).saturating_sub(frontier);
+    let lookahead = 2 * config.concurrency + config.stop_after_empty as usize;
+    by_items.min(lookahead.saturating_sub(in_flight) as u64)
+}
+
+/// Follow mode: the round in progress and when it started, from the state.
+/// State without one (a first run, or written before rounds were kept)
+/// records round 1 as starting now.
+fn current_round(store: &Store) -> Result<(u64, u64)> {
+    if let Some(round) = store.round() {
+        return Ok(round);
+    }
+    let now = now_ms();
+    store.start_round(1, now, &[])?;
+    Ok((1, now))
 }
 
 /// Whether nothing more can go out until pages settle (the queue is drained

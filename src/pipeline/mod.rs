@@ -157,6 +157,15 @@ pub struct Shared {
     pub reopen_requests: (Sender<ReopenReply>, Receiver<ReopenReply>),
     /// Fetch threads started: the most requests a reload can allow at once.
     threads: usize,
+    /// The highest page found with items, plus one (0 = none yet): the
+    /// parse threads raise it as soon as they see items, and an open range
+    /// queues no further than `stop_after_empty + concurrency` pages past
+    /// it (see `feeder`).
+    highest_with_items: AtomicU64,
+    /// Wakes the feeder when `highest_with_items` rose. Capacity 1: one
+    /// waiting nudge says as much as many, and a parse thread never blocks
+    /// on it (it drops the nudge when one waits).
+    items_seen: (Sender<()>, Receiver<()>),
 }
 
 /// Where the commit stage sends a reopen's outcome: whether a new file was
@@ -183,7 +192,30 @@ impl Shared {
             error: Mutex::new(None),
             reopen_requests: crossbeam_channel::bounded(4),
             threads: fetch_threads(config),
+            highest_with_items: AtomicU64::new(0),
+            items_seen: bounded(1),
         }
+    }
+
+    /// A page was found with items: raises the highest such page and, when
+    /// that moved it, wakes the feeder.
+    fn saw_items(&self, page: u64) {
+        let plus_one = page.saturating_add(1);
+        if self
+            .highest_with_items
+            .fetch_max(plus_one, Ordering::SeqCst)
+            < plus_one
+        {
+            let _ = self.items_seen.0.try_send(());
+        }
+    }
+
+    /// The highest page found with items, in this run or (for the pages
+    /// before it) in the state.
+    fn highest_with_items(&self) -> Option<u64> {
+        self.highest_with_items
+            .load(Ordering::SeqCst)
+            .checked_sub(1)
     }
 
     fn fail(&self, error: anyhow::Error) {
@@ -439,9 +471,10 @@ impl Pipeline {
         drop((work_rx, fetched_tx));
         for index in 0..config.parse_threads {
             let (rx, tx, config) = (fetched_rx.clone(), parsed_tx.clone(), config.clone());
+            let shared = shared.clone();
             others.push(spawn(
                 format!("parse-{index}"),
-                Box::new(move || parse::run(&config, rx, tx)),
+                Box::new(move || parse::run(&config, rx, tx, &shared)),
             )?);
         }
         drop((fetched_rx, parsed_tx));

@@ -5,7 +5,7 @@ use std::cell::Cell;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::{Fetched, Parsed, Rendered};
+use super::{Fetched, Parsed, Rendered, Shared};
 use crate::config::Config;
 use crate::extract::Extractor;
 use crate::{charset, output};
@@ -89,11 +89,24 @@ impl Parser {
     }
 }
 
-pub(super) fn run(config: &Config, fetched: Receiver<Fetched>, parsed: Sender<Parsed>) {
+pub(super) fn run(
+    config: &Config,
+    fetched: Receiver<Fetched>,
+    parsed: Sender<Parsed>,
+    shared: &Shared,
+) {
     let parser = Parser::new(config);
     for message in fetched {
         super::fault_panic("parse");
-        if parsed.send(parser.parse(message)).is_err() {
+        let message = parser.parse(message);
+        // Told now, not at the commit: the feeder paces an open range's
+        // look-ahead by it, and a commit group can take a while to fill.
+        if let Parsed::Done { page, items, .. } = &message {
+            if !items.ends.is_empty() {
+                shared.saw_items(*page);
+            }
+        }
+        if parsed.send(message).is_err() {
             return;
         }
     }

@@ -8,7 +8,9 @@
 //! after `kill -9` (the `recount` test helper checks exactly that).
 
 mod commit;
+mod follow;
 pub mod keys;
+mod open_end;
 mod ranges;
 pub mod records;
 mod repair;
@@ -23,6 +25,7 @@ use crate::error::UserError;
 use crate::range::PageRange;
 use crate::util::now_ms;
 use keys::{named_key, page_key, page_of, DONE, FAILED, ITEM_KEY, META, PENDING, REASON};
+pub use open_end::PastEnd;
 pub use records::{Counters, Done, Failed, Fingerprint, OutputIdentity, Pending};
 pub use repair::{Rebuild, Rebuilt};
 

@@ -25,7 +25,7 @@ use std::collections::{HashMap, HashSet};
 use anyhow::Result;
 
 use super::keys::{named_key, page_key, page_of, DONE, FAILED, LAZY, META, PENDING};
-use super::{EnqueueReport, Failed, Store, COUNTERS_KEY};
+use super::{Counters, EnqueueReport, Failed, Store, COUNTERS_KEY};
 use crate::range::PageRange;
 
 /// How many pages two inclusive ranges share.
@@ -272,6 +272,16 @@ impl Store {
     /// means). One batch for the whole request, so it stands or falls
     /// whole; O(pages that already have keys), not O(range size).
     pub fn enqueue(&self, ranges: &[PageRange]) -> Result<EnqueueReport> {
+        self.enqueue_and(ranges, |_| {})
+    }
+
+    /// [`Store::enqueue`], with `edit` applied to the counters in the same
+    /// batch (a follow round's number and start, see `follow`).
+    pub(super) fn enqueue_and(
+        &self,
+        ranges: &[PageRange],
+        edit: impl FnOnce(&mut Counters),
+    ) -> Result<EnqueueReport> {
         let wanted: Vec<(u64, u64)> = ranges
             .iter()
             .filter_map(|range| match *range {
@@ -296,6 +306,7 @@ impl Store {
         let added = self.plan_lazy(&mut batch, &wanted)?;
         next.pending += added;
         self.add_reason_changes(&mut batch, &reasons)?;
+        edit(&mut next);
         batch.insert(named_key(META, COUNTERS_KEY), next.encode());
         self.tree.apply_batch(batch)?;
         *counters = next;

@@ -164,6 +164,12 @@ pub struct Counters {
     /// A fingerprint of the output's last bytes before `output_len` (see
     /// [`Fingerprint`]; 0 in state written before it was recorded).
     pub output_fingerprint: u64,
+    /// Follow mode: the round in progress or last started (the first crawl
+    /// is round 1; 0 = not recorded, as in state from before rounds were
+    /// kept), and when it started (ms since the epoch). A restarted daemon
+    /// starts the next round at `round_started_ms` + `follow`.
+    pub round: u64,
+    pub round_started_ms: u64,
 }
 
 /// What the output's bytes just before the checkpoint's length hash to:
@@ -214,7 +220,7 @@ impl OutputIdentity {
 }
 
 impl Counters {
-    const FIELDS: usize = 13;
+    const FIELDS: usize = 15;
 
     /// The fingerprint of the output the checkpoint covers.
     pub fn output_fingerprint(&self) -> Fingerprint {
@@ -236,6 +242,8 @@ impl Counters {
             self.run_done_base,
             self.last_commit_ms,
             self.output_fingerprint,
+            self.round,
+            self.round_started_ms,
         ]
     }
 
@@ -262,6 +270,8 @@ impl Counters {
             run_done_base: v(10),
             last_commit_ms: v(11),
             output_fingerprint: v(12),
+            round: v(13),
+            round_started_ms: v(14),
         }
     }
 
@@ -325,9 +335,17 @@ mod tests {
             done: 2,
             output_len: 3,
             last_commit_ms: 12,
+            output_fingerprint: 13,
+            round: 14,
+            round_started_ms: 15,
             ..Counters::default()
         };
         assert_eq!(Counters::decode(&counters.encode()), counters);
+        // State written before the follow rounds were kept: 13 fields.
+        let old_layout = &counters.encode()[..13 * 8];
+        let old = Counters::decode(old_layout);
+        assert_eq!((old.round, old.round_started_ms), (0, 0));
+        assert_eq!(old.output_fingerprint, 13);
     }
 
     #[test]
