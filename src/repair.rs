@@ -659,6 +659,76 @@ mod tests {
     }
 
     #[test]
+    fn failed_and_retrying_pages_whose_items_are_in_the_file_become_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, output, chunks) = crawled(dir.path(), Format::Jsonl, None, 4, 2);
+        store
+            .enqueue(&[PageRange::Closed { start: 5, end: 8 }])
+            .unwrap();
+        let len = store.counters().output_len;
+        store
+            .commit(
+                &[
+                    // An empty page: done with no items, none in the file.
+                    Settle::Done {
+                        page: 5,
+                        attempts: 1,
+                        items: 0,
+                        extracted: 0,
+                        bytes: 1,
+                        keys: vec![],
+                    },
+                    Settle::Failed {
+                        page: 6,
+                        attempts: 3,
+                        kind: "HTTP 500".into(),
+                        detail: "HTTP 500 at x".into(),
+                    },
+                    Settle::Retry {
+                        page: 7,
+                        attempts: 1,
+                        not_before_ms: 0,
+                        error: "HTTP 503".into(),
+                    },
+                ],
+                len,
+                None,
+            )
+            .unwrap();
+        assert_eq!(store.reasons().unwrap().len(), 1);
+        // The file holds pages 6 and 7 too (a checkpoint that rolled back),
+        // then page 8, the last group, which may be cut.
+        let fields = vec!["a".to_string(), "b".to_string()];
+        let mut bytes = chunks.concat();
+        for page in [6, 7, 8] {
+            bytes.extend(render(
+                Format::Jsonl,
+                page,
+                &fields,
+                &[vec![format!("p{page}"), "x".into()]],
+            ));
+        }
+        std::fs::write(&output, &bytes).unwrap();
+        let report = repair(&store).unwrap();
+        assert_eq!(
+            (report.adopted, report.requeued),
+            (2, 0),
+            "the empty page stays done"
+        );
+        let counters = store.counters();
+        assert_eq!(
+            (counters.done, counters.failed, counters.pending),
+            (7, 0, 1)
+        );
+        assert_eq!(pending_pages(&store), vec![8]);
+        assert!(
+            store.reasons().unwrap().is_empty(),
+            "the failure is gone with its page"
+        );
+        assert_eq!(store.recount().unwrap(), counters);
+    }
+
+    #[test]
     fn a_symlink_at_the_output_path_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let (store, output, _) = crawled(dir.path(), Format::Jsonl, None, 2, 2);
