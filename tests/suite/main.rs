@@ -13,6 +13,7 @@ mod damage;
 mod errors;
 mod faults;
 mod hostile;
+mod metrics;
 mod power_loss;
 mod properties;
 mod reports;
