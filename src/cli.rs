@@ -154,6 +154,19 @@ pub enum Command {
         #[command(flatten)]
         state: StateArgs,
     },
+    /// Print the crawl's metrics in the Prometheus text format.
+    ///
+    /// From the running crawl, over its control socket: pages, items,
+    /// retries and failures from its state, and its live counters
+    /// (requests by status, bytes, fetch latency, requests in flight, time
+    /// waited on the rate limit). With no crawl running, the counters kept
+    /// in the state only, and a note on stderr. `metrics_listen` in the
+    /// config serves the same text over HTTP.
+    #[command(after_help = "Example: pagecrawl metrics --state-dir /var/lib/pagecrawl/wooyun")]
+    Metrics {
+        #[command(flatten)]
+        state: StateArgs,
+    },
     /// Fetch and parse one page and print its items; touches no state.
     ///
     /// On a terminal each item is shown field by field, and the first match

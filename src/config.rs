@@ -63,6 +63,10 @@ struct RawConfig {
     key: Option<String>,
     #[serde(default = "defaults::robots")]
     robots: bool,
+    #[serde(default)]
+    metrics_listen: Option<String>,
+    #[serde(default)]
+    metrics_allow_remote: bool,
 }
 
 /// Defaults, named so the README and `RawConfig` agree on them.
@@ -159,6 +163,9 @@ pub struct Config {
     /// Obey the site's robots.txt (disallowed pages fail; `Crawl-delay` is a
     /// minimum interval between requests).
     pub robots: bool,
+    /// Where to serve `GET /metrics` (loopback unless
+    /// `metrics_allow_remote`); not reloadable.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -403,6 +410,11 @@ impl Config {
             refresh_pages: count("refresh_pages", raw.refresh_pages, 1, 1_000_000)?,
             key,
             robots: raw.robots,
+            metrics_listen: raw
+                .metrics_listen
+                .map(|text| crate::metrics::listen_address(&text, raw.metrics_allow_remote))
+                .transpose()
+                .map_err(|why| bad("metrics_listen", why))?,
         })
     }
 

@@ -211,6 +211,20 @@ pub const KEYS: &[KeyDoc] = &[
         default: "\"10s\"",
         value: "\"10s\"",
     },
+    KeyDoc {
+        name: "metrics_listen",
+        group: "Monitoring",
+        explanation: "Serve GET /metrics (Prometheus) on this IP address and port while the crawl runs; no authentication, so loopback only unless `metrics_allow_remote`. Not reloadable.",
+        default: "none",
+        value: "\"127.0.0.1:9464\"",
+    },
+    KeyDoc {
+        name: "metrics_allow_remote",
+        group: "Monitoring",
+        explanation: "Allow a `metrics_listen` address other hosts can reach (0.0.0.0, a LAN address): anyone who reaches it reads the crawl's counters.",
+        default: "false",
+        value: "false",
+    },
 ];
 
 /// The job-specific part of a generated config.

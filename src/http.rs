@@ -161,17 +161,19 @@ impl Fetcher {
     /// same origin: the politeness caps are per host, and a listing that
     /// redirects elsewhere is not the listing that was configured.
     pub fn fetch(&self, url: &str) -> Result<Response, FetchError> {
-        self.fetch_paced(url, &mut || true)
+        self.fetch_paced(url, &mut || true, &mut |_| {})
     }
 
     /// [`fetch`](Self::fetch), calling `pace` before each request after the
     /// first (a redirect followed, a request sent again on a new
     /// connection), so each one counts toward the rate limit as the first
-    /// did; `pace` returns false when the crawl stops.
+    /// did; `pace` returns false when the crawl stops. `on_status` is told
+    /// the status of each response (for the metrics).
     pub fn fetch_paced(
         &self,
         url: &str,
         pace: &mut dyn FnMut() -> bool,
+        on_status: &mut dyn FnMut(u16),
     ) -> Result<Response, FetchError> {
         let origin = origin_of(url);
         let mut current = url.to_string();
@@ -196,6 +198,7 @@ impl Fetcher {
             }
             .map_err(|e| classify(e, self.max_body_size))?;
             let status = response.status().as_u16();
+            on_status(status);
             let header = |name: &str| {
                 response
                     .headers()
@@ -534,8 +537,15 @@ mod tests {
             paced += 1;
             true
         };
-        assert!(fetcher.fetch_paced(&url(&closing, 1), &mut pace).is_ok());
-        assert!(fetcher.fetch_paced(&url(&closing, 2), &mut pace).is_ok());
+        let mut statuses = Vec::new();
+        let mut seen = |status| statuses.push(status);
+        assert!(fetcher
+            .fetch_paced(&url(&closing, 1), &mut pace, &mut seen)
+            .is_ok());
+        assert!(fetcher
+            .fetch_paced(&url(&closing, 2), &mut pace, &mut seen)
+            .is_ok());
+        assert_eq!(statuses, [200, 200], "the resend's one response is told");
         assert_eq!(paced, 1, "the resend took a turn");
         assert_eq!(closing.stats().requests_for(2), 1, "answered once");
         assert_eq!(closing.stats().connections(), 2);
@@ -548,17 +558,31 @@ mod tests {
         .unwrap();
         let fetcher = fetcher_for(&looping);
         let mut paced = 0;
-        let redirected = fetcher.fetch_paced(&url(&looping, 4), &mut || {
-            paced += 1;
-            true
-        });
+        let mut statuses = Vec::new();
+        let redirected = fetcher.fetch_paced(
+            &url(&looping, 4),
+            &mut || {
+                paced += 1;
+                true
+            },
+            &mut |status| statuses.push(status),
+        );
         assert!(matches!(redirected, Err(FetchError::Redirect(_))));
         assert_eq!(paced, MAX_REDIRECTS, "each redirect followed took a turn");
+        assert_eq!(
+            statuses.len(),
+            MAX_REDIRECTS + 1,
+            "each redirect's response is told: {statuses:?}"
+        );
+        assert!(
+            statuses.iter().all(|s| (300..400).contains(s)),
+            "{statuses:?}"
+        );
         // A crawl that stops while a request waits for its turn sends it not.
         let before = looping.stats().total();
         assert_eq!(
             fetcher
-                .fetch_paced(&url(&looping, 4), &mut || false)
+                .fetch_paced(&url(&looping, 4), &mut || false, &mut |_| {})
                 .unwrap_err(),
             FetchError::Abandoned
         );

@@ -27,6 +27,7 @@ pub mod extract;
 pub mod fixture;
 pub mod http;
 pub mod logger;
+pub mod metrics;
 pub mod notify;
 pub mod output;
 pub mod pipeline;

@@ -5,6 +5,7 @@ mod demo;
 mod enqueue;
 mod export;
 pub mod init;
+mod metrics;
 mod pause;
 mod queue;
 mod reopen;
@@ -46,6 +47,7 @@ pub fn dispatch(command: Command) -> Result<Exit> {
         } => export::command(&state_dir(&state)?, format, output.as_deref()),
         Command::Repair { state } => repair::command(&state_dir(&state)?),
         Command::Reopen { state } => reopen::command(&state_dir(&state)?),
+        Command::Metrics { state } => metrics::command(&state_dir(&state)?),
         Command::Pause { state } => pause::command(&state_dir(&state)?, true),
         Command::Resume { state } => pause::command(&state_dir(&state)?, false),
         Command::Try {

@@ -206,6 +206,12 @@ fn check_job(stored: &Job, wanted: &Job, dir: &Path) -> Result<()> {
 /// Runs the job and returns its summary without printing it.
 pub fn crawl_quietly(config: &Config, dir: &Path, follow: Option<Duration>) -> Result<Summary> {
     let started = Instant::now();
+    // Bound before anything is opened: a port already taken stops the run
+    // with nothing changed.
+    let mut metrics = config
+        .metrics_listen
+        .map(crate::metrics::MetricsListener::bind)
+        .transpose()?;
     let wanted = job_of(config, dir)?;
     if let Some(why) = wanted
         .output
@@ -292,6 +298,16 @@ pub fn crawl_quietly(config: &Config, dir: &Path, follow: Option<Duration>) -> R
             None
         }
     };
+    if let Some(listener) = &mut metrics {
+        let (store, shared) = (store.clone(), pipeline.shared.clone());
+        match listener.serve(move || shared.metrics_text(&store)) {
+            Ok(()) => log::info!("metrics at http://{}/metrics", listener.address()),
+            Err(e) => log::warn!(
+                "{}; metrics_listen is not served",
+                crate::error::one_line(&e)
+            ),
+        }
+    }
     if let Some(notifier) = &notifier {
         notifier.send("READY=1");
     }
@@ -302,6 +318,7 @@ pub fn crawl_quietly(config: &Config, dir: &Path, follow: Option<Duration>) -> R
     }
     let result = pipeline.join();
     drop(control);
+    drop(metrics);
     result?;
     let progress = &shared.progress;
     let after = store.counters();
@@ -498,6 +515,17 @@ fn reload(shared: &Shared, follow: Option<Duration>) {
     let loaded = Config::load(&path)
         .map_err(|e| e.to_string())
         .and_then(|c| with_follow(c, follow).map_err(|e| e.to_string()));
+    let serving = shared.config().metrics_listen;
+    let loaded = loaded.map(|mut config| {
+        if config.metrics_listen != serving {
+            log::warn!(
+                "SIGHUP: metrics_listen is not reloadable: it stays {} until the next start",
+                serving.map_or("off".to_string(), |a| a.to_string())
+            );
+            config.metrics_listen = serving;
+        }
+        config
+    });
     match loaded.and_then(|config| shared.reload(config)) {
         Ok(()) => {
             let config = shared.config();

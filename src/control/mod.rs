@@ -6,7 +6,7 @@
 //!
 //! The protocol is one JSON object per line each way. A request is
 //! `{"v":1,"cmd":"status"}` (or `queue`, `enqueue`, `retry`, `pause`,
-//! `resume`, `export`, with their arguments); the reply is
+//! `resume`, `export`, `reopen`, `metrics`, with their arguments); the reply is
 //! `{"ok":true,"result":...}` or `{"ok":false,"error":"...","exit":N}`.
 //! Extensions, each optional and ignored by older peers:
 //! - `"stream":true` on `queue`: one `{"row":{...}}` line per page, then the
@@ -17,6 +17,9 @@
 //! - `"finishing":true` on an error reply: the crawl is ending and took no
 //!   more pages; the CLI then applies the change itself once the state is
 //!   released.
+//! - `metrics` (added after 0.1.0): the result is the metrics text, a
+//!   string (see `crate::metrics`). A daemon from before it refuses the
+//!   request as malformed (`unknown variant`); the CLI then says so.
 
 mod link;
 pub mod ops;
@@ -102,6 +105,8 @@ pub enum Command {
     Export,
     /// Start a new output file at the next commit boundary.
     Reopen,
+    /// The metrics text (Prometheus / OpenMetrics).
+    Metrics,
 }
 
 /// A reply, as sent on the wire.
@@ -355,6 +360,26 @@ impl Backend {
         }
     }
 
+    /// The metrics text: the running crawl's (`true`), or, with none
+    /// running, the store's counters only (`false`).
+    pub fn metrics(&mut self) -> Result<(String, bool)> {
+        let asked = match self.ask_or_take_over(Command::Metrics) {
+            Err(error) if is_before_metrics(&error) => {
+                return Err(anyhow!(
+                    "the running crawl is an older pagecrawl that has no metrics; restart it with this version                      (`pagecrawl status` works meanwhile)"
+                ))
+            }
+            asked => asked?,
+        };
+        match asked {
+            Some(text) => Ok((text, true)),
+            None => Ok((
+                self.direct(|store| crate::metrics::render(store, None))?,
+                false,
+            )),
+        }
+    }
+
     pub fn export_info(&mut self) -> Result<ops::ExportInfo> {
         match self.ask_or_take_over(Command::Export)? {
             Some(info) => Ok(info),
@@ -415,6 +440,11 @@ fn is_before_streaming(reply: &Reply) -> bool {
 /// deadlines: send it without one then.
 fn is_before_deadlines(reply: &Reply) -> bool {
     refused_field(reply, "deadline_ms")
+}
+
+/// Whether a daemon refused `metrics` because it predates the command.
+fn is_before_metrics(error: &anyhow::Error) -> bool {
+    error.to_string().contains("unknown variant `metrics`")
 }
 
 fn refused_field(reply: &Reply, field: &str) -> bool {

@@ -331,6 +331,7 @@ fn answer(command: Command, store: &Store, shared: &Shared) -> Reply {
             }
             Command::Export => serde_json::to_value(ops::export_info(store)?)?,
             Command::Reopen => serde_json::to_value(reopen(shared)?)?,
+            Command::Metrics => serde_json::Value::String(shared.metrics_text(store)?),
         }))
     })();
     match result {

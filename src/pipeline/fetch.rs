@@ -10,7 +10,7 @@
 //! them are made under the same permit, one at a time.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -42,9 +42,23 @@ pub(super) fn run(index: usize, work: Receiver<Work>, fetched: Sender<Fetched>, 
         } else {
             let url = shared.config().page_url(page);
             let fetched = if shared.robots.allows(&crate::robots::path_and_query(&url)) {
-                shared
-                    .fetcher()
-                    .fetch_paced(&url, &mut || shared.limiter.acquire(&shared.stop))
+                let metrics = &shared.metrics;
+                let in_flight = metrics.in_flight();
+                let started = Instant::now();
+                let fetched = shared.fetcher().fetch_paced(
+                    &url,
+                    &mut || shared.limiter.acquire(&shared.stop),
+                    &mut |status| metrics.response(status),
+                );
+                drop(in_flight);
+                match &fetched {
+                    Err(FetchError::Abandoned) => {}
+                    Ok(response) => {
+                        metrics.fetched(started.elapsed(), Some(response.body.len() as u64), None)
+                    }
+                    Err(error) => metrics.fetched(started.elapsed(), None, Some(error.kind())),
+                }
+                fetched
             } else {
                 Err(FetchError::Robots)
             };

@@ -140,6 +140,9 @@ pub struct Shared {
     /// socket) will still be crawled by this run: see [`Shared::take_pages`].
     intake_open: Mutex<bool>,
     pub progress: Progress,
+    /// The fetch threads' counters, for `pagecrawl metrics` and
+    /// `metrics_listen`.
+    pub metrics: crate::metrics::Live,
     /// Called from the commit loop after every group or idle tick: the
     /// systemd watchdog ping lives here, in the loop that makes progress.
     pub heartbeat: Option<Box<dyn Fn() + Send + Sync>>,
@@ -183,6 +186,7 @@ impl Shared {
             feeder_ended: AtomicBool::new(false),
             intake_open: Mutex::new(true),
             progress: Progress::default(),
+            metrics: crate::metrics::Live::default(),
             heartbeat: None,
             config: RwLock::new(Arc::new(config.clone())),
             fetcher: RwLock::new(Arc::new(Fetcher::new(config))),
@@ -306,6 +310,18 @@ impl Shared {
         self.gate.set_limit(new.concurrency);
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
         Ok(())
+    }
+
+    /// The metrics text of this crawl over `store` (see [`crate::metrics`]).
+    pub fn metrics_text(&self, store: &Store) -> Result<String> {
+        crate::metrics::render(
+            store,
+            Some(crate::metrics::Running {
+                live: &self.metrics,
+                rate_limit_wait: self.limiter.waited.total(),
+                paused: self.paused.load(Ordering::SeqCst),
+            }),
+        )
     }
 
     /// How many fetch threads run: `concurrency` above it (after a

@@ -33,6 +33,8 @@ struct State {
 #[derive(Debug, Default)]
 pub struct RateLimiter {
     state: Mutex<State>,
+    /// Time callers spent waiting here, all together (for the metrics).
+    pub waited: crate::metrics::Waited,
 }
 
 impl RateLimiter {
@@ -53,6 +55,16 @@ impl RateLimiter {
 
     /// Waits until a request may start; false if the crawl stopped meanwhile.
     pub fn acquire(&self, stop: &AtomicBool) -> bool {
+        // Set at the first wait: a request that need not wait reads no clock.
+        let mut waiting_since: Option<Instant> = None;
+        let granted = self.wait_turn(stop, &mut waiting_since);
+        if let Some(since) = waiting_since {
+            self.waited.add(since.elapsed());
+        }
+        granted
+    }
+
+    fn wait_turn(&self, stop: &AtomicBool, waiting_since: &mut Option<Instant>) -> bool {
         loop {
             if stop.load(Ordering::SeqCst) {
                 return false;
@@ -76,6 +88,7 @@ impl RateLimiter {
                     state.recent.push_back(now);
                     return true;
                 }
+                waiting_since.get_or_insert(now);
                 earliest - now
             };
             std::thread::sleep(wait.min(Duration::from_millis(20)));
@@ -103,10 +116,18 @@ mod tests {
                 .count();
             assert!(in_window <= 50, "{in_window} starts within a second");
         }
+        // 120 requests at 50/s: the last ones waited well over a second.
+        assert!(
+            limiter.waited.total() > Duration::from_secs(1),
+            "{:?}",
+            limiter.waited.total()
+        );
         stop.store(true, Ordering::SeqCst);
         assert!(!limiter.acquire(&stop), "a stopped crawl does not wait");
         limiter.set_rate(None);
         stop.store(false, Ordering::SeqCst);
+        let waited = limiter.waited.total();
         assert!(limiter.acquire(&stop), "no limit, no wait");
+        assert_eq!(limiter.waited.total(), waited, "and no wait counted");
     }
 }

@@ -109,7 +109,8 @@ impl Job {
                     | "pause"
                     | "resume"
                     | "repair"
-                    | "reopen")
+                    | "reopen"
+                    | "metrics")
             )
         ) {
             command.arg("--state-dir").arg(self.state_dir());

@@ -15,6 +15,7 @@ mod faults;
 mod follow;
 mod hostile;
 mod open_range;
+mod metrics;
 mod power_loss;
 mod properties;
 mod reports;
