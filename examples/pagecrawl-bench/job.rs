@@ -57,7 +57,10 @@ fn pagecrawl_candidates(exe: &Path) -> Vec<PathBuf> {
 /// `exe` is in (`target/PROFILE/` or `target/PROFILE/examples/`).
 fn build_command(exe: &Path) -> String {
     let mut dir = exe.parent();
-    if dir.and_then(Path::file_name).is_some_and(|name| name == "examples") {
+    if dir
+        .and_then(Path::file_name)
+        .is_some_and(|name| name == "examples")
+    {
         dir = dir.and_then(Path::parent);
     }
     match dir.and_then(Path::file_name).and_then(|name| name.to_str()) {

@@ -303,7 +303,10 @@ pub fn response(status: &str, content_type: &str, body: &[u8], close: bool) -> V
 
 /// Reads one request head; returns its target and whether the connection
 /// closes after the answer. `None` at the end of the stream.
-pub fn read_request(reader: &mut BufReader<TcpStream>, line: &mut String) -> Option<(String, bool)> {
+pub fn read_request(
+    reader: &mut BufReader<TcpStream>,
+    line: &mut String,
+) -> Option<(String, bool)> {
     line.clear();
     if reader.read_line(line).ok()? == 0 {
         return None;

@@ -34,7 +34,12 @@ pub struct ServerStats {
 }
 
 impl ServerProcess {
-    pub fn start(engine: Engine, latency_ms: u64, pages: u64, padding: usize) -> Result<ServerProcess> {
+    pub fn start(
+        engine: Engine,
+        latency_ms: u64,
+        pages: u64,
+        padding: usize,
+    ) -> Result<ServerProcess> {
         let exe = std::env::current_exe().context("cannot find this binary")?;
         let mut child = Command::new(exe)
             .args(["serve", "--engine"])
