@@ -31,7 +31,7 @@ pub struct Bench {
 
 pub fn bench(args: &BenchArgs) -> Result<()> {
     if cfg!(debug_assertions) {
-        eprintln!("pagecrawl-bench: warning: this is a debug build; the server is slower than in a release build (cargo build --release)");
+        eprintln!("pagecrawl-bench: warning: this is a debug build; the server is slower than in an optimized one (cargo build --profile profiling --bin pagecrawl --example pagecrawl-bench)");
     }
     let pagecrawl = find_pagecrawl(args.pagecrawl.clone())?;
     let repeat = args.repeat.unwrap_or(if args.quick { 1 } else { 3 }).max(1);

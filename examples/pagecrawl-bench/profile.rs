@@ -3,7 +3,7 @@
 //! keep line tables, the release ones do not.
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -27,6 +27,13 @@ pub fn profile(
     out: Option<PathBuf>,
 ) -> Result<()> {
     let pagecrawl = find_pagecrawl(pagecrawl)?;
+    if built_in(&pagecrawl, "release") {
+        eprintln!(
+            "pagecrawl-bench: warning: release binaries have no line tables; the reports will \
+             name functions but not lines (cargo build --profile profiling --bin pagecrawl \
+             --example pagecrawl-bench)"
+        );
+    }
     let out = match out {
         Some(dir) => dir,
         None => tempfile::Builder::new()
@@ -161,4 +168,12 @@ pub fn profile(
     }
     println!("\nprofile and reports in {}", out.display());
     Ok(())
+}
+
+/// Whether `binary` is in cargo's folder for `profile` (`target/PROFILE/`).
+fn built_in(binary: &Path, profile: &str) -> bool {
+    binary
+        .parent()
+        .and_then(Path::file_name)
+        .is_some_and(|name| name == profile)
 }
