@@ -17,6 +17,8 @@ use crate::server::padding_for;
 use crate::server_process::ServerProcess;
 use crate::{BenchArgs, Engine, ScenarioName};
 
+/// What every run of a benchmark shares: the binary, the server engine, the
+/// work folder and the limits.
 pub struct Bench {
     pub pagecrawl: PathBuf,
     pub engine: Engine,
@@ -29,6 +31,7 @@ pub struct Bench {
     pub peers: Vec<(Peer, PathBuf)>,
 }
 
+/// `pagecrawl-bench` with no subcommand: the scenarios, then the tables.
 pub fn bench(args: &BenchArgs) -> Result<()> {
     if cfg!(debug_assertions) {
         eprintln!("pagecrawl-bench: warning: this is a debug build; the server is slower than in an optimized one (cargo build --profile profiling --bin pagecrawl --example pagecrawl-bench)");

@@ -183,6 +183,7 @@ impl Counters {
     }
 }
 
+/// A page request in progress; dropping it ends it.
 pub struct Active<'a>(&'a Counters);
 
 impl Drop for Active<'_> {
