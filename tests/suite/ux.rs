@@ -657,10 +657,25 @@ fn the_man_page_names_itself_once_and_documents_every_config_key() {
             key.name
         );
     }
-    assert!(
-        configuration.contains("\\fBconcurrency\\fR (default: 8)"),
-        "defaults are shown"
-    );
+    for key in pagecrawl::config_reference::KEYS {
+        assert!(
+            configuration.contains(&format!(".SS \"{}\"", key.group.replace('-', "\\-"))),
+            "the man page has the group {:?}",
+            key.group
+        );
+    }
+    // Defaults as the template shows them: required keys say so, a default
+    // the explanation states is not repeated.
+    for entry in [
+        "\\fBconcurrency\\fR (default: 8)\n",
+        "\\fBurl\\fR (required)\n",
+        "\\fBuser_agent\\fR\nThe User\\-Agent header (default: pagecrawl/VERSION).",
+    ] {
+        assert!(
+            configuration.contains(entry),
+            "the man page holds {entry:?}"
+        );
+    }
 }
 
 #[test]
