@@ -8,6 +8,7 @@ use anyhow::Result;
 use clap::CommandFactory;
 
 use crate::cli::{Cli, ShellArg};
+use crate::config_reference::KEYS;
 use crate::exit_code::Exit;
 
 pub fn completions(shell: ShellArg) -> Result<Exit> {
@@ -29,11 +30,19 @@ pub fn man() -> Result<Exit> {
 
 /// The roff source of `pagecrawl(1)`: the top-level help, then a
 /// subsection per command with its usage, description, options and
-/// example, all in one page.
+/// example, then every configuration key (from `config_reference`, as
+/// `init` and the README table), all in one page.
 pub fn man_page() -> Result<Vec<u8>> {
     let mut command = Cli::command();
     command.build();
-    let man = clap_mangen::Man::new(command.clone());
+    // The NAME line is "pagecrawl \- ABOUT": the help's first line starts
+    // with the name already, which the man page must not repeat.
+    let about = command.get_about().map(|about| about.to_string());
+    let mut named = command.clone();
+    if let Some(short) = about.as_deref().and_then(|a| a.strip_prefix("pagecrawl: ")) {
+        named = named.about(short.to_string());
+    }
+    let man = clap_mangen::Man::new(named);
     let mut page = Vec::new();
     man.render_title(&mut page)?;
     man.render_name_section(&mut page)?;
@@ -90,9 +99,44 @@ pub fn man_page() -> Result<Vec<u8>> {
             writeln!(page, ".PP\n.nf\n{}\n.fi", roff_text(&example.to_string()))?;
         }
     }
+    write_configuration_section(&mut page)?;
     man.render_extra_section(&mut page)?;
     man.render_version_section(&mut page)?;
     Ok(page)
+}
+
+/// `CONFIGURATION`: every key of the job's TOML file, by group, with its
+/// explanation and default, from the list `init` writes its template from.
+fn write_configuration_section(page: &mut Vec<u8>) -> Result<()> {
+    writeln!(page, ".SH CONFIGURATION")?;
+    writeln!(
+        page,
+        ".PP\nA job is a TOML file (\\fBpagecrawl init\\fR \\fINAME\\fR writes one with every key, \
+         commented). Unknown keys are refused. Durations are written \"500ms\", \"30s\", \"10m\"; \
+         sizes \"10MiB\", \"500KB\"."
+    )?;
+    let mut group = "";
+    for key in KEYS {
+        if key.group != group {
+            group = key.group;
+            writeln!(page, ".SS \"{}\"", roff_text(group))?;
+        }
+        // As in the template: a default the explanation states is not
+        // repeated.
+        let default = match key.default {
+            "required" => " (required)".to_string(),
+            _ if key.explanation.contains("(default:") => String::new(),
+            other => format!(" (default: {other})"),
+        };
+        writeln!(
+            page,
+            ".TP\n\\fB{}\\fR{}\n{}",
+            roff_text(key.name),
+            roff_text(&default),
+            roff_text(key.explanation)
+        )?;
+    }
+    Ok(())
 }
 
 /// Text made safe for roff: backslashes and hyphens escaped, and no line

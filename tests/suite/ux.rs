@@ -626,6 +626,59 @@ fn completions_and_the_man_page_come_from_the_same_definitions() {
 }
 
 #[test]
+fn the_man_page_names_itself_once_and_documents_every_config_key() {
+    let man = finish(pagecrawl(&["man"]).spawn().unwrap(), COMMAND_TIMEOUT);
+    assert_success(&man);
+    let page = stdout(&man);
+    // NAME: "pagecrawl \- a resumable...", the name once (the help's first
+    // line starts with "pagecrawl: ", which clap_mangen would repeat).
+    let name_line = page
+        .split("\n.SH NAME\n")
+        .nth(1)
+        .and_then(|rest| rest.lines().next())
+        .expect("a NAME section");
+    assert!(
+        name_line.starts_with("pagecrawl \\- a resumable"),
+        "{name_line}"
+    );
+    assert_eq!(name_line.matches("pagecrawl").count(), 1, "{name_line}");
+    // CONFIGURATION: every key `init` and the README document, from the
+    // same list.
+    let configuration = page
+        .split("\n.SH CONFIGURATION\n")
+        .nth(1)
+        .map(|rest| rest.split("\n.SH ").next().unwrap_or(rest))
+        .expect("a CONFIGURATION section");
+    for key in pagecrawl::config_reference::KEYS {
+        let entry = format!(".TP\n\\fB{}\\fR", key.name);
+        assert!(
+            configuration.contains(&entry),
+            "the man page documents `{}`",
+            key.name
+        );
+    }
+    for key in pagecrawl::config_reference::KEYS {
+        assert!(
+            configuration.contains(&format!(".SS \"{}\"", key.group.replace('-', "\\-"))),
+            "the man page has the group {:?}",
+            key.group
+        );
+    }
+    // Defaults as the template shows them: required keys say so, a default
+    // the explanation states is not repeated.
+    for entry in [
+        "\\fBconcurrency\\fR (default: 8)\n",
+        "\\fBurl\\fR (required)\n",
+        "\\fBuser_agent\\fR\nThe User\\-Agent header (default: pagecrawl/VERSION).",
+    ] {
+        assert!(
+            configuration.contains(entry),
+            "the man page holds {entry:?}"
+        );
+    }
+}
+
+#[test]
 fn init_writes_a_config_that_try_accepts_and_never_overwrites() {
     let job = Job::new(Site::default());
     let dir = job.dir.path();

@@ -1,0 +1,359 @@
+//! The tables: one row per scenario and client, medians over runs, the
+//! scale table, and the targets of issue 5 met or not.
+
+use std::fs;
+use std::process::Command;
+use std::thread;
+use std::time::Duration;
+
+use crate::bench::Bench;
+use crate::scenarios::{Scale, ScaleResult};
+use crate::BenchArgs;
+
+/// One row of the table.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub scenario: String,
+    pub client: String,
+    pub pages: u64,
+    pub concurrency: usize,
+    pub latency_ms: u64,
+    pub wall: Duration,
+    pub cpu: Duration,
+    pub sys: Duration,
+    pub peak_rss_kib: u64,
+    /// What the server (or the client) says, e.g. repeats or mismatches.
+    pub check: String,
+    pub ok: bool,
+}
+
+impl Row {
+    pub fn pages_per_s(&self) -> f64 {
+        self.pages as f64 / self.wall.as_secs_f64().max(1e-9)
+    }
+
+    pub fn efficiency(&self) -> Option<f64> {
+        (self.latency_ms > 0).then(|| {
+            let ideal =
+                self.pages as f64 * self.latency_ms as f64 / 1000.0 / self.concurrency as f64;
+            ideal / self.wall.as_secs_f64().max(1e-9)
+        })
+    }
+
+    pub fn cpu_ms_per_page(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1000.0 / self.pages.max(1) as f64
+    }
+}
+
+pub fn median<T: Copy + PartialOrd>(values: &mut [T]) -> T {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    values[values.len() / 2]
+}
+
+/// A row whose wall, CPU and RSS are the medians of `runs` (each column on
+/// its own).
+pub fn median_row(all: &[Row]) -> Row {
+    let good: Vec<&Row> = all.iter().filter(|r| r.ok).collect();
+    let failed = all.len() - good.len();
+    let runs: Vec<&Row> = if good.is_empty() {
+        all.iter().collect()
+    } else {
+        good
+    };
+    let mut row = runs[runs.len() / 2].clone();
+    row.wall = median(&mut runs.iter().map(|r| r.wall).collect::<Vec<_>>());
+    row.cpu = median(&mut runs.iter().map(|r| r.cpu).collect::<Vec<_>>());
+    row.sys = median(&mut runs.iter().map(|r| r.sys).collect::<Vec<_>>());
+    row.pages = median(&mut runs.iter().map(|r| r.pages).collect::<Vec<_>>());
+    row.peak_rss_kib = median(&mut runs.iter().map(|r| r.peak_rss_kib).collect::<Vec<_>>());
+    if failed > 0 && row.ok {
+        row.check = format!(
+            "{}; {failed} of {} runs failed and are left out",
+            row.check,
+            all.len()
+        );
+    }
+    row
+}
+
+pub fn print_header(ctx: &Bench, args: &BenchArgs, repeat: usize) {
+    let commit = Command::new("git")
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "rev-parse",
+            "--short",
+            "HEAD",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map_or_else(|| "unknown".into(), |s| s.trim().to_string());
+    let version = Command::new(&ctx.pagecrawl)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map_or_else(|| "?".into(), |s| s.trim().to_string());
+    println!(
+        "pagecrawl-bench{}: {} ({version}, tree at {}), server {:?}, pages of ~{} bytes, {} CPUs, load {}, runs {repeat}",
+        if args.quick { " --quick" } else { "" },
+        ctx.pagecrawl.display(),
+        commit,
+        ctx.engine,
+        args.page_bytes,
+        thread::available_parallelism().map_or(0, |n| n.get()),
+        fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+    );
+    if !ctx.config_lines.is_empty() {
+        println!("extra config: {}", ctx.config_lines.join("; "));
+    }
+}
+
+/// KiB as MiB for a table; "n/a" when the process ended before the first
+/// reading.
+pub fn mib(kib: u64) -> String {
+    if kib == 0 {
+        "n/a".into()
+    } else {
+        format!("{:.1}", kib as f64 / 1024.0)
+    }
+}
+
+pub fn print_row_line(row: &Row, tag: &str) {
+    println!(
+        "  {tag}: {} / {}: {} pages in {:.2} s ({:.0} pages/s{}), CPU {:.3} ms/page ({:.0}% sys), peak RSS {} MiB; {}",
+        row.scenario,
+        row.client,
+        row.pages,
+        row.wall.as_secs_f64(),
+        row.pages_per_s(),
+        row.efficiency()
+            .map_or(String::new(), |e| format!(", efficiency {e:.2}")),
+        row.cpu_ms_per_page(),
+        100.0 * row.sys.as_secs_f64() / row.cpu.as_secs_f64().max(1e-9),
+        mib(row.peak_rss_kib),
+        row.check
+    );
+}
+
+pub fn print_table(rows: &[Row]) {
+    println!("| scenario | client | pages | conc. | latency | wall s | pages/s | efficiency | CPU ms/page | of it sys | peak RSS MiB | server saw |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+    for row in rows {
+        println!(
+            "| {} | {} | {} | {} | {} ms | {:.2} | {:.0} | {} | {:.3} | {:.0}% | {} | {} |",
+            row.scenario,
+            row.client,
+            row.pages,
+            row.concurrency,
+            row.latency_ms,
+            row.wall.as_secs_f64(),
+            row.pages_per_s(),
+            row.efficiency().map_or("–".into(), |e| format!("{e:.2}")),
+            row.cpu_ms_per_page(),
+            100.0 * row.sys.as_secs_f64() / row.cpu.as_secs_f64().max(1e-9),
+            mib(row.peak_rss_kib),
+            row.check
+        );
+    }
+}
+
+pub fn print_scale(scale: &Scale, results: &[ScaleResult]) {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let mut enqueue: Vec<f64> = results
+        .iter()
+        .map(|r| r.enqueue.wall.as_secs_f64())
+        .collect();
+    let mut enqueue_rss: Vec<u64> = results.iter().map(|r| r.enqueue.peak_rss_kib).collect();
+    let mut first: Vec<f64> = results
+        .iter()
+        .filter_map(|r| r.first_request.map(ms))
+        .collect();
+    let mut status: Vec<f64> = results
+        .iter()
+        .flat_map(|r| r.status.iter().map(|u| ms(u.wall)))
+        .collect();
+    let mut status_rss: Vec<u64> = results
+        .iter()
+        .flat_map(|r| r.status.iter().map(|u| u.peak_rss_kib))
+        .collect();
+    let peak_rss = results
+        .iter()
+        .flat_map(|r| {
+            [r.enqueue.peak_rss_kib, r.crawl.peak_rss_kib]
+                .into_iter()
+                .chain(r.status.iter().map(|u| u.peak_rss_kib))
+        })
+        .max()
+        .unwrap_or(0);
+    println!();
+    println!(
+        "| scale ({} pages enqueued, {} crawled; medians of {} runs) | measured | target |",
+        scale.enqueue,
+        scale.crawl,
+        results.len()
+    );
+    println!("| --- | ---: | ---: |");
+    println!(
+        "| `enqueue 1..={}` into a one-page state | {:.2} s (CPU {:.2} s, peak RSS {} MiB) | ≤ 5 s |",
+        scale.enqueue,
+        median(&mut enqueue),
+        median(&mut results.iter().map(|r| r.enqueue.cpu.as_secs_f64()).collect::<Vec<_>>()),
+        mib(median(&mut enqueue_rss))
+    );
+    println!(
+        "| `run` start to first request, {} pending | {} | ≤ 1000 ms |",
+        scale.enqueue,
+        if first.is_empty() {
+            "not seen".into()
+        } else {
+            format!("{:.0} ms", median(&mut first))
+        }
+    );
+    println!(
+        "| `status` after the crawl ({} calls) | {:.1} ms (peak RSS {} MiB) | ≤ 50 ms |",
+        status.len(),
+        median(&mut status),
+        mib(median(&mut status_rss))
+    );
+    let mut live: Vec<f64> = results
+        .iter()
+        .filter_map(|r| r.live_status.as_ref())
+        .filter(|u| u.ok())
+        .map(|u| ms(u.wall))
+        .collect();
+    let refused = results
+        .iter()
+        .filter_map(|r| r.live_status.as_ref())
+        .find(|u| !u.ok());
+    println!(
+        "| `status` during the crawl (the running `run` answers) | {} | |",
+        match (live.is_empty(), refused) {
+            (false, _) => format!("{:.1} ms", median(&mut live)),
+            (true, Some(u)) => format!("refused: {}", u.describe_failure()),
+            (true, None) => "not measured".into(),
+        }
+    );
+    println!(
+        "| pending left after the crawl | {} | |",
+        results
+            .last()
+            .and_then(|r| r.pending_after)
+            .map_or("?".into(), |p| p.to_string())
+    );
+    println!(
+        "| peak RSS of any step (enqueue, run, status) | {:.1} MiB | ≤ 64 MiB |",
+        peak_rss as f64 / 1024.0
+    );
+    if results.iter().any(|r| !r.enqueue_ok) {
+        println!("(an enqueue did not report the expected count)");
+    }
+}
+
+pub fn print_targets(
+    rows: &[Row],
+    scale: &[ScaleResult],
+    ratios: &[(String, String, f64)],
+    quick: bool,
+) {
+    let ours = |label: &str| {
+        rows.iter()
+            .find(|r| r.client == "pagecrawl" && r.scenario == label)
+    };
+    let mut lines: Vec<(String, String, bool)> = Vec::new();
+    for label in ["latency-bound c=16", "latency-bound c=64"] {
+        if let Some(e) = ours(label).and_then(Row::efficiency) {
+            lines.push((
+                format!("{label} efficiency ≥ 0.90"),
+                format!("{e:.2}"),
+                e >= 0.90,
+            ));
+        }
+    }
+    if let Some(row) = ours("CPU-bound") {
+        let cpu = row.cpu_ms_per_page();
+        lines.push((
+            "CPU-bound CPU ≤ 0.10 ms/page".into(),
+            format!("{cpu:.3} ms"),
+            cpu <= 0.10,
+        ));
+    }
+    if let Some((_, _, ratio)) = ratios
+        .iter()
+        .find(|(s, p, _)| s == "CPU-bound" && p == "scrapy")
+    {
+        lines.push((
+            "CPU-bound ≥ 10× Scrapy's pages/s".into(),
+            format!("{ratio:.1}×"),
+            *ratio >= 10.0,
+        ));
+    }
+    if !scale.is_empty() {
+        let mut enqueue: Vec<f64> = scale.iter().map(|r| r.enqueue.wall.as_secs_f64()).collect();
+        let e = median(&mut enqueue);
+        lines.push(("enqueue ≤ 5 s".into(), format!("{e:.2} s"), e <= 5.0));
+        let mut first: Vec<f64> = scale
+            .iter()
+            .filter_map(|r| r.first_request.map(|d| d.as_secs_f64()))
+            .collect();
+        if !first.is_empty() {
+            let f = median(&mut first);
+            lines.push((
+                "first request ≤ 1 s".into(),
+                format!("{:.0} ms", f * 1000.0),
+                f <= 1.0,
+            ));
+        }
+        let mut status: Vec<f64> = scale
+            .iter()
+            .flat_map(|r| r.status.iter().map(|u| u.wall.as_secs_f64()))
+            .collect();
+        let s = median(&mut status);
+        lines.push((
+            "status ≤ 50 ms".into(),
+            format!("{:.1} ms", s * 1000.0),
+            s <= 0.050,
+        ));
+    }
+    let peak = rows
+        .iter()
+        .filter(|r| r.client == "pagecrawl")
+        .map(|r| r.peak_rss_kib)
+        .chain(scale.iter().flat_map(|r| {
+            std::iter::once(r.enqueue.peak_rss_kib).chain(r.status.iter().map(|u| u.peak_rss_kib))
+        }))
+        .max();
+    if let Some(peak) = peak {
+        let mib = peak as f64 / 1024.0;
+        lines.push((
+            "peak RSS ≤ 64 MiB (every pagecrawl process)".into(),
+            format!("{mib:.1} MiB"),
+            mib <= 64.0,
+        ));
+    }
+    if lines.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "targets of issue 5{}:",
+        if quick {
+            " (--quick uses smaller sizes: indicative only)"
+        } else {
+            ""
+        }
+    );
+    for (what, value, met) in lines {
+        println!(
+            "  {} {what}: {value}",
+            if met { "met    " } else { "NOT MET" }
+        );
+    }
+}
