@@ -126,6 +126,7 @@ pub(super) fn run(
             && drained
             && in_flight.len() < lookahead
             && store.counters().open_end().is_none()
+            && store.counters().frontier <= crate::range::MAX_PAGE
         {
             store.extend((lookahead - in_flight.len()) as u64)?;
             exhausted = false;
