@@ -248,7 +248,11 @@ fn an_open_range_ends_at_the_largest_page_number() {
     );
     assert_eq!(job.server.stats().requests_for(max - 1), 1);
     assert_eq!(job.server.stats().requests_for(max), 1);
-    assert_eq!(job.server.stats().requests_for(max + 1), 0, "no page past the largest");
+    assert_eq!(
+        job.server.stats().requests_for(max + 1),
+        0,
+        "no page past the largest"
+    );
     assert_eq!(job.status()["pending"], 0);
 }
 

@@ -377,3 +377,37 @@ fn config_errors_say_what_to_write_through_the_binary() {
         "enqueue checks the ranges before touching anything"
     );
 }
+
+/// Page numbers given as arguments (`try --page`, `retry PAGE`) are held to
+/// the range's limits: page 0 and pages past 10^15 are refused, exit 2.
+#[test]
+fn page_arguments_are_held_to_the_page_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("job.toml");
+    std::fs::write(
+        &config,
+        format!("url = \"http://127.0.0.1:9/p?page={{page}}\"\npages = \"1..=3\"\n{PATTERN}\n"),
+    )
+    .unwrap();
+    let state = dir.path().join("job.state");
+    for args in [
+        vec!["try", "--config", config.to_str().unwrap(), "--page", "0"],
+        vec![
+            "try",
+            "--config",
+            config.to_str().unwrap(),
+            "--page",
+            "1000000000000001",
+        ],
+        vec!["retry", "0", "--state-dir", state.to_str().unwrap()],
+    ] {
+        let output = finish(pagecrawl(&args).spawn().unwrap(), COMMAND_TIMEOUT);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert!(
+            stderr(&output).contains("is not in 1..=1000000000000000"),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+    }
+    assert!(!state.exists());
+}
