@@ -463,7 +463,7 @@ pattern = '<a href="(?P<url>[^"]+)">(?P<title>[^<]*)</a>'
             ("stop_grace = \"2h\"", "key 'stop_grace': '2h' is out of range; write a duration from 0s to 1h"),
             ("commit_interval = \"1000000h\"", "key 'commit_interval': '1000000h' is out of range"),
             ("max_backoff = \"25h\"", "key 'max_backoff': '25h' is out of range"),
-            ("follow = \"10ms\"\nkey = \"url\"", "key 'follow': '10ms' is out of range; write a duration from 1s to 365d"),
+            ("follow = \"10ms\"\nkey = \"url\"", "key 'follow': '10ms' is out of range; write a duration from 1s to 365d, e.g. \"30s\", \"10m\", \"1h\""),
             ("headers = { X = \"a\\r\\nb\" }", "key 'headers': the value of 'X', 'a\\r\\nb', holds a character not allowed in an HTTP header (a line break or another control character); write one line of text"),
             ("headers = { \"X\\r\\nY\" = \"a\" }", "key 'headers': 'X\\r\\nY' is not a valid HTTP header name"),
             ("url = \"http://127.0.0.1:99999/p{page}\"", "key 'url': 'http://127.0.0.1:99999/p{page}' has port 99999; a port is from 1 to 65535"),

@@ -81,8 +81,13 @@ fn duration_in(key: &str, value: &str) -> Result<Duration, String> {
         .copied()
         .unwrap_or((key, "0s", "24h"));
     let bound = |text: &str| humantime::parse_duration(text).unwrap_or_default();
-    let range =
-        format!("write a duration from {min_text} to {max_text}, e.g. \"500ms\", \"30s\", \"10m\"");
+    // Examples within the range: `follow` takes no milliseconds.
+    let examples = if bound(min_text) >= Duration::from_secs(1) {
+        "\"30s\", \"10m\", \"1h\""
+    } else {
+        "\"500ms\", \"30s\", \"10m\""
+    };
+    let range = format!("write a duration from {min_text} to {max_text}, e.g. {examples}");
     let parsed = humantime::parse_duration(value.trim())
         .map_err(|e| format!("'{}' is not a duration ({e}); {range}", shown(value)))?;
     if parsed < bound(min_text) || parsed > bound(max_text) {
