@@ -433,6 +433,10 @@ pattern = '<a href="(?P<url>[^"]+)">(?P<title>[^<]*)</a>'
                 r#"line 4: in double quotes a backslash starts a TOML escape (\n, \t...), so a regex's \d or \. is refused; write the value in single quotes, a TOML literal string where \ is an ordinary character: pattern = '<td>(?P<id>\d+)\.</td>'"#,
             ),
             (
+                "headers = { Cookie = 5 }",
+                "line 5: key 'headers' holds a value that is not a string; write each entry as Name = \"value\", e.g. headers = { Accept-Language = \"en\", Cookie = \"session=abc\" }",
+            ),
+            (
                 "pages = \"5..1\"",
                 "key 'pages': '5..1' is an empty page range: the end is before the start; write \"1..=5\"",
             ),

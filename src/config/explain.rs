@@ -117,6 +117,16 @@ fn wrong_type(key: &str, value: &Value) -> Option<String> {
     let example: Value = toml::from_str::<BTreeMap<String, Value>>(&format!("v = {}", doc.value))
         .ok()?
         .remove("v")?;
+    if let (Value::Table(_), Value::Table(_)) = (&example, value) {
+        // The table is one; an entry in it is not a string.
+        return Some(format!(
+            "holds a value that is not a string; write each entry as Name = \"value\", e.g. {key} = {}",
+            doc.value
+        ));
+    }
+    if std::mem::discriminant(&example) == std::mem::discriminant(value) {
+        return None;
+    }
     // The value as the user wrote it, without TOML's quotes.
     let bare = match value {
         Value::String(text) => text.clone(),
