@@ -587,6 +587,38 @@ pattern = '<a href="(?P<url>[^"]+)">(?P<title>[^<]*)</a>'
     }
 
     proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 1024, ..Default::default() })]
+
+        /// Any text, and a valid config with a few characters put in or
+        /// cut out (TOML syntax errors anywhere, in multi-byte text), is
+        /// refused in one line or parses: explaining the error never panics.
+        #[test]
+        fn broken_toml_is_explained_in_one_line(
+            edits in proptest::collection::vec((0usize..400, "\\PC{0,3}", 0usize..3), 1..4),
+            noise in "\\PC{0,60}",
+        ) {
+            let mut text = format!("{MINIMAL}user_agent = \"é—ü\"\nheaders = {{ A = \"b\" }}\n");
+            for (at, insert, cut) in edits {
+                let mut at = at.min(text.len());
+                while !text.is_char_boundary(at) {
+                    at -= 1;
+                }
+                let mut end = (at + cut).min(text.len());
+                while !text.is_char_boundary(end) {
+                    end += 1;
+                }
+                text.replace_range(at..end, &insert);
+            }
+            for candidate in [text.as_str(), noise.as_str()] {
+                if let Err(e) = Config::parse(candidate, Path::new("/etc/job.toml")) {
+                    let message = e.to_string();
+                    proptest::prop_assert!(!message.contains(['\n', '\r']), "{message}");
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig { cases: 2048, ..Default::default() })]
 
         /// Arbitrary values for every key never panic the parser; a refusal
