@@ -467,7 +467,7 @@ pattern = '<a href="(?P<url>[^"]+)">(?P<title>[^<]*)</a>'
             ("stop_grace = \"2h\"", "key 'stop_grace': '2h' is out of range; write a duration from 0s to 1h"),
             ("commit_interval = \"1000000h\"", "key 'commit_interval': '1000000h' is out of range"),
             ("max_backoff = \"25h\"", "key 'max_backoff': '25h' is out of range"),
-            ("follow = \"10ms\"\nkey = \"url\"", "key 'follow': '10ms' is out of range; write a duration from 1s to 365d, e.g. \"30s\", \"10m\", \"1h\""),
+            ("follow = \"10ms\"\nkey = \"url\"", "key 'follow': '10ms' is out of range; write a duration from 100ms to 365d, e.g. \"500ms\", \"30s\", \"10m\""),
             ("headers = { X = \"a\\r\\nb\" }", "key 'headers': the value of 'X', 'a\\r\\nb', holds a character not allowed in an HTTP header (a line break or another control character); write one line of text"),
             ("headers = { \"X\\r\\nY\" = \"a\" }", "key 'headers': 'X\\r\\nY' is not a valid HTTP header name"),
             ("url = \"http://127.0.0.1:99999/p{page}\"", "key 'url': 'http://127.0.0.1:99999/p{page}' has port 99999; a port is from 1 to 65535"),
@@ -640,7 +640,7 @@ pattern = '<a href="(?P<url>[^"]+)">(?P<title>[^<]*)</a>'
                         proptest::prop_assert!(d <= day, "{d:?}");
                     }
                     proptest::prop_assert!(!config.request_timeout.is_zero() && !config.connect_timeout.is_zero());
-                    proptest::prop_assert!(config.follow.is_none_or(|f| f >= Duration::from_secs(1) && f <= Duration::from_secs(365 * 86_400)));
+                    proptest::prop_assert!(config.follow.is_none_or(|f| f >= Duration::from_millis(100) && f <= Duration::from_secs(365 * 86_400)));
                     let (start, end) = match config.pages {
                         PageRange::Closed { start, end } => (start, end),
                         PageRange::Open { start } => (start, start),

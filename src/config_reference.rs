@@ -196,7 +196,7 @@ pub const KEYS: &[KeyDoc] = &[
         group: "Open ranges and follow mode",
         explanation: "Follow mode: when the queue drains, re-crawl the first `refresh_pages` pages this often; needs `key`.",
         default: "none",
-        range: "1s–365d; needs key",
+        range: "100ms–365d; needs key",
         value: "\"10m\"",
     },
     KeyDoc {

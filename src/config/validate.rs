@@ -38,7 +38,7 @@ pub const DURATION_RANGES: &[(&str, &str, &str)] = &[
     ("max_backoff", "0s", "24h"),
     ("commit_interval", "0s", "1h"),
     ("stop_grace", "0s", "1h"),
-    ("follow", "1s", "365d"),
+    ("follow", "100ms", "365d"),
 ];
 /// The range of each whole-number key.
 pub const COUNT_RANGES: &[(&str, i64, i64)] = &[
@@ -81,7 +81,7 @@ fn duration_in(key: &str, value: &str) -> Result<Duration, String> {
         .copied()
         .unwrap_or((key, "0s", "24h"));
     let bound = |text: &str| humantime::parse_duration(text).unwrap_or_default();
-    // Examples within the range: `follow` takes no milliseconds.
+    // Examples within the range.
     let examples = if bound(min_text) >= Duration::from_secs(1) {
         "\"30s\", \"10m\", \"1h\""
     } else {

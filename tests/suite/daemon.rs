@@ -425,7 +425,7 @@ fn under_journald_log_lines_carry_priorities_and_no_timestamps() {
 fn a_reload_with_a_bad_value_keeps_the_running_configuration() {
     let job = Job::new(slow_site(300, 5))
         .concurrency(2)
-        .with("rate_limit = 20");
+        .with("rate_limit = 5");
     let log_path = job.dir.path().join("run.log");
     let mut command = job.command(&["run"]);
     command.stderr(std::fs::File::create(&log_path).unwrap());
@@ -441,8 +441,8 @@ fn a_reload_with_a_bad_value_keeps_the_running_configuration() {
     let long_agent = format!("user_agent = \"{}\"", "a".repeat(2000));
     // (key, bad line, the line put back after it)
     let bad = [
-        ("rate_limit", "rate_limit = 1e-300", "rate_limit = 20"),
-        ("rate_limit", "rate_limit = 1e9", "rate_limit = 20"),
+        ("rate_limit", "rate_limit = 1e-300", "rate_limit = 5"),
+        ("rate_limit", "rate_limit = 1e9", "rate_limit = 5"),
         (
             "request_timeout",
             "request_timeout = \"18446744073709551615s\"",
@@ -465,7 +465,7 @@ fn a_reload_with_a_bad_value_keeps_the_running_configuration() {
         job.edit_config(key, line);
         signal(&child, "HUP");
         assert!(
-            wait_until(Duration::from_secs(15), || reloads() > i),
+            wait_until(Duration::from_secs(60), || reloads() > i),
             "the reload of {line} was logged"
         );
         job.edit_config(key, good);
