@@ -97,7 +97,7 @@ pub enum Command {
         #[command(flatten)]
         state: StateArgs,
         /// Failed pages to retry; none means all.
-        #[arg(value_name = "PAGE")]
+        #[arg(value_name = "PAGE", value_parser = page_number())]
         pages: Vec<u64>,
     },
     /// Write the committed items as JSON Lines or CSV.
@@ -180,8 +180,8 @@ pub enum Command {
         /// The job's TOML configuration.
         #[arg(long, short = 'c', value_name = "FILE")]
         config: PathBuf,
-        /// The page number to fetch (default: the first).
-        #[arg(long, value_name = "N", default_value_t = 1)]
+        /// The page number to fetch (from 1; default: the first).
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = page_number())]
         page: u64,
         /// Print JSON Lines even on a terminal.
         #[arg(long, conflicts_with = "pretty")]
@@ -262,4 +262,10 @@ pub enum ShellArg {
     Bash,
     Zsh,
     Fish,
+}
+
+/// A page number as an argument: from 1 to [`MAX_PAGE`](crate::range::MAX_PAGE),
+/// as in a range.
+fn page_number() -> clap::builder::RangedU64ValueParser {
+    clap::value_parser!(u64).range(1..=crate::range::MAX_PAGE)
 }

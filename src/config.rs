@@ -10,7 +10,18 @@ use serde::Deserialize;
 
 use crate::error::UserError;
 use crate::output::Format;
-use crate::range::{parse_range, PageRange};
+use crate::range::PageRange;
+
+#[cfg(test)]
+pub(crate) mod arbitrary;
+mod explain;
+mod validate;
+
+pub(crate) use validate::shown;
+pub use validate::{
+    follow_interval, COUNT_RANGES, DURATION_RANGES, MAX_BODY_SIZE, MAX_CONFIG_BYTES, MAX_HEADERS,
+    MAX_HEADER_BYTES, MAX_OUTPUT_BYTES, MAX_URL_BYTES, MAX_USER_AGENT_BYTES, RATE_LIMIT_RANGE,
+};
 
 /// The TOML file as written. Every key but the first three has a default.
 #[derive(Debug, Deserialize)]
@@ -168,254 +179,87 @@ pub struct Config {
     pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
+/// The keys the parser accepts, read from the parser itself: `RawConfig`
+/// refuses unknown keys, and serde's error lists the ones it expects.
+pub fn accepted_keys() -> &'static [String] {
+    static KEYS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        let Err(error) = toml::from_str::<RawConfig>("pagecrawl_no_such_key = 1\n") else {
+            return Vec::new();
+        };
+        let message = error.message().to_string();
+        let Some(list) = message.split("expected one of").nth(1) else {
+            return Vec::new();
+        };
+        list.split(',')
+            .map(|part| part.trim().trim_matches('`').to_string())
+            .filter(|name| {
+                !name.is_empty()
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit())
+            })
+            .collect()
+    })
+}
+
 impl Config {
-    /// Reads and validates a config file.
+    /// Reads and validates a config file: a regular file of at most
+    /// [`MAX_CONFIG_BYTES`].
     pub fn load(path: &Path) -> Result<Config, UserError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            UserError::Config(format!(
-                "cannot read config file {}: {} (pass an existing TOML file with --config)",
-                path.display(),
+        use std::io::Read;
+        let cannot = |why: String| {
+            UserError::Config(format!("cannot read config file {}: {why}", path.display()))
+        };
+        let io = |e: std::io::Error| {
+            cannot(format!(
+                "{} (pass an existing TOML file with --config)",
                 crate::util::io_reason(&e)
             ))
-        })?;
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        let metadata = file.metadata().map_err(io)?;
+        if !metadata.is_file() {
+            return Err(cannot(
+                "it is not a regular file (a directory, device or pipe); pass a TOML file with --config"
+                    .into(),
+            ));
+        }
+        let mut bytes = Vec::new();
+        file.take(MAX_CONFIG_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io)?;
+        if bytes.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(cannot(format!(
+                "it is larger than {} KiB, and a job's config is a few lines of TOML; pass the job's config with --config",
+                MAX_CONFIG_BYTES >> 10
+            )));
+        }
+        let text = String::from_utf8(bytes)
+            .map_err(|_| cannot("it is not UTF-8 text; save it as UTF-8".into()))?;
         Config::parse(&text, path)
     }
 
     /// Validates config text; `path` names it in messages and anchors
-    /// relative paths.
+    /// relative paths. Every value is checked into its documented range
+    /// here, so nothing later (the first run or a SIGHUP reload) meets a
+    /// value it cannot use.
     pub fn parse(text: &str, path: &Path) -> Result<Config, UserError> {
         let where_ = path.display().to_string();
+        if text.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(UserError::Config(format!(
+                "config {where_}: larger than {} KiB; a job's config is a few lines of TOML",
+                MAX_CONFIG_BYTES >> 10
+            )));
+        }
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|span| 1 + text[..span.start].matches('\n').count());
-            let at = line.map(|l| format!(" line {l}")).unwrap_or_default();
-            // toml's messages can span lines ("invalid table header\nexpected
-            // `.`, `]`"); an error here is one line (found by fuzzing).
-            let message: Vec<&str> = e
-                .message()
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .collect();
-            UserError::Config(format!("config {where_}{at}: {}", message.join("; ")))
+            UserError::Config(format!(
+                "config {where_}: {}",
+                explain::explain(text, &e, accepted_keys())
+            ))
         })?;
-        let bad = |key: &str, why: String| {
-            UserError::Config(format!("config {where_}: key '{key}': {why}"))
-        };
-        let duration = |key: &str, value: &str| -> Result<Duration, UserError> {
-            humantime::parse_duration(value.trim()).map_err(|e| {
-                bad(
-                    key,
-                    format!(
-                        "'{value}' is not a duration ({e}); write e.g. \"500ms\", \"30s\", \"10m\""
-                    ),
-                )
-            })
-        };
-        let count = |key: &str, value: i64, min: i64, max: i64| -> Result<u64, UserError> {
-            if value < min || value > max {
-                return Err(bad(
-                    key,
-                    format!("{value} is out of range; use a whole number from {min} to {max}"),
-                ));
-            }
-            Ok(value as u64)
-        };
-
-        if !raw.url.contains("{page}") {
-            return Err(bad(
-                "url",
-                "the URL template has no {page} placeholder; put {page} where the page number goes"
-                    .into(),
-            ));
-        }
-        let sample = raw.url.replace("{page}", "1");
-        let scheme_ok = sample.starts_with("http://") || sample.starts_with("https://");
-        if !scheme_ok
-            || sample
-                .parse::<ureq::http::Uri>()
-                .map(|u| u.host().is_none())
-                .unwrap_or(true)
-        {
-            return Err(bad(
-                "url",
-                format!("'{}' is not an http:// or https:// URL", raw.url),
-            ));
-        }
-        let pages = parse_range(&raw.pages).map_err(|e| bad("pages", e))?;
-        let pattern = Regex::new(&raw.pattern).map_err(|e| {
-            let first = e
-                .to_string()
-                .lines()
-                .last()
-                .unwrap_or("invalid")
-                .trim()
-                .to_string();
-            bad(
-                "pattern",
-                format!("not a valid regular expression: {first}"),
-            )
-        })?;
-        let fields: Vec<String> = pattern
-            .capture_names()
-            .flatten()
-            .map(str::to_string)
-            .collect();
-        if fields.is_empty() {
-            return Err(bad(
-                "pattern",
-                "has no named group; name what to extract, e.g. (?P<title>[^<]+)".into(),
-            ));
-        }
-        if fields.iter().any(|f| f == "page") {
-            return Err(bad(
-                "pattern",
-                "a group may not be called 'page': that field holds the page number".into(),
-            ));
-        }
-        let concurrency = count("concurrency", raw.concurrency, 1, 1024)? as usize;
-        let rate_limit = match raw.rate_limit {
-            Some(rate) if !(rate.is_finite() && rate > 0.0) => {
-                return Err(bad(
-                    "rate_limit",
-                    format!("{rate} is not a positive number of requests per second"),
-                ))
-            }
-            other => other,
-        };
-        let mut headers = Vec::new();
-        for (name, value) in raw.headers {
-            let valid = ureq::http::HeaderName::from_bytes(name.as_bytes()).is_ok()
-                && ureq::http::HeaderValue::from_str(&value).is_ok();
-            if !valid {
-                return Err(bad(
-                    "headers",
-                    format!("'{name}: {value}' is not a valid HTTP header"),
-                ));
-            }
-            headers.push((name, value));
-        }
-        if ureq::http::HeaderValue::from_str(&raw.user_agent).is_err() {
-            return Err(bad(
-                "user_agent",
-                "holds characters not allowed in an HTTP header".into(),
-            ));
-        }
-        let charset =
-            encoding_rs::Encoding::for_label(raw.charset.trim().as_bytes()).ok_or_else(|| {
-                bad(
-                    "charset",
-                    format!(
-                        "'{}' is not a known character set (e.g. utf-8, gbk, windows-1252)",
-                        raw.charset
-                    ),
-                )
-            })?;
-        let max_body_size = parse_size(&raw.max_body_size)
-            .filter(|&size| size > 0)
-            .ok_or_else(|| {
-                bad(
-                    "max_body_size",
-                    format!(
-                        "'{}' is not a size; write e.g. \"10MiB\" or \"500KB\"",
-                        raw.max_body_size
-                    ),
-                )
-            })?;
-        let format = Format::from_name(&raw.format).ok_or_else(|| {
-            bad(
-                "format",
-                format!(
-                    "'{}' is not an output format; use \"jsonl\" or \"csv\"",
-                    raw.format
-                ),
-            )
-        })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        let output = raw.output.map(|o| base.join(o));
-        let parse_threads = match raw.parse_threads {
-            Some(n) => count("parse_threads", n, 1, 256)? as usize,
-            None => std::thread::available_parallelism()
-                .map_or(2, |n| n.get())
-                .min(8),
-        };
-        let backoff = duration("backoff", &raw.backoff)?;
-        let max_backoff = duration("max_backoff", &raw.max_backoff)?;
-        if max_backoff < backoff {
-            return Err(bad(
-                "max_backoff",
-                "must not be shorter than 'backoff'".into(),
-            ));
-        }
-        let key = match raw.key {
-            Some(key) if !fields.contains(&key) => {
-                return Err(bad(
-                    "key",
-                    format!(
-                        "'{key}' is not a named group of the pattern (groups: {})",
-                        fields.join(", ")
-                    ),
-                ))
-            }
-            other => other,
-        };
-        let follow = match raw.follow {
-            Some(text) => {
-                let every = duration("follow", &text)?;
-                if every.is_zero() {
-                    return Err(bad("follow", "must be longer than zero".into()));
-                }
-                Some(every)
-            }
-            None => None,
-        };
-        if follow.is_some() && key.is_none() {
-            return Err(bad("follow", "needs `key` (the field that identifies an item, e.g. key = \"url\"), or re-crawled pages would repeat their items".into()));
-        }
-        let request_timeout = duration("request_timeout", &raw.request_timeout)?;
-        let connect_timeout = duration("connect_timeout", &raw.connect_timeout)?;
-        if request_timeout.is_zero() || connect_timeout.is_zero() {
-            return Err(bad(
-                "request_timeout",
-                "timeouts must be longer than zero".into(),
-            ));
-        }
-        Ok(Config {
-            source: path.to_path_buf(),
-            url: raw.url,
-            pages,
-            pattern_text: raw.pattern,
-            pattern,
-            fields,
-            concurrency,
-            rate_limit,
-            user_agent: raw.user_agent,
-            headers,
-            connect_timeout,
-            request_timeout,
-            retries: count("retries", raw.retries, 0, 100)? as u32,
-            backoff,
-            max_backoff,
-            charset,
-            max_body_size,
-            output,
-            format,
-            stop_after_empty: count("stop_after_empty", raw.stop_after_empty, 1, 1000)? as u32,
-            parse_threads,
-            commit_every: count("commit_every", raw.commit_every, 1, 100_000)? as usize,
-            commit_interval: duration("commit_interval", &raw.commit_interval)?,
-            stop_grace: duration("stop_grace", &raw.stop_grace)?,
-            follow,
-            refresh_pages: count("refresh_pages", raw.refresh_pages, 1, 1_000_000)?,
-            key,
-            robots: raw.robots,
-            metrics_listen: raw
-                .metrics_listen
-                .map(|text| crate::metrics::listen_address(&text, raw.metrics_allow_remote))
-                .transpose()
-                .map_err(|why| bad("metrics_listen", why))?,
-        })
+        validate::validate(raw, path)
+            .map_err(|(key, why)| UserError::Config(format!("config {where_}: key '{key}': {why}")))
     }
 
     /// The URL of one page.
@@ -522,12 +366,224 @@ pattern = '<a href="(?P<url>[^"]+)">(?P<title>[^<]*)</a>'
         }
     }
 
+    /// MINIMAL with the line of `key` replaced by `line`.
+    fn with_line(key: &str, line: &str) -> String {
+        MINIMAL
+            .lines()
+            .filter(|l| !l.starts_with(&format!("{key} =")))
+            .chain(std::iter::once(line))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     #[test]
     fn unknown_and_missing_keys_are_named_with_their_line() {
         let err = parse(&format!("{MINIMAL}\ncolour = 3\n")).unwrap_err();
-        assert!(err.contains("colour") && err.contains("line 6"), "{err}");
+        assert_eq!(
+            err,
+            "config /etc/job.toml: line 6: unknown key 'colour'; the keys are listed in README.md, \
+             \"Configuration\", and `pagecrawl init NAME` writes a config with every key"
+        );
         let err = parse("pages = \"1..\"\npattern = '(?P<a>x)'").unwrap_err();
-        assert!(err.contains("url"), "{err}");
+        assert_eq!(
+            err,
+            "config /etc/job.toml: key 'url' is missing; add a line such as url = \"https://example.com/list?page={page}\""
+        );
+        assert!(
+            !err.contains(": line"),
+            "a missing key is on no line: {err}"
+        );
+    }
+
+    /// The messages of issue 15.1, word for word: each says what to write.
+    #[test]
+    fn config_errors_say_what_to_write() {
+        let cases = [
+            (
+                "concurency = 4",
+                "line 5: unknown key 'concurency'; did you mean 'concurrency'?",
+            ),
+            (
+                "Rate-Limit = 4",
+                "line 5: unknown key 'Rate-Limit'; did you mean 'rate_limit'?",
+            ),
+            (
+                "request_timeout = 30",
+                "line 5: key 'request_timeout' takes a duration in quotes, not the number 30; write request_timeout = \"30s\"",
+            ),
+            (
+                "backoff = 0.25",
+                "line 5: key 'backoff' takes a duration in quotes, not the number 0.25; write backoff = \"250ms\"",
+            ),
+            (
+                "pages = 295",
+                "line 4: key 'pages' takes a page range in quotes, not the number 295; write pages = \"1..=295\"",
+            ),
+            (
+                "concurrency = \"8\"",
+                "line 5: key 'concurrency' takes a whole number without quotes, not the string \"8\"; write concurrency = 8",
+            ),
+            (
+                "rate_limit = \"0.5\"",
+                "line 5: key 'rate_limit' takes a number without quotes, not the string \"0.5\"; write rate_limit = 5",
+            ),
+            (
+                "robots = \"no\"",
+                "line 5: key 'robots' takes true or false, without quotes, not the string \"no\"; write robots = true",
+            ),
+            (
+                "max_body_size = 2048",
+                "line 5: key 'max_body_size' takes a size in quotes, not the number 2048; write max_body_size = \"2048\"",
+            ),
+            (
+                r#"pattern = "<td>(?P<id>\d+)\.</td>""#,
+                r#"line 4: in double quotes a backslash starts a TOML escape (\n, \t...), so a regex's \d or \. is refused; write the value in single quotes, a TOML literal string where \ is an ordinary character: pattern = '<td>(?P<id>\d+)\.</td>'"#,
+            ),
+            (
+                "headers = { Cookie = 5 }",
+                "line 5: key 'headers' holds a value that is not a string; write each entry as Name = \"value\", e.g. headers = { Accept-Language = \"en\", Cookie = \"session=abc\" }",
+            ),
+            (
+                "pages = \"5..1\"",
+                "key 'pages': '5..1' is an empty page range: the end is before the start; write \"1..=5\"",
+            ),
+            (
+                "pages = \"0..=5\"",
+                "key 'pages': '0..=5' holds page 0, and pages are numbered from 1; write \"1..=5\"",
+            ),
+        ];
+        for (line, expected) in cases {
+            let key = line.split(' ').next().unwrap();
+            let err = parse(&with_line(key, line)).unwrap_err();
+            assert_eq!(err, format!("config /etc/job.toml: {expected}"), "{line}");
+        }
+    }
+
+    /// Issue 11.7: each value is checked into its documented range, with one
+    /// line that says what to write.
+    #[test]
+    fn every_value_is_checked_into_its_range() {
+        let huge = "a".repeat(MAX_USER_AGENT_BYTES + 1);
+        let cases = [
+            ("rate_limit = 1e-300", "key 'rate_limit': 1e-300 is out of range; write requests per second from 0.0001 to 10000 (0.5 is one request every 2 s)"),
+            ("rate_limit = 20000", "key 'rate_limit': 20000 is out of range"),
+            ("rate_limit = nan", "key 'rate_limit': NaN is out of range"),
+            ("request_timeout = \"18446744073709551615s\"", "key 'request_timeout': '18446744073709551615s' is out of range; write a duration from 1ms to 24h, e.g. \"500ms\", \"30s\", \"10m\""),
+            ("connect_timeout = \"0s\"", "key 'connect_timeout': '0s' is out of range; write a duration from 1ms to 1h"),
+            ("request_timeout = \"0s\"", "key 'request_timeout': '0s' is out of range"),
+            ("stop_grace = \"2h\"", "key 'stop_grace': '2h' is out of range; write a duration from 0s to 1h"),
+            ("commit_interval = \"1000000h\"", "key 'commit_interval': '1000000h' is out of range"),
+            ("max_backoff = \"25h\"", "key 'max_backoff': '25h' is out of range"),
+            ("follow = \"10ms\"\nkey = \"url\"", "key 'follow': '10ms' is out of range; write a duration from 100ms to 365d, e.g. \"500ms\", \"30s\", \"10m\""),
+            ("headers = { X = \"a\\r\\nb\" }", "key 'headers': the value of 'X', 'a\\r\\nb', holds a character not allowed in an HTTP header (a line break or another control character); write one line of text"),
+            ("headers = { \"X\\r\\nY\" = \"a\" }", "key 'headers': 'X\\r\\nY' is not a valid HTTP header name"),
+            ("url = \"http://127.0.0.1:99999/p{page}\"", "key 'url': 'http://127.0.0.1:99999/p{page}' has port 99999; a port is from 1 to 65535"),
+            ("url = \"http://127.0.0.1:0/p{page}\"", "has port 0"),
+            ("url = \"http://x/\\n{page}\"", "key 'url': 'http://x/\\n{page}' is not an http:// or https:// URL"),
+            ("output = \"\"", "key 'output': '' is not a file path; write a file path such as \"items.jsonl\" (relative to the config file), or remove the line to write into the state directory"),
+            ("output = \"out/\"", "key 'output': 'out/' is not a file path"),
+            ("output = \"..\"", "key 'output': '..' is not a file path"),
+            ("output = \"/\"", "key 'output': '/' is not a file path"),
+            ("output = \"a\\u0000b\"", "key 'output': 'a\\0b' is not a file path"),
+            ("pattern = '(?P<a>x*)'", "key 'pattern': can match the empty string, which would write an empty item at every position of every page; make it need at least one character, e.g. x+ instead of x*"),
+            ("pattern = '\\b(?P<a>x?)'", "can match the empty string"),
+            ("pages = \"18446744073709551614..\"", "key 'pages': '18446744073709551614..': page 18446744073709551614 is past the largest page number, 1000000000000000"),
+            ("pages = \"0\"", "key 'pages': '0' holds page 0, and pages are numbered from 1; write \"1\""),
+            ("max_body_size = \"2GiB\"", "key 'max_body_size': '2GiB' is not a size from 1 byte to 1GiB"),
+            ("concurrency = 5000", "key 'concurrency': 5000 is out of range; write a whole number from 1 to 1024"),
+        ];
+        for (line, expected) in cases {
+            let key = line.split(' ').next().unwrap();
+            let err = parse(&with_line(key, line)).unwrap_err();
+            assert!(
+                err.starts_with(&format!("config /etc/job.toml: {expected}"))
+                    || err.contains(expected),
+                "{line}: {err}"
+            );
+            assert!(!err.contains(['\n', '\r']), "one line: {err}");
+        }
+        let err = parse(&with_line(
+            "user_agent",
+            &format!("user_agent = \"{huge}\""),
+        ))
+        .unwrap_err();
+        assert!(
+            err.contains("key 'user_agent'")
+                && err.contains("is 1025 bytes long; write at most 1024 bytes"),
+            "{err}"
+        );
+        assert!(
+            err.len() < 300,
+            "the value is cut short in the message: {err}"
+        );
+        let big_header = format!(
+            "headers = {{ Cookie = \"{}\" }}",
+            "c".repeat(MAX_HEADER_BYTES)
+        );
+        let err = parse(&with_line("headers", &big_header)).unwrap_err();
+        assert!(
+            err.contains("bytes long; write at most 8186 bytes"),
+            "{err}"
+        );
+        let many: Vec<String> = (0..=MAX_HEADERS)
+            .map(|i| format!("X-{i} = \"v\""))
+            .collect();
+        let err = parse(&with_line(
+            "headers",
+            &format!("headers = {{ {} }}", many.join(", ")),
+        ))
+        .unwrap_err();
+        assert!(err.contains("holds 65 headers; write at most 64"), "{err}");
+    }
+
+    #[test]
+    fn the_largest_values_in_range_are_accepted() {
+        let text = format!(
+            "{MINIMAL}\nrate_limit = 0.0001\nrequest_timeout = \"24h\"\nconnect_timeout = \"1h\"\n\
+             max_backoff = \"24h\"\nbackoff = \"24h\"\nstop_grace = \"1h\"\ncommit_interval = \"0s\"\n\
+             user_agent = \"{}\"\nmax_body_size = \"1GiB\"\n",
+            "u".repeat(MAX_USER_AGENT_BYTES)
+        )
+        .replace("pages = \"1..=295\"", "pages = \"1000000000000000..\"");
+        let config = parse(&text).unwrap();
+        assert_eq!(config.request_timeout, Duration::from_secs(86_400));
+        assert_eq!(
+            config.pages,
+            PageRange::Open {
+                start: crate::range::MAX_PAGE
+            }
+        );
+    }
+
+    #[test]
+    fn a_config_file_is_a_regular_file_of_at_most_one_mebibyte() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Config::load(Path::new("/dev/zero"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "cannot read config file /dev/zero: it is not a regular file (a directory, device or pipe); pass a TOML file with --config"
+        );
+        let err = Config::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+        let big = dir.path().join("big.toml");
+        let padding = "#".repeat(MAX_CONFIG_BYTES as usize);
+        std::fs::write(&big, format!("{MINIMAL}{padding}")).unwrap();
+        let err = Config::load(&big).unwrap_err().to_string();
+        assert!(err.ends_with("it is larger than 1024 KiB, and a job's config is a few lines of TOML; pass the job's config with --config"), "{err}");
+        let binary = dir.path().join("binary.toml");
+        std::fs::write(&binary, b"url = \"\xff\"").unwrap();
+        let err = Config::load(&binary).unwrap_err().to_string();
+        assert!(
+            err.ends_with("it is not UTF-8 text; save it as UTF-8"),
+            "{err}"
+        );
+        let exact = dir.path().join("exact.toml");
+        let text = format!("{MINIMAL}#");
+        let pad = "#".repeat(MAX_CONFIG_BYTES as usize - text.len());
+        std::fs::write(&exact, format!("{text}{pad}")).unwrap();
+        assert!(Config::load(&exact).is_ok(), "1 MiB exactly is read");
     }
 
     #[test]
@@ -535,6 +591,76 @@ pattern = '<a href="(?P<url>[^"]+)">(?P<title>[^<]*)</a>'
         // Found by `cargo fuzz run config`: "[l." gave a two-line message.
         let err = parse("[l.\n").unwrap_err();
         assert!(!err.contains('\n') && err.contains("line 1"), "{err}");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 1024, ..Default::default() })]
+
+        /// Any text, and a valid config with a few characters put in or
+        /// cut out (TOML syntax errors anywhere, in multi-byte text), is
+        /// refused in one line or parses: explaining the error never panics.
+        #[test]
+        fn broken_toml_is_explained_in_one_line(
+            edits in proptest::collection::vec((0usize..400, "\\PC{0,3}", 0usize..3), 1..4),
+            noise in "\\PC{0,60}",
+        ) {
+            let mut text = format!("{MINIMAL}user_agent = \"é—ü\"\nheaders = {{ A = \"b\" }}\n");
+            for (at, insert, cut) in edits {
+                let mut at = at.min(text.len());
+                while !text.is_char_boundary(at) {
+                    at -= 1;
+                }
+                let mut end = (at + cut).min(text.len());
+                while !text.is_char_boundary(end) {
+                    end += 1;
+                }
+                text.replace_range(at..end, &insert);
+            }
+            for candidate in [text.as_str(), noise.as_str()] {
+                if let Err(e) = Config::parse(candidate, Path::new("/etc/job.toml")) {
+                    let message = e.to_string();
+                    proptest::prop_assert!(!message.contains(['\n', '\r']), "{message}");
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2048, ..Default::default() })]
+
+        /// Arbitrary values for every key never panic the parser; a refusal
+        /// is one line naming the file, and a config that parses holds only
+        /// values in their documented ranges.
+        #[test]
+        fn arbitrary_values_for_every_key_are_refused_in_one_line_or_in_range(text in arbitrary::config_text()) {
+            match Config::parse(&text, Path::new("/etc/job.toml")) {
+                Err(e) => {
+                    let message = e.to_string();
+                    proptest::prop_assert!(message.starts_with("config /etc/job.toml: "), "{message}");
+                    proptest::prop_assert!(!message.contains(['\n', '\r']), "{message}");
+                }
+                Ok(config) => {
+                    let (slowest, fastest) = RATE_LIMIT_RANGE;
+                    proptest::prop_assert!(config.rate_limit.is_none_or(|r| (slowest..=fastest).contains(&r)));
+                    let day = Duration::from_secs(86_400);
+                    for d in [config.request_timeout, config.connect_timeout, config.backoff, config.max_backoff, config.commit_interval, config.stop_grace] {
+                        proptest::prop_assert!(d <= day, "{d:?}");
+                    }
+                    proptest::prop_assert!(!config.request_timeout.is_zero() && !config.connect_timeout.is_zero());
+                    proptest::prop_assert!(config.follow.is_none_or(|f| f >= Duration::from_millis(100) && f <= Duration::from_secs(365 * 86_400)));
+                    let (start, end) = match config.pages {
+                        PageRange::Closed { start, end } => (start, end),
+                        PageRange::Open { start } => (start, start),
+                    };
+                    proptest::prop_assert!(1 <= start && start <= end && end <= crate::range::MAX_PAGE);
+                    proptest::prop_assert!((1..=MAX_BODY_SIZE).contains(&config.max_body_size));
+                    proptest::prop_assert!(config.user_agent.len() <= MAX_USER_AGENT_BYTES);
+                    proptest::prop_assert!(config.headers.len() <= MAX_HEADERS);
+                    proptest::prop_assert!(!config.pattern.is_match(""));
+                    proptest::prop_assert!(config.output.as_ref().is_none_or(|o| o.file_name().is_some()));
+                }
+            }
+        }
     }
 
     #[test]

@@ -18,6 +18,9 @@ pub struct KeyDoc {
     /// The default as the README's table shows it, without its backticks:
     /// `required`, `none`, `8`, `"10s"`...
     pub default: &'static str,
+    /// The values the parser accepts, as the README's table shows them
+    /// (`1–1024`, `1ms–1h`...).
+    pub range: &'static str,
     /// The value the template shows: the default where there is one, else
     /// an example that is valid together with the other values shown.
     pub value: &'static str,
@@ -41,6 +44,7 @@ pub const KEYS: &[KeyDoc] = &[
         group: "The job (required)",
         explanation: "URL template: {page} is replaced by the page number; http:// or https://.",
         default: "required",
+        range: "http:// or https://, with {page}; at most 8 KiB; a port from 1 to 65535",
         value: "\"https://example.com/list?page={page}\"",
     },
     KeyDoc {
@@ -48,6 +52,7 @@ pub const KEYS: &[KeyDoc] = &[
         group: "The job (required)",
         explanation: "\"1..=295\" (end included), \"1..296\" (end excluded), \"7\", or \"1..\" (open: ends after `stop_after_empty` empty pages).",
         default: "required",
+        range: "pages from 1 to 1000000000000000 (10^15); not empty",
         value: "\"1..=10\"",
     },
     KeyDoc {
@@ -55,13 +60,15 @@ pub const KEYS: &[KeyDoc] = &[
         group: "The job (required)",
         explanation: "Regular expression: each match is an item, each named group (?P<name>...) a field. Check it with `pagecrawl try`.",
         default: "required",
+        range: "a regex with a named group (none called page) that cannot match the empty string",
         value: r#"'<a href="(?P<url>[^"]+)">(?P<title>[^<]*)</a>'"#,
     },
     KeyDoc {
         name: "concurrency",
         group: "Politeness",
-        explanation: "Simultaneous requests: a hard cap on what the site sees (1-1024).",
+        explanation: "Simultaneous requests: a hard cap on what the site sees.",
         default: "8",
+        range: "1–1024",
         value: "8",
     },
     KeyDoc {
@@ -69,6 +76,7 @@ pub const KEYS: &[KeyDoc] = &[
         group: "Politeness",
         explanation: "Requests per second across all threads, retries included; fractions allowed (0.5).",
         default: "none",
+        range: "0.0001–10000",
         value: "5",
     },
     KeyDoc {
@@ -76,6 +84,7 @@ pub const KEYS: &[KeyDoc] = &[
         group: "Politeness",
         explanation: "The User-Agent header (default: pagecrawl/VERSION).",
         default: "pagecrawl/VERSION",
+        range: "one line of text, at most 1 KiB",
         value: concat!("\"pagecrawl/", env!("CARGO_PKG_VERSION"), "\""),
     },
     KeyDoc {
@@ -83,6 +92,7 @@ pub const KEYS: &[KeyDoc] = &[
         group: "Politeness",
         explanation: "Extra request headers, e.g. a cookie or a language (default: none).",
         default: "{}",
+        range: "at most 64; each one line of text, name and value at most 8 KiB",
         value: "{ Accept-Language = \"en\", Cookie = \"session=abc\" }",
     },
     KeyDoc {
@@ -90,6 +100,7 @@ pub const KEYS: &[KeyDoc] = &[
         group: "Politeness",
         explanation: "Obey the site's robots.txt: disallowed pages fail, and its Crawl-delay is a minimum interval between requests.",
         default: "true",
+        range: "true or false",
         value: "true",
     },
     KeyDoc {
@@ -97,6 +108,7 @@ pub const KEYS: &[KeyDoc] = &[
         group: "Fetching",
         explanation: "Time to establish a connection.",
         default: "\"10s\"",
+        range: "1ms–1h",
         value: "\"10s\"",
     },
     KeyDoc {
@@ -104,6 +116,7 @@ pub const KEYS: &[KeyDoc] = &[
         group: "Fetching",
         explanation: "Time for the whole request, body included (it may fire up to 1/8 early, never late).",
         default: "\"30s\"",
+        range: "1ms–24h",
         value: "\"30s\"",
     },
     KeyDoc {
@@ -111,6 +124,7 @@ pub const KEYS: &[KeyDoc] = &[
         group: "Fetching",
         explanation: "Retries after the first attempt (timeouts, connection errors, 5xx, 408, 429).",
         default: "5",
+        range: "0–100",
         value: "5",
     },
     KeyDoc {
@@ -118,6 +132,7 @@ pub const KEYS: &[KeyDoc] = &[
         group: "Fetching",
         explanation: "First retry delay; doubles per retry, with jitter.",
         default: "\"500ms\"",
+        range: "0s–24h",
         value: "\"500ms\"",
     },
     KeyDoc {
@@ -125,6 +140,7 @@ pub const KEYS: &[KeyDoc] = &[
         group: "Fetching",
         explanation: "Cap on the retry delay (a server's Retry-After is honoured even when longer).",
         default: "\"60s\"",
+        range: "0s–24h, not less than backoff",
         value: "\"60s\"",
     },
     KeyDoc {
@@ -132,6 +148,7 @@ pub const KEYS: &[KeyDoc] = &[
         group: "Fetching",
         explanation: "Used when neither the Content-Type header, a BOM nor <meta> names one (gbk, shift_jis...).",
         default: "\"utf-8\"",
+        range: "a WHATWG encoding label",
         value: "\"utf-8\"",
     },
     KeyDoc {
@@ -139,6 +156,7 @@ pub const KEYS: &[KeyDoc] = &[
         group: "Fetching",
         explanation: "A larger body fails the page.",
         default: "\"10MiB\"",
+        range: "1 byte–1GiB",
         value: "\"10MiB\"",
     },
     KeyDoc {
@@ -146,6 +164,7 @@ pub const KEYS: &[KeyDoc] = &[
         group: "Output",
         explanation: "Output path, relative to this file (default: items.jsonl or items.csv in the state directory).",
         default: "items.jsonl in the state dir",
+        range: "a file path, not a folder; at most 4096 bytes",
         value: "\"items.jsonl\"",
     },
     KeyDoc {
@@ -153,6 +172,7 @@ pub const KEYS: &[KeyDoc] = &[
         group: "Output",
         explanation: "\"jsonl\" or \"csv\".",
         default: "\"jsonl\"",
+        range: "jsonl or csv",
         value: "\"jsonl\"",
     },
     KeyDoc {
@@ -160,6 +180,7 @@ pub const KEYS: &[KeyDoc] = &[
         group: "Output",
         explanation: "A named group that identifies an item: an item whose key was written already is not written again.",
         default: "none",
+        range: "a named group of pattern",
         value: "\"url\"",
     },
     KeyDoc {
@@ -167,6 +188,7 @@ pub const KEYS: &[KeyDoc] = &[
         group: "Open ranges and follow mode",
         explanation: "Open ranges: this many consecutive pages without items (or 404/410) end the range.",
         default: "3",
+        range: "1–1000",
         value: "3",
     },
     KeyDoc {
@@ -174,6 +196,7 @@ pub const KEYS: &[KeyDoc] = &[
         group: "Open ranges and follow mode",
         explanation: "Follow mode: when the queue drains, re-crawl the first `refresh_pages` pages this often; needs `key`.",
         default: "none",
+        range: "100ms–365d; needs key",
         value: "\"10m\"",
     },
     KeyDoc {
@@ -181,6 +204,7 @@ pub const KEYS: &[KeyDoc] = &[
         group: "Open ranges and follow mode",
         explanation: "Follow mode: how many pages from the start of the range each round re-crawls.",
         default: "1",
+        range: "1–1000000",
         value: "1",
     },
     KeyDoc {
@@ -188,6 +212,7 @@ pub const KEYS: &[KeyDoc] = &[
         group: "Tuning",
         explanation: "Threads decoding and extracting (default: the number of CPUs, at most 8).",
         default: "CPUs, at most 8",
+        range: "1–256",
         value: "2",
     },
     KeyDoc {
@@ -195,6 +220,7 @@ pub const KEYS: &[KeyDoc] = &[
         group: "Tuning",
         explanation: "Pages per checkpoint (or `commit_interval`, whichever comes first).",
         default: "64",
+        range: "1–100000",
         value: "64",
     },
     KeyDoc {
@@ -202,6 +228,7 @@ pub const KEYS: &[KeyDoc] = &[
         group: "Tuning",
         explanation: "Time per checkpoint (or `commit_every` pages, whichever comes first).",
         default: "\"200ms\"",
+        range: "0s–1h",
         value: "\"200ms\"",
     },
     KeyDoc {
@@ -209,6 +236,7 @@ pub const KEYS: &[KeyDoc] = &[
         group: "Tuning",
         explanation: "On SIGTERM/SIGINT, how long in-flight pages may take to finish.",
         default: "\"10s\"",
+        range: "0s–1h",
         value: "\"10s\"",
     },
     KeyDoc {
@@ -216,6 +244,7 @@ pub const KEYS: &[KeyDoc] = &[
         group: "Monitoring",
         explanation: "Serve GET /metrics (Prometheus) on this IP address and port while the crawl runs; no authentication, so loopback only unless `metrics_allow_remote`. Not reloadable.",
         default: "none",
+        range: "an IP address and port; a loopback address unless `metrics_allow_remote`",
         value: "\"127.0.0.1:9464\"",
     },
     KeyDoc {
@@ -223,6 +252,7 @@ pub const KEYS: &[KeyDoc] = &[
         group: "Monitoring",
         explanation: "Allow a `metrics_listen` address other hosts can reach (0.0.0.0, a LAN address): anyone who reaches it reads the crawl's counters.",
         default: "false",
+        range: "true or false",
         value: "false",
     },
 ];
@@ -260,7 +290,8 @@ pub fn template(job: &TemplateJob) -> String {
             _ if key.explanation.contains("(default:") => String::new(),
             other => format!(" Default:\u{a0}{}.", other.replace(' ', "\u{a0}")),
         };
-        for line in wrap(&format!("{}{default}", key.explanation), 76) {
+        let accepted = format!(" Accepted: {}.", key.range);
+        for line in wrap(&format!("{}{accepted}{default}", key.explanation), 76) {
             out.push_str(&format!("# {}\n", line.replace('\u{a0}', " ")));
         }
         match set {
@@ -341,24 +372,7 @@ pub fn wooyun_example() -> String {
 /// The keys the parser accepts, read from the parser itself: `RawConfig`
 /// refuses unknown keys, and its error lists the ones it expects.
 pub fn parser_keys() -> Vec<String> {
-    let probe = "pagecrawl_no_such_key = 1\n";
-    let error = match crate::config::Config::parse(probe, std::path::Path::new("probe.toml")) {
-        Ok(_) => return Vec::new(),
-        Err(error) => error.to_string(),
-    };
-    let Some(list) = error.split("expected one of").nth(1) else {
-        return Vec::new();
-    };
-    list.split(',')
-        .filter_map(|part| {
-            let name = part.trim().trim_matches('`');
-            (!name.is_empty()
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit()))
-            .then(|| name.to_string())
-        })
-        .collect()
+    crate::config::accepted_keys().to_vec()
 }
 
 #[cfg(test)]
@@ -439,6 +453,42 @@ mod tests {
         let plain = format!("{:?}", parse(&text));
         let with_defaults = format!("{:?}", parse(&uncommented(&text, true)));
         assert_eq!(plain, with_defaults);
+    }
+
+    #[test]
+    fn the_documented_ranges_are_the_parsers_limits() {
+        let range_of = |name: &str| {
+            KEYS.iter()
+                .find(|k| k.name == name)
+                .unwrap_or_else(|| panic!("{name} is documented"))
+                .range
+        };
+        for (name, min, max) in crate::config::COUNT_RANGES {
+            assert!(
+                range_of(name).starts_with(&format!("{min}–{max}")),
+                "{name}"
+            );
+        }
+        for (name, min, max) in crate::config::DURATION_RANGES {
+            assert!(
+                range_of(name).starts_with(&format!("{min}–{max}")),
+                "{name}"
+            );
+        }
+        let (slowest, fastest) = crate::config::RATE_LIMIT_RANGE;
+        assert_eq!(range_of("rate_limit"), format!("{slowest}–{fastest}"));
+        assert_eq!(crate::config::MAX_BODY_SIZE, 1 << 30);
+        assert_eq!(range_of("max_body_size"), "1 byte–1GiB");
+        assert!(range_of("pages").contains(&crate::range::MAX_PAGE.to_string()));
+        assert!(range_of("user_agent").contains("1 KiB"));
+        assert_eq!(crate::config::MAX_USER_AGENT_BYTES, 1024);
+        assert!(range_of("headers").contains(&format!(
+            "at most {}; each one line of text, name and value at most {} KiB",
+            crate::config::MAX_HEADERS,
+            crate::config::MAX_HEADER_BYTES >> 10
+        )));
+        assert!(range_of("url").contains(&format!("{} KiB", crate::config::MAX_URL_BYTES >> 10)));
+        assert!(range_of("output").contains(&crate::config::MAX_OUTPUT_BYTES.to_string()));
     }
 
     #[test]

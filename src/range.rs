@@ -35,43 +35,119 @@ impl fmt::Display for PageRange {
     }
 }
 
-/// Parses one range. The error is a sentence for the user.
+/// The largest page number a range may hold: 10^15, far below where the
+/// range arithmetic (`end + 1`, a look-ahead past the frontier) could
+/// overflow a `u64`, and below 2^53, so every page number is exact in the
+/// JSON output whatever reads it.
+pub const MAX_PAGE: u64 = 1_000_000_000_000_000;
+
+/// Where a range is written, which decides the forms it may take and how a
+/// suggestion is spelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeSyntax {
+    /// A config's `pages`: open ranges allowed; suggestions are TOML
+    /// strings (`"1..=5"`).
+    Config,
+    /// A command's argument (`enqueue`): closed ranges only; suggestions
+    /// are written bare (`1..=5`).
+    Command,
+}
+
+impl RangeSyntax {
+    /// A range as the user should write it here.
+    fn spell(self, range: &str) -> String {
+        match self {
+            RangeSyntax::Config => format!("\"{range}\""),
+            RangeSyntax::Command => range.to_string(),
+        }
+    }
+
+    /// The forms accepted here, for a message.
+    fn forms(self) -> &'static str {
+        match self {
+            RangeSyntax::Config => {
+                "\"1..=295\" (end included), \"1..296\" (end excluded), \"7\", or \"1..\" (open)"
+            }
+            RangeSyntax::Command => "1..=295 (end included), 1..296 (end excluded) or 7",
+        }
+    }
+}
+
+/// Parses one range as a config's `pages` takes it. The error is a
+/// sentence for the user.
 pub fn parse_range(text: &str) -> Result<PageRange, String> {
+    parse_range_in(text, RangeSyntax::Config)
+}
+
+/// Parses one range written in `syntax`: pages from 1 to [`MAX_PAGE`], never
+/// empty; an open range only in a config. The error is one sentence that
+/// says what to write instead.
+pub fn parse_range_in(text: &str, syntax: RangeSyntax) -> Result<PageRange, String> {
     let text = text.trim();
+    let write = |range: &str| syntax.spell(range);
     let number = |part: &str| -> Result<u64, String> {
-        part.trim().parse::<u64>().map_err(|_| {
-            format!("'{text}' is not a page range: '{part}' is not a page number (write 7, 1..=295, 1..10 or 1..)")
-        })
-    };
-    let Some((left, right)) = text.split_once("..") else {
-        let page = number(text)?;
-        return Ok(PageRange::Closed {
-            start: page,
-            end: page,
-        });
-    };
-    let start = number(left)?;
-    if let Some(end) = right.strip_prefix('=') {
-        let end = number(end)?;
-        if end < start {
-            return Err(format!(
-                "'{text}' is an empty page range: the end is before the start"
-            ));
+        let part = part.trim();
+        let digits = !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+        match part.parse::<u64>() {
+            Ok(page) if page <= MAX_PAGE => Ok(page),
+            _ if digits => Err(format!(
+                "'{text}': page {part} is past the largest page number, {MAX_PAGE}; \
+                 write pages from 1 to {MAX_PAGE}"
+            )),
+            _ => Err(format!(
+                "'{text}' is not a page range: '{part}' is not a page number; write {}",
+                syntax.forms()
+            )),
         }
-        Ok(PageRange::Closed { start, end })
-    } else if right.trim().is_empty() {
-        Ok(PageRange::Open { start })
-    } else {
-        let end = number(right)?;
-        if end <= start {
-            return Err(format!(
-                "'{text}' is an empty page range: '..' excludes the end (write {start}..={end} to include it)"
-            ));
+    };
+    let (start, end, open) = match text.split_once("..") {
+        None => {
+            let page = number(text)?;
+            (page, page, false)
         }
-        Ok(PageRange::Closed {
-            start,
-            end: end - 1,
-        })
+        Some((left, right)) => {
+            let start = number(left)?;
+            if let Some(end) = right.strip_prefix('=') {
+                (start, number(end)?, false)
+            } else if right.trim().is_empty() {
+                (start, start, true)
+            } else {
+                let end = number(right)?;
+                if end == start {
+                    return Err(format!(
+                        "'{text}' is an empty page range: '..' leaves out the end; write {} to include page {end}",
+                        write(&format!("{start}..={end}"))
+                    ));
+                }
+                // A reversed `5..1` is refused below, suggesting `1..=5`.
+                (start, if end > start { end - 1 } else { end }, false)
+            }
+        }
+    };
+    if start == 0 || (end == 0 && !open) {
+        let fixed = match start.max(end) {
+            _ if open => "1..".to_string(),
+            0 | 1 => "1".to_string(),
+            last => format!("1..={last}"),
+        };
+        return Err(format!(
+            "'{text}' holds page 0, and pages are numbered from 1; write {}",
+            write(&fixed)
+        ));
+    }
+    if end < start {
+        return Err(format!(
+            "'{text}' is an empty page range: the end is before the start; write {}",
+            write(&format!("{end}..={start}"))
+        ));
+    }
+    match (open, syntax) {
+        (true, RangeSyntax::Config) => Ok(PageRange::Open { start }),
+        (true, RangeSyntax::Command) => Err(format!(
+            "'{text}' is an open range; this command takes closed ranges: write {} with the last page to queue",
+            write(&format!("{start}..=N"))
+        )),
+        (false, _) => Ok(PageRange::Closed { start, end }),
     }
 }
 
@@ -80,18 +156,17 @@ pub fn parse_range(text: &str) -> Result<PageRange, String> {
 pub fn parse_closed_ranges(texts: &[String]) -> Result<Vec<PageRange>, String> {
     texts
         .iter()
-        .map(|text| match parse_range(text)? {
-            PageRange::Open { .. } => Err(format!(
-                "'{text}' is an open range; enqueue takes closed ranges such as 1..=295"
-            )),
-            range => Ok(range),
-        })
+        .map(|text| parse_range_in(text, RangeSyntax::Command))
         .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn command(text: &str) -> Result<PageRange, String> {
+        parse_range_in(text, RangeSyntax::Command)
+    }
 
     #[test]
     fn parses_every_form() {
@@ -109,9 +184,13 @@ mod tests {
         );
         assert_eq!(parse_range(" 3.. "), Ok(PageRange::Open { start: 3 }));
         assert_eq!(
-            parse_range("0..=0"),
-            Ok(PageRange::Closed { start: 0, end: 0 })
+            parse_range("1000000000000000"),
+            Ok(PageRange::Closed {
+                start: MAX_PAGE,
+                end: MAX_PAGE
+            })
         );
+        assert_eq!(command("2..=5"), Ok(PageRange::Closed { start: 2, end: 5 }));
     }
 
     #[test]
@@ -132,6 +211,54 @@ mod tests {
         }
     }
 
+    /// Each refusal says what to write, in the syntax of where it was
+    /// written; the suggestion itself parses.
+    #[test]
+    fn each_refusal_suggests_a_range_that_parses() {
+        let cases = [
+            ("5..1", "the end is before the start; write \"1..=5\""),
+            ("5..=1", "the end is before the start; write \"1..=5\""),
+            ("5..5", "'..' leaves out the end; write \"5..=5\" to include page 5"),
+            ("0", "holds page 0, and pages are numbered from 1; write \"1\""),
+            ("0..=5", "numbered from 1; write \"1..=5\""),
+            ("0..", "numbered from 1; write \"1..\""),
+            ("5..0", "numbered from 1; write \"1..=5\""),
+            (
+                "18446744073709551614..",
+                "page 18446744073709551614 is past the largest page number, 1000000000000000; write pages from 1 to 1000000000000000",
+            ),
+            ("1000000000000001", "past the largest page number"),
+            (
+                "abc",
+                "'abc' is not a page range: 'abc' is not a page number; write \"1..=295\" (end included), \"1..296\" (end excluded), \"7\", or \"1..\" (open)",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = parse_range(text).unwrap_err();
+            assert!(err.contains(expected), "{text}: {err}");
+            assert!(!err.contains('\n'), "{err}");
+            if let Some(suggested) = err.split("; write \"").nth(1) {
+                let suggested = suggested.split('"').next().unwrap();
+                assert!(parse_range(suggested).is_ok(), "{text}: {suggested}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_command_suggests_closed_ranges_written_bare() {
+        let err = command("abc").unwrap_err();
+        assert!(
+            err.ends_with("write 1..=295 (end included), 1..296 (end excluded) or 7"),
+            "{err}"
+        );
+        assert!(
+            !err.split([' ', ',']).any(|word| word.ends_with("..")),
+            "enqueue refuses open ranges, so none is suggested: {err}"
+        );
+        assert!(command("5..1").unwrap_err().ends_with("write 1..=5"));
+        assert!(command("0..=3").unwrap_err().ends_with("write 1..=3"));
+    }
+
     #[test]
     fn display_round_trips() {
         for text in ["7", "1..=295", "3.."] {
@@ -142,6 +269,9 @@ mod tests {
     #[test]
     fn enqueue_refuses_open_ranges() {
         let err = parse_closed_ranges(&["1..".to_string()]).unwrap_err();
-        assert!(err.contains("open range"), "{err}");
+        assert_eq!(
+            err,
+            "'1..' is an open range; this command takes closed ranges: write 1..=N with the last page to queue"
+        );
     }
 }

@@ -37,14 +37,8 @@ pub fn command(
 ) -> Result<Exit> {
     let follow = follow
         .map(|text| {
-            humantime::parse_duration(text.trim())
-                .ok()
-                .filter(|d| !d.is_zero())
-                .ok_or_else(|| {
-                    UserError::Usage(format!(
-                        "--follow '{text}' is not an interval; write e.g. 10m or 30s"
-                    ))
-                })
+            crate::config::follow_interval(text)
+                .map_err(|why| UserError::Usage(format!("--follow: {why}")))
         })
         .transpose()?;
     let config = with_follow(Config::load(config_path)?, follow)?;

@@ -136,14 +136,21 @@ pub(super) fn run(
         let drained = exhausted && fresh.is_empty();
         let blocked = waits_on_commits(drained, &retries, &in_flight, window);
         shared.waiting_on_commits.store(blocked, Ordering::SeqCst);
-        if !paused && config.pages.is_open() && drained && store.counters().open_end().is_none() {
+        if !paused
+            && config.pages.is_open()
+            && drained
+            && store.counters().open_end().is_none()
+            && store.counters().frontier <= crate::range::MAX_PAGE
+        {
             let counters = store.counters();
+            // Never past the largest page number a range may hold.
             let count = pages_to_extend(
                 counters.frontier,
                 shared.highest_with_items(),
                 &config,
                 in_flight.len(),
-            );
+            )
+            .min(crate::range::MAX_PAGE + 1 - counters.frontier);
             if count > 0 {
                 store.extend(count)?;
                 exhausted = false;

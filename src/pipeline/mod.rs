@@ -635,4 +635,43 @@ mod tests {
             "the old config stays in force"
         );
     }
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, ..Default::default() })]
+
+        /// A SIGHUP re-reads the file through `Config::parse` and applies it
+        /// with `Shared::reload`: with arbitrary values for every key,
+        /// neither panics, nor does anything that then uses the values (the
+        /// rate limiter, the HTTP client, the deadlines, the retry delays);
+        /// a refused config leaves the old one in force.
+        #[test]
+        fn a_reload_with_arbitrary_values_never_panics_and_keeps_the_old_config_when_refused(
+            text in crate::config::arbitrary::config_text()
+        ) {
+            let base = Config::parse(
+                "url = \"http://127.0.0.1:1/p?page={page}\"\npages = \"1..=3\"\npattern = \"(?P<url>a+)\"\nkey = \"url\"",
+                "/etc/job.toml".as_ref(),
+            ).unwrap();
+            let shared = Shared::new(&base, Robots::allow_all());
+            let applied = match Config::parse(&text, "/etc/job.toml".as_ref()) {
+                Ok(new) => shared.reload(new).is_ok(),
+                Err(_) => false,
+            };
+            let config = shared.config();
+            if !applied {
+                proptest::prop_assert_eq!(format!("{:?}", config), format!("{:?}", base));
+            }
+            let stop = AtomicBool::new(false);
+            proptest::prop_assert!(shared.limiter.acquire(&stop));
+            let now = Instant::now();
+            for deadline in [config.request_timeout, config.connect_timeout, config.commit_interval, config.stop_grace, config.follow.unwrap_or_default()] {
+                let _ = now + deadline;
+            }
+            for attempts in 1..=config.retries + 1 {
+                let delay = retry_delay(&config, attempts, &FetchError::Timeout("t".into()));
+                proptest::prop_assert!(delay <= config.max_backoff);
+                let _ = now + delay;
+            }
+            let _ = (window(&config), fetch_threads(&config), config.page_url(crate::range::MAX_PAGE));
+        }
+    }
 }

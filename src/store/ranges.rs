@@ -143,10 +143,16 @@ impl Store {
         Ok(added)
     }
 
-    /// Open ranges: queues the next `count` pages past the frontier.
+    /// Open ranges: queues the next `count` pages past the frontier, never
+    /// past [`MAX_PAGE`](crate::range::MAX_PAGE) (there the range ends).
     pub fn extend(&self, count: u64) -> Result<u64> {
         let first = self.counters().frontier;
-        let last = first.saturating_add(count.max(1) - 1);
+        if first > crate::range::MAX_PAGE {
+            return Ok(0);
+        }
+        let last = first
+            .saturating_add(count.max(1) - 1)
+            .min(crate::range::MAX_PAGE);
         self.add_lazy(first, last, Some(last.saturating_add(1)))
     }
 

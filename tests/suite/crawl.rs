@@ -321,6 +321,34 @@ fn an_open_range_also_ends_at_a_run_of_404s() {
     assert_eq!(job.status()["open_range_end"], 10);
 }
 
+/// An open range cannot run past the largest page number: started near it
+/// (once `18446744073709551614..` hung with 0 pending), the crawl fetches the
+/// last pages there are and ends.
+#[test]
+fn an_open_range_ends_at_the_largest_page_number() {
+    let max = pagecrawl::range::MAX_PAGE;
+    let job = Job::new(Site {
+        pages: 5,
+        ..Site::default()
+    })
+    .pages(&format!("{}..", max - 1))
+    .concurrency(2);
+    let output = job.run_ok();
+    assert!(
+        stdout(&output).contains("finished: 2 pages done"),
+        "{}",
+        stdout(&output)
+    );
+    assert_eq!(job.server.stats().requests_for(max - 1), 1);
+    assert_eq!(job.server.stats().requests_for(max), 1);
+    assert_eq!(
+        job.server.stats().requests_for(max + 1),
+        0,
+        "no page past the largest"
+    );
+    assert_eq!(job.status()["pending"], 0);
+}
+
 #[test]
 fn try_prints_one_page_and_touches_no_state() {
     let job = Job::new(Site::default());

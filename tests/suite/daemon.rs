@@ -416,3 +416,103 @@ fn under_journald_log_lines_carry_priorities_and_no_timestamps() {
         "no timestamps: {log}"
     );
 }
+
+/// Issue 11.7: a SIGHUP with a value out of its range (ones that crashed the
+/// running crawl: a rate of 1e-300, a timeout of 2^64 s) keeps the running
+/// configuration and logs one error line; the crawl goes on, a good reload
+/// after them applies, and the output is exact.
+#[test]
+fn a_reload_with_a_bad_value_keeps_the_running_configuration() {
+    let job = Job::new(slow_site(300, 5))
+        .concurrency(2)
+        .with("rate_limit = 5");
+    let log_path = job.dir.path().join("run.log");
+    let mut command = job.command(&["run"]);
+    command.stderr(std::fs::File::create(&log_path).unwrap());
+    let child = Running::new(command.spawn().expect("pagecrawl starts"));
+    job.wait_for_daemon();
+    let reloads = || {
+        std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("SIGHUP:"))
+            .count()
+    };
+    let long_agent = format!("user_agent = \"{}\"", "a".repeat(2000));
+    // (key, bad line, the line put back after it)
+    let bad = [
+        ("rate_limit", "rate_limit = 1e-300", "rate_limit = 5"),
+        ("rate_limit", "rate_limit = 1e9", "rate_limit = 5"),
+        (
+            "request_timeout",
+            "request_timeout = \"18446744073709551615s\"",
+            "request_timeout = \"30s\"",
+        ),
+        (
+            "connect_timeout",
+            "connect_timeout = \"0s\"",
+            "connect_timeout = \"10s\"",
+        ),
+        ("headers", "headers = { X = \"a\\r\\nb\" }", "headers = {}"),
+        (
+            "user_agent",
+            long_agent.as_str(),
+            "user_agent = \"pagecrawl-test\"",
+        ),
+        ("concurrency", "concurrency = 100000", "concurrency = 2"),
+    ];
+    for (i, (key, line, good)) in bad.iter().enumerate() {
+        job.edit_config(key, line);
+        signal(&child, "HUP");
+        assert!(
+            wait_until(Duration::from_secs(60), || reloads() > i),
+            "the reload of {line} was logged"
+        );
+        job.edit_config(key, good);
+    }
+    let before = job.server.stats().total();
+    assert!(
+        wait_until(Duration::from_secs(15), || job.server.stats().total()
+            >= before + 5),
+        "the crawl goes on after the refused reloads"
+    );
+    let peak = job.server.stats().peak_in_window(Duration::from_secs(1));
+    assert!(
+        peak <= 20,
+        "the running rate limit stayed: {peak} in a second"
+    );
+    job.edit_config("rate_limit", "rate_limit = 1000");
+    signal(&child, "HUP");
+    let output = finish(child, COMMAND_TIMEOUT);
+    assert_success(&output);
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let kept: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("SIGHUP: kept the running configuration"))
+        .collect();
+    assert_eq!(
+        kept.len(),
+        bad.len(),
+        "one error line per refused reload:\n{log}"
+    );
+    assert!(
+        log.contains("rate limit 1000/s"),
+        "the good reload applied:\n{log}"
+    );
+    assert!(
+        !log.contains("panicked") && !log.contains("internal error"),
+        "{log}"
+    );
+    assert!(
+        kept[0].contains("key 'rate_limit': 1e-300 is out of range"),
+        "{}",
+        kept[0]
+    );
+    assert!(kept[2].contains("key 'request_timeout'"), "{}", kept[2]);
+    assert!(
+        kept[4].contains("key 'headers'") && !kept[4].contains('\r'),
+        "{}",
+        kept[4]
+    );
+    assert_same_items(&job.output_bugs(), &job.expected_bugs(1..=300));
+}

@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 
-use pagecrawl::range::{parse_range, PageRange};
+use pagecrawl::range::{parse_range, PageRange, MAX_PAGE};
 use pagecrawl::store::keys::{page_key, page_of, PENDING};
 use pagecrawl::store::records::{Counters, Done, Failed, Pending};
 
@@ -17,9 +17,27 @@ proptest! {
     }
 
     #[test]
-    fn ranges_round_trip(start in 0u64..u64::MAX / 2, length in 0u64..1_000_000, open in any::<bool>()) {
-        let range = if open { PageRange::Open { start } } else { PageRange::Closed { start, end: start + length } };
+    fn ranges_round_trip(start in 1u64..=MAX_PAGE, length in 0u64..1_000_000, open in any::<bool>()) {
+        let end = (start + length).min(MAX_PAGE);
+        let range = if open { PageRange::Open { start } } else { PageRange::Closed { start, end } };
         prop_assert_eq!(parse_range(&range.to_string()), Ok(range));
+    }
+
+    /// Any range that parses holds pages from 1 to MAX_PAGE only, and a
+    /// refusal is one line.
+    #[test]
+    fn parsed_ranges_stay_within_the_page_numbers(left in any::<u64>(), right in any::<u64>(), form in 0..4usize) {
+        let text = match form {
+            0 => format!("{left}"),
+            1 => format!("{left}.."),
+            2 => format!("{left}..{right}"),
+            _ => format!("{left}..={right}"),
+        };
+        match parse_range(&text) {
+            Ok(PageRange::Closed { start, end }) => prop_assert!(1 <= start && start <= end && end <= MAX_PAGE, "{text}"),
+            Ok(PageRange::Open { start }) => prop_assert!((1..=MAX_PAGE).contains(&start), "{text}"),
+            Err(why) => prop_assert!(!why.contains('\n') && why.contains("write"), "{why}"),
+        }
     }
 
     #[test]

@@ -898,6 +898,28 @@ fn the_readme_configuration_table_matches_the_parser() {
             .unwrap_or_else(|| panic!("{key} is in src/config_reference.rs"));
         assert_eq!(default, doc.default, "README default of {key}");
     }
+    // Each key's accepted values are the ones the reference documents (and
+    // `config_reference`'s tests hold to the parser's limits).
+    let readme = include_str!("../../README.md");
+    let accepted_cell = Regex::new(r"(?m)^\| `([a-z_]+)` \| [^|]+ \| ([^|]+) \|").unwrap();
+    let section = readme.split("\n## Configuration\n").nth(1).unwrap();
+    let section = section.split("\n## ").next().unwrap();
+    let mut seen = 0;
+    for row in accepted_cell.captures_iter(section) {
+        let Some(doc) = pagecrawl::config_reference::KEYS
+            .iter()
+            .find(|k| k.name == &row[1])
+        else {
+            continue;
+        };
+        assert_eq!(row[2].trim(), doc.range, "README 'accepted' of {}", &row[1]);
+        seen += 1;
+    }
+    assert_eq!(
+        seen,
+        pagecrawl::config_reference::KEYS.len(),
+        "every key has its accepted values in the README"
+    );
 }
 
 #[test]
