@@ -852,6 +852,76 @@ mod tests {
     }
 
     #[test]
+    fn status_tells_a_file_that_is_not_the_checkpoints() {
+        use crate::store::Counters;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let bytes = b"{\"page\":1,\"a\":\"x\"}\n{\"page\":2,\"a\":\"y\"}\n";
+        let counters = Counters {
+            output_len: bytes.len() as u64,
+            output_fingerprint: Fingerprint::of(bytes).0,
+            ..Counters::default()
+        };
+        assert!(
+            mismatch(&path, &Counters::default()).is_none(),
+            "nothing committed"
+        );
+        assert!(mismatch(&path, &counters).unwrap().contains("is missing"));
+        std::fs::write(&path, &bytes[..10]).unwrap();
+        assert!(mismatch(&path, &counters)
+            .unwrap()
+            .contains("fewer than the 38 committed"));
+        std::fs::write(&path, bytes).unwrap();
+        assert_eq!(mismatch(&path, &counters), None);
+        let mut longer = bytes.to_vec();
+        longer.extend_from_slice(b"{\"page\":3");
+        std::fs::write(&path, &longer).unwrap();
+        assert_eq!(
+            mismatch(&path, &counters),
+            None,
+            "a torn tail past the checkpoint is a crash's"
+        );
+        std::fs::write(
+            &path,
+            b"{\"page\":1,\"a\":\"x\"}\n{\"page\":2,\"a\":\"z\"}\n",
+        )
+        .unwrap();
+        assert!(mismatch(&path, &counters)
+            .unwrap()
+            .contains("is not the file this crawl wrote"));
+        let file = File::open(&path).unwrap();
+        assert!(!matches_checkpoint(
+            &file,
+            counters.output_len,
+            counters.output_fingerprint()
+        ));
+        assert!(
+            matches_checkpoint(&file, counters.output_len, Fingerprint::default()),
+            "unknown: older state"
+        );
+        assert!(
+            matches_checkpoint(&file, 0, counters.output_fingerprint()),
+            "nothing committed"
+        );
+    }
+
+    #[test]
+    fn an_empty_file_at_the_path_is_taken_by_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let mut output = OutputFile::open(&path, &checkpoint(0), None).unwrap();
+        output.append(b"1\n").unwrap();
+        output.sync().unwrap();
+        std::fs::rename(&path, dir.path().join("out.jsonl.1")).unwrap();
+        // logrotate's `create` leaves an empty file there.
+        std::fs::write(&path, b"").unwrap();
+        assert!(output.reopen(None).unwrap());
+        output.append(b"2\n").unwrap();
+        output.sync().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"2\n");
+    }
+
+    #[test]
     fn the_output_is_never_opened_through_a_symlink() {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("precious");
