@@ -238,6 +238,18 @@ pub fn queue_each(
     limit: usize,
     each: &mut dyn FnMut(QueueRow) -> Result<()>,
 ) -> Result<()> {
+    queue_each_marked(store, state, limit, &|_| false, each)
+}
+
+/// [`queue_each`] for a running crawl: pending pages it is fetching,
+/// parsing or committing now (`in_flight`) show as `in flight`.
+pub fn queue_each_marked(
+    store: &Store,
+    state: &str,
+    limit: usize,
+    in_flight: &dyn Fn(u64) -> bool,
+    each: &mut dyn FnMut(QueueRow) -> Result<()>,
+) -> Result<()> {
     let filter = parse_state(state)?;
     let mut after = None;
     let mut left = limit;
@@ -248,7 +260,11 @@ pub fn queue_each(
         };
         left -= batch.len();
         for (page, state) in batch {
-            each(row_of(page, state))?;
+            let mut row = row_of(page, state);
+            if row.state == "pending" && in_flight(page) {
+                row.state = "in flight".into();
+            }
+            each(row)?;
         }
         if last == u64::MAX {
             break;

@@ -224,7 +224,7 @@ fn serve_client(stream: &UnixStream, context: &Served) {
                 },
             ..
         }) => {
-            stream_queue(stream, &context.store, &state, limit);
+            stream_queue(stream, &context.store, &context.shared, &state, limit);
             return;
         }
         Ok(request) => answer(request.command, &context.store, &context.shared),
@@ -278,10 +278,11 @@ fn read_request(mut stream: &UnixStream, deadline: Instant) -> Result<Option<Vec
 /// `queue`, one line per row as sled yields it, then a final reply line
 /// (`{"ok":true,"result":{"rows":N}}`, or an error): memory stays flat
 /// whatever the limit.
-fn stream_queue(stream: &UnixStream, store: &Store, state: &str, limit: usize) {
+fn stream_queue(stream: &UnixStream, store: &Store, shared: &Shared, state: &str, limit: usize) {
     let mut out = BufWriter::new(stream);
     let mut rows: u64 = 0;
-    let listed = ops::queue_each(store, state, limit, &mut |row| {
+    let in_flight = |page| shared.is_fetching(page);
+    let listed = ops::queue_each_marked(store, state, limit, &in_flight, &mut |row| {
         serde_json::to_writer(&mut out, &RowLine { row })?;
         out.write_all(b"\n")?;
         rows += 1;
@@ -307,7 +308,13 @@ fn answer(command: Command, store: &Store, shared: &Shared) -> Reply {
         Ok(Some(match command {
             Command::Status => serde_json::to_value(ops::status(store, Some(daemon()))?)?,
             Command::Queue { state, limit, .. } => {
-                serde_json::to_value(ops::queue(store, &state, limit)?)?
+                let mut rows = Vec::new();
+                let in_flight = |page| shared.is_fetching(page);
+                ops::queue_each_marked(store, &state, limit, &in_flight, &mut |row| {
+                    rows.push(row);
+                    Ok(())
+                })?;
+                serde_json::to_value(rows)?
             }
             Command::Enqueue { ranges } => {
                 match shared.take_pages(|| ops::enqueue(store, &ranges)) {

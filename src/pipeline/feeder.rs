@@ -71,7 +71,7 @@ pub(super) fn run(
             return Ok(());
         }
         while let Ok(message) = settled.try_recv() {
-            settle(message, &mut in_flight, &mut retries);
+            settle(message, &mut in_flight, &mut retries, shared);
         }
         // Say at once when settled pages made room: the flag must not stay
         // set while this thread waits to hand out work (the commit stage
@@ -97,6 +97,7 @@ pub(super) fn run(
                 let Some(Reverse((_, page, attempts))) = retries.pop() else {
                     break;
                 };
+                shared.set_fetching(page, true);
                 if work.send(Work { page, attempts }).is_err() {
                     return Ok(());
                 }
@@ -128,6 +129,7 @@ pub(super) fn run(
                     continue;
                 }
                 super::fault_panic("feeder");
+                shared.set_fetching(next.page, true);
                 if work.send(next).is_err() {
                     return Ok(());
                 }
@@ -204,7 +206,7 @@ pub(super) fn run(
         }
         select! {
             recv(settled) -> message => match message {
-                Ok(message) => settle(message, &mut in_flight, &mut retries),
+                Ok(message) => settle(message, &mut in_flight, &mut retries, shared),
                 Err(_) => return Ok(()),
             },
             // A page was found with items: an open range may queue more.
@@ -296,7 +298,16 @@ fn scan(
     Ok(exhausted)
 }
 
-fn settle(message: Settled, in_flight: &mut HashSet<u64>, retries: &mut RetryHeap) {
+fn settle(
+    message: Settled,
+    in_flight: &mut HashSet<u64>,
+    retries: &mut RetryHeap,
+    shared: &Shared,
+) {
+    let page = match &message {
+        Settled::Finished(page) | Settled::Retry { page, .. } => *page,
+    };
+    shared.set_fetching(page, false);
     match message {
         Settled::Finished(page) => {
             in_flight.remove(&page);

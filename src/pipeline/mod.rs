@@ -169,6 +169,9 @@ pub struct Shared {
     /// waiting nudge says as much as many, and a parse thread never blocks
     /// on it (it drops the nudge when one waits).
     items_seen: (Sender<()>, Receiver<()>),
+    /// Pages handed to the fetch pool and not settled yet (not those
+    /// waiting for a retry): what `queue` shows as in flight.
+    fetching: Mutex<std::collections::HashSet<u64>>,
 }
 
 /// Where the commit stage sends a reopen's outcome: whether a new file was
@@ -196,6 +199,7 @@ impl Shared {
             error: Mutex::new(None),
             reopen_requests: crossbeam_channel::bounded(4),
             threads: fetch_threads(config),
+            fetching: Mutex::new(std::collections::HashSet::new()),
             highest_with_items: AtomicU64::new(0),
             items_seen: bounded(1),
         }
@@ -322,6 +326,24 @@ impl Shared {
                 paused: self.paused.load(Ordering::SeqCst),
             }),
         )
+    }
+
+    /// Marks a page as handed to the fetch pool, or back from it.
+    pub(crate) fn set_fetching(&self, page: u64, fetching: bool) {
+        let mut pages = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
+        if fetching {
+            pages.insert(page);
+        } else {
+            pages.remove(&page);
+        }
+    }
+
+    /// Whether `page` is being fetched, parsed or committed now.
+    pub fn is_fetching(&self, page: u64) -> bool {
+        self.fetching
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&page)
     }
 
     /// How many fetch threads run: `concurrency` above it (after a

@@ -172,3 +172,55 @@ fn inspection_commands_find_the_one_job_in_the_current_folder() {
         "pagecrawl: error: no state directory given, and 2 here (other.state, state): pass --state-dir DIR to say which"
     );
 }
+
+/// `queue` shows the pages a running crawl has handed out (to be fetched,
+/// parsed or committed) as in flight, not as pending with 0 attempts; once
+/// the crawl ends none is.
+#[test]
+fn queue_shows_pages_in_flight_as_in_flight() {
+    let job = Job::new(Site {
+        pages: 40,
+        latency: Duration::from_millis(400),
+        ..Site::default()
+    })
+    .concurrency(2);
+    let run = job.spawn_run();
+    job.wait_for_daemon();
+    let in_flight = |json: &serde_json::Value| -> Vec<u64> {
+        json.as_array()
+            .unwrap()
+            .iter()
+            .filter(|row| row["state"] == "in flight")
+            .map(|row| row["page"].as_u64().unwrap())
+            .collect()
+    };
+    let mut seen = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let output = job.exec(&["queue", "--json", "--limit", "100"]);
+            let rows: serde_json::Value =
+                serde_json::from_slice(&output.stdout).unwrap_or_default();
+            seen = if rows.is_array() {
+                in_flight(&rows)
+            } else {
+                Vec::new()
+            };
+            !seen.is_empty()
+        }),
+        "no page listed as in flight"
+    );
+    // Handed out (queued for a fetch thread, being fetched, parsed or
+    // committed): the server is answering some of them now.
+    assert!(
+        seen.iter()
+            .any(|&page| job.server.stats().requests_for(page) > 0),
+        "the pages in flight are being fetched: {seen:?}"
+    );
+    let text = stdout(&job.exec(&["queue"]));
+    assert!(text.contains("in flight"), "{text}");
+    signal(&run, "TERM");
+    assert_success(&finish(run, COMMAND_TIMEOUT));
+    let after: serde_json::Value =
+        serde_json::from_slice(&job.exec(&["queue", "--json", "--limit", "100"]).stdout).unwrap();
+    assert!(in_flight(&after).is_empty(), "{after}");
+}
