@@ -160,6 +160,8 @@ pub struct Store {
 struct Durability {
     log: Option<std::fs::File>,
     names: Vec<std::ffi::OsString>,
+    /// This process has not flushed yet.
+    first_flush: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -207,10 +209,16 @@ impl Store {
 
     fn open_db(dir: &Path) -> Result<Store> {
         let path = db_path(dir);
-        // A database that was there before this open was made durable by
-        // the process that created it (its first flush); a new one is
-        // synced, files and folders, at this process's first flush.
-        let existed = path.join("db").exists();
+        // The files of a database that was there before this open were
+        // made durable by the process that created them (its first flush);
+        // what sled creates while it opens (a snapshot, or the whole
+        // database) is synced at this process's first flush, and so is
+        // `conf`, which sled may rewrite in place and never syncs.
+        let names_before = if path.join("db").exists() {
+            list_names(&path)?
+        } else {
+            Vec::new()
+        };
         let config = sled::Config::new().path(&path).cache_capacity(CACHE_BYTES);
         // sled panics on some corrupt files instead of returning an error;
         // that must reach the user as a message, not a backtrace.
@@ -259,11 +267,8 @@ impl Store {
             counters: Mutex::new(counters),
             durable: Box::new(Mutex::new(Durability {
                 log: None,
-                names: if existed {
-                    list_names(&path)?
-                } else {
-                    Vec::new()
-                },
+                names: names_before,
+                first_flush: true,
             })),
         })
     }
@@ -566,6 +571,12 @@ impl Store {
                 .with_context(|| format!("cannot sync the state database in {}", path.display()))?;
         }
         let names = list_names(&path)?;
+        if std::mem::take(&mut durable.first_flush) {
+            let conf = path.join("conf");
+            std::fs::File::open(&conf)
+                .and_then(|f| f.sync_all())
+                .with_context(|| format!("cannot sync {}", conf.display()))?;
+        }
         if names != durable.names {
             // New files first (sled never syncs its `conf`; a snapshot is
             // synced by sled, once more costs little), then their names.
