@@ -223,7 +223,10 @@ pub fn crawl_quietly(config: &Config, dir: &Path, follow: Option<Duration>) -> R
         // refuse it too, through O_NOFOLLOW).
         crate::output::open_no_follow(&wanted.output)?;
     }
-    let store = Arc::new(Store::open(dir)?);
+    // Before the control socket and READY=1: a SIGHUP (a reload right
+    // after start) must find its handler, not kill the process.
+    let signals = crate::signals::listen()?;
+    let store = Arc::new(open_waiting_for_commands(dir)?);
     let existing = store.job()?;
     if let Some(stored) = &existing {
         check_job(stored, &wanted, dir)?;
@@ -305,7 +308,7 @@ pub fn crawl_quietly(config: &Config, dir: &Path, follow: Option<Duration>) -> R
     if let Some(notifier) = &notifier {
         notifier.send("READY=1");
     }
-    let interrupted = supervise(&pipeline, &store, notifier.as_deref(), follow)?;
+    let interrupted = supervise(&pipeline, &store, notifier.as_deref(), follow, signals)?;
     let shared = pipeline.shared.clone();
     if let Some(notifier) = &notifier {
         notifier.send("STOPPING=1");
@@ -328,6 +331,37 @@ pub fn crawl_quietly(config: &Config, dir: &Path, follow: Option<Duration>) -> R
         totals: after,
         real_failures: store.real_failures()?,
     })
+}
+
+/// Opens the state for a run. A command (`status`, `enqueue`...) that
+/// opened it itself holds it for a moment: wait for it, up to
+/// [`COMMAND_HOLD`]. A running crawl (its `run.pid` names a live process)
+/// is refused at once, exit 3.
+fn open_waiting_for_commands(dir: &Path) -> Result<Store> {
+    let started = Instant::now();
+    loop {
+        match Store::open(dir) {
+            Err(error)
+                if crate::error::exit_for(&error) == Exit::Busy
+                    && !crawl_is_running(dir)
+                    && started.elapsed() < COMMAND_HOLD =>
+            {
+                std::thread::sleep(Duration::from_millis(20 + fastrand::u64(0..30)));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Longest a run waits for a command that holds the state.
+const COMMAND_HOLD: Duration = Duration::from_secs(10);
+
+/// Whether `run.pid` names a live process (a crawl holds the state).
+fn crawl_is_running(dir: &Path) -> bool {
+    std::fs::read_to_string(pid_path(dir))
+        .ok()
+        .and_then(|pid| pid.trim().parse::<u32>().ok())
+        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
 }
 
 /// Refuses to crawl on a state that cannot be trusted as it stands: an
@@ -373,8 +407,8 @@ fn supervise(
     store: &Store,
     notifier: Option<&Notifier>,
     follow: Option<Duration>,
+    signals: crossbeam_channel::Receiver<Signal>,
 ) -> Result<bool> {
-    let signals = crate::signals::listen()?;
     let ticker = tick(STATUS_EVERY);
     let shared = &pipeline.shared;
     let mut grace_ends: Option<Instant> = None;
