@@ -218,6 +218,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, Refusal> {
     let connect_timeout = duration("connect_timeout", &raw.connect_timeout)?;
     Ok(Config {
         source: path.to_path_buf(),
+        from_command_line: false,
         url,
         pages,
         pattern_text: raw.pattern,
