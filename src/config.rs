@@ -72,6 +72,8 @@ struct RawConfig {
     refresh_pages: i64,
     #[serde(default)]
     key: Option<String>,
+    #[serde(default)]
+    absolute: Vec<String>,
     #[serde(default = "defaults::robots")]
     robots: bool,
     #[serde(default)]
@@ -174,6 +176,9 @@ pub struct Config {
     /// The field whose value identifies an item: an item whose key was
     /// already written is not written again.
     pub key: Option<String>,
+    /// Fields resolved to absolute URLs against the page's URL, as the
+    /// indices of `fields`.
+    pub absolute: Vec<usize>,
     /// Obey the site's robots.txt (disallowed pages fail; `Crawl-delay` is a
     /// minimum interval between requests).
     pub robots: bool,

@@ -283,7 +283,7 @@ impl Shared {
     }
 
     /// Applies a re-read configuration. Politeness settings take effect at
-    /// once; a change to the job's identity (URL, range, pattern, key,
+    /// once; a change to the job's identity (URL, range, pattern, key, absolute,
     /// format, output) is refused and the old configuration stays.
     pub fn reload(&self, new: Config) -> Result<(), String> {
         let old = self.config();
@@ -292,6 +292,7 @@ impl Shared {
             ("pages", old.pages != new.pages),
             ("pattern", old.pattern_text != new.pattern_text),
             ("key", old.key != new.key),
+            ("absolute", old.absolute != new.absolute),
             ("format", old.format != new.format),
             ("output", old.output != new.output),
         ]

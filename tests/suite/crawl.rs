@@ -307,6 +307,68 @@ fn export_writes_items_in_page_order_whatever_the_commit_order() {
     assert_eq!(exported, expected, "CSV export in page order");
 }
 
+/// Issue 15.6: `absolute = ["url"]` writes links resolved against the
+/// page's URL (`/bugs/x` on `http://127.0.0.1:PORT/wooyun/bugs.php?page=N`
+/// is `http://127.0.0.1:PORT/bugs/x`), in both formats; the other fields
+/// are as the page wrote them. A name that is no group is exit 2.
+#[test]
+fn absolute_links_are_resolved_against_the_page_url_in_both_formats() {
+    for format in ["jsonl", "csv"] {
+        let job = Job::new(Site {
+            pages: 6,
+            ..Site::default()
+        })
+        .with("absolute = [\"url\"]")
+        .with(&format!("format = \"{format}\""));
+        job.run_ok();
+        let template = job.server.url_template();
+        let origin = &template[..template.find("/wooyun/").unwrap()];
+        let expected: Vec<_> = job
+            .expected_bugs(1..=6)
+            .into_iter()
+            .map(|mut bug| {
+                assert!(bug.url.starts_with("/bugs/"), "the page writes {}", bug.url);
+                bug.url = format!("{origin}{}", bug.url);
+                bug
+            })
+            .collect();
+        let written = match format {
+            "jsonl" => job.output_bugs(),
+            _ => {
+                let bytes = std::fs::read(job.output_path("items.csv")).unwrap();
+                csv::Reader::from_reader(&bytes[..])
+                    .records()
+                    .map(|r| {
+                        let r = r.unwrap();
+                        pagecrawl::fixture::wooyun::Bug {
+                            page: r[0].parse().unwrap(),
+                            date: r[1].into(),
+                            url: r[2].into(),
+                            title: r[3].into(),
+                            author: r[4].into(),
+                        }
+                    })
+                    .collect()
+            }
+        };
+        assert_same_items(&written, &expected);
+    }
+
+    let job = Job::new(Site {
+        pages: 2,
+        ..Site::default()
+    })
+    .with("absolute = [\"link\"]");
+    let output = job.exec(&["run"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let text = stderr(&output);
+    assert!(
+        text.contains("key 'absolute': 'link' is not a named group of the pattern (groups: date, url, title, author)"),
+        "{text}"
+    );
+    assert!(!job.state_dir().exists(), "no state for a refused config");
+}
+
 #[test]
 fn gbk_pages_come_out_as_utf8_whether_declared_in_the_header_or_meta() {
     for charset in [Charset::GbkHeader, Charset::GbkMeta] {
