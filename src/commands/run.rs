@@ -362,6 +362,10 @@ pub fn crawl_quietly(config: &Config, dir: &Path, follow: Option<Duration>) -> R
     } else {
         Robots::allow_all()
     };
+    // Handled from before the control socket appears: a signal sent as
+    // soon as the crawl answers on it (a reload, a stop) is queued for the
+    // supervisor instead of killing the process with the default action.
+    let signals = crate::signals::listen()?;
     let pipeline = Pipeline::start(config, store.clone(), output, robots, heartbeat)?;
     let control = match ControlServer::start(dir, store.clone(), pipeline.shared.clone()) {
         Ok(control) => Some(control),
@@ -387,7 +391,7 @@ pub fn crawl_quietly(config: &Config, dir: &Path, follow: Option<Duration>) -> R
     if let Some(notifier) = &notifier {
         notifier.send("READY=1");
     }
-    let interrupted = supervise(&pipeline, &store, notifier.as_deref(), follow)?;
+    let interrupted = supervise(&pipeline, &store, notifier.as_deref(), follow, signals)?;
     let shared = pipeline.shared.clone();
     if let Some(notifier) = &notifier {
         notifier.send("STOPPING=1");
@@ -455,8 +459,8 @@ fn supervise(
     store: &Store,
     notifier: Option<&Notifier>,
     follow: Option<Duration>,
+    signals: crossbeam_channel::Receiver<Signal>,
 ) -> Result<bool> {
-    let signals = crate::signals::listen()?;
     let ticker = tick(STATUS_EVERY);
     let shared = &pipeline.shared;
     let mut grace_ends: Option<Instant> = None;
