@@ -39,15 +39,34 @@ pub enum Command {
     /// On a terminal a progress bar shows pages done of the total, pages/s,
     /// ETA, items, retries and failures; elsewhere a progress line is logged
     /// every 5 seconds. Ctrl-C stops gracefully; the same command resumes.
+    ///
+    /// The job is a TOML file (--config), or, for a one-shot crawl, the
+    /// three flags --url, --pages and --pattern (and --output), with every
+    /// other key at its default.
     #[command(
-        after_help = "Example: pagecrawl run --config wooyun.toml --state-dir /var/lib/pagecrawl/wooyun"
+        after_help = "Example: pagecrawl run --config wooyun.toml --state-dir /var/lib/pagecrawl/wooyun
+                      One-shot: pagecrawl run --url 'https://example.org/list?p={page}' --pages 1..=20 \
+                                --pattern '<a href=\"(?P<url>[^\"]+)\">' --output links.jsonl"
     )]
     Run {
-        /// The job's TOML configuration.
+        /// The job's TOML configuration (or give --url, --pages and --pattern).
         #[arg(long, short = 'c', value_name = "FILE")]
-        config: PathBuf,
+        config: Option<PathBuf>,
+        /// One-shot crawl without a file: the URL template, holding {page}.
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// One-shot crawl: the pages, e.g. 1..=295 or 1.. (open).
+        #[arg(long, value_name = "RANGE")]
+        pages: Option<String>,
+        /// One-shot crawl: the regular expression; each named group is a field.
+        #[arg(long, value_name = "RE")]
+        pattern: Option<String>,
+        /// One-shot crawl: the output file (default: items.jsonl in the state directory).
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
         /// Where the queue, checkpoint and (by default) output live.
-        /// Default: $STATE_DIRECTORY, else NAME.state beside NAME.toml.
+        /// Default: $STATE_DIRECTORY, else NAME.state beside NAME.toml
+        /// (pagecrawl.state in the current directory for a one-shot crawl).
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
         /// Follow mode: when the queue drains, wait this long, re-crawl the

@@ -72,6 +72,8 @@ struct RawConfig {
     refresh_pages: i64,
     #[serde(default)]
     key: Option<String>,
+    #[serde(default)]
+    absolute: Vec<String>,
     #[serde(default = "defaults::robots")]
     robots: bool,
     #[serde(default)]
@@ -137,6 +139,9 @@ mod defaults {
 pub struct Config {
     /// Where the config was read from (for messages and relative paths).
     pub source: PathBuf,
+    /// Built from `run --url --pages --pattern`: `source` is a synthetic
+    /// path in the current directory, and there is no file to reload.
+    pub from_command_line: bool,
     /// URL template, holding `{page}` at least once.
     pub url: String,
     pub pages: PageRange,
@@ -171,6 +176,9 @@ pub struct Config {
     /// The field whose value identifies an item: an item whose key was
     /// already written is not written again.
     pub key: Option<String>,
+    /// Fields resolved to absolute URLs against the page's URL, as the
+    /// indices of `fields`.
+    pub absolute: Vec<usize>,
     /// Obey the site's robots.txt (disallowed pages fail; `Crawl-delay` is a
     /// minimum interval between requests).
     pub robots: bool,
@@ -262,6 +270,40 @@ impl Config {
             .map_err(|(key, why)| UserError::Config(format!("config {where_}: key '{key}': {why}")))
     }
 
+    /// The config of a one-shot `run --url URL --pages RANGE --pattern RE
+    /// [--output FILE]`: the same TOML a file would hold, through the same
+    /// validation and messages, as if it were `pagecrawl.toml` in the
+    /// current directory (so the output is relative to it and the state is
+    /// `pagecrawl.state` there).
+    pub fn from_command_line(
+        url: &str,
+        pages: &str,
+        pattern: &str,
+        output: Option<&Path>,
+    ) -> Result<Config, UserError> {
+        let mut table = toml::Table::new();
+        table.insert("url".into(), url.into());
+        table.insert("pages".into(), pages.into());
+        table.insert("pattern".into(), pattern.into());
+        if let Some(output) = output {
+            table.insert(
+                "output".into(),
+                output.to_string_lossy().into_owned().into(),
+            );
+        }
+        let text = toml::to_string(&table)
+            .map_err(|e| UserError::Usage(format!("cannot use these flags: {e}")))?;
+        let here = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        let path = here.join(COMMAND_LINE_NAME);
+        let prefix = format!("config {}: ", path.display());
+        let mut config = Config::parse(&text, &path).map_err(|e| match e {
+            UserError::Config(message) => UserError::Config(flag_message(&message, &prefix)),
+            other => other,
+        })?;
+        config.from_command_line = true;
+        Ok(config)
+    }
+
     /// The URL of one page.
     pub fn page_url(&self, page: u64) -> String {
         self.url.replace("{page}", &page.to_string())
@@ -279,6 +321,21 @@ impl Config {
             .unwrap_or(Path::new("."))
             .join(format!("{stem}.state"))
     }
+}
+
+/// The synthetic config file name of a one-shot `run --url ...`.
+const COMMAND_LINE_NAME: &str = "pagecrawl.toml";
+
+/// A config message about the synthetic file, said about the flags:
+/// `key 'pages': ...` becomes `--pages: ...`.
+fn flag_message(message: &str, prefix: &str) -> String {
+    let rest = message.strip_prefix(prefix).unwrap_or(message);
+    for key in ["url", "pages", "pattern", "output"] {
+        if let Some(why) = rest.strip_prefix(&format!("key '{key}': ")) {
+            return format!("--{key}: {why}");
+        }
+    }
+    format!("--url/--pages/--pattern: {rest}")
 }
 
 /// Parses "10MiB", "500KB", "2048" (bytes). Binary and decimal units.

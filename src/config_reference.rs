@@ -184,6 +184,14 @@ pub const KEYS: &[KeyDoc] = &[
         value: "\"url\"",
     },
     KeyDoc {
+        name: "absolute",
+        group: "Output",
+        explanation: "Fields that hold links, resolved to absolute URLs against the page's URL as a browser does (bug.php?id=1 becomes http://host/dir/bug.php?id=1).",
+        default: "[]",
+        range: "a list of named groups of pattern",
+        value: "[\"url\"]",
+    },
+    KeyDoc {
         name: "stop_after_empty",
         group: "Open ranges and follow mode",
         explanation: "Open ranges: this many consecutive pages without items (or 404/410) end the range.",

@@ -28,9 +28,16 @@ pub fn dispatch(command: Command) -> Result<Exit> {
     match command {
         Command::Run {
             config,
+            url,
+            pages,
+            pattern,
+            output,
             state_dir,
             follow,
-        } => run::command(&config, state_dir, follow.as_deref()),
+        } => {
+            let job = run::JobSource::from_flags(config, url, pages, pattern, output)?;
+            run::command(&job, state_dir, follow.as_deref())
+        }
         Command::Status { state, json } => status::command(&state_dir(&state)?, json),
         Command::Queue {
             state,

@@ -30,18 +30,92 @@ const STATUS_EVERY: Duration = Duration::from_secs(1);
 /// How often the progress bar's numbers are refreshed on a terminal.
 const REDRAW_EVERY: Duration = Duration::from_millis(200);
 
-pub fn command(
-    config_path: &Path,
-    state_dir: Option<PathBuf>,
-    follow: Option<&str>,
-) -> Result<Exit> {
+/// Where `run` takes its job from: a config file, or the one-shot flags.
+#[derive(Debug)]
+pub enum JobSource {
+    File(PathBuf),
+    Flags {
+        url: String,
+        pages: String,
+        pattern: String,
+        output: Option<PathBuf>,
+    },
+}
+
+impl JobSource {
+    /// `--config`, or all of `--url`, `--pages` and `--pattern` (with an
+    /// optional `--output`); anything else is refused with one line.
+    pub fn from_flags(
+        config: Option<PathBuf>,
+        url: Option<String>,
+        pages: Option<String>,
+        pattern: Option<String>,
+        output: Option<PathBuf>,
+    ) -> Result<JobSource, UserError> {
+        let given: Vec<&str> = [
+            ("--url", url.is_some()),
+            ("--pages", pages.is_some()),
+            ("--pattern", pattern.is_some()),
+            ("--output", output.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(flag, set)| set.then_some(flag))
+        .collect();
+        match (config, url, pages, pattern) {
+            (Some(path), None, None, None) if output.is_none() => Ok(JobSource::File(path)),
+            (Some(path), ..) => Err(UserError::Usage(format!(
+                "--config {} and {} both describe the job: pass the config file alone (set the output with `output` in it), or drop --config for a one-shot crawl",
+                path.display(),
+                given.join(", ")
+            ))),
+            (None, Some(url), Some(pages), Some(pattern)) => Ok(JobSource::Flags {
+                url,
+                pages,
+                pattern,
+                output,
+            }),
+            (None, url, pages, pattern) => {
+                let missing: Vec<&str> = [
+                    ("--url URL", url.is_none()),
+                    ("--pages RANGE", pages.is_none()),
+                    ("--pattern RE", pattern.is_none()),
+                ]
+                .into_iter()
+                .filter_map(|(flag, unset)| unset.then_some(flag))
+                .collect();
+                Err(UserError::Usage(if given.is_empty() {
+                    "run needs a job: --config FILE (pagecrawl init NAME writes one), or --url URL --pages RANGE --pattern RE for a one-shot crawl".into()
+                } else {
+                    format!(
+                        "a one-shot crawl needs --url, --pages and --pattern: add {} (or pass --config FILE instead)",
+                        missing.join(" and ")
+                    )
+                }))
+            }
+        }
+    }
+
+    fn load(&self) -> Result<Config, UserError> {
+        match self {
+            JobSource::File(path) => Config::load(path),
+            JobSource::Flags {
+                url,
+                pages,
+                pattern,
+                output,
+            } => Config::from_command_line(url, pages, pattern, output.as_deref()),
+        }
+    }
+}
+
+pub fn command(job: &JobSource, state_dir: Option<PathBuf>, follow: Option<&str>) -> Result<Exit> {
     let follow = follow
         .map(|text| {
             crate::config::follow_interval(text)
                 .map_err(|why| UserError::Usage(format!("--follow: {why}")))
         })
         .transpose()?;
-    let config = with_follow(Config::load(config_path)?, follow)?;
+    let config = with_follow(job.load()?, follow)?;
     let dir = super::run_state_dir(state_dir, &config);
     crawl(&config, &dir, follow)
 }
@@ -49,6 +123,14 @@ pub fn command(
 /// Applies `run --follow` over the config's own `follow`.
 fn with_follow(mut config: Config, follow: Option<Duration>) -> Result<Config> {
     if follow.is_some() {
+        if config.from_command_line {
+            return Err(UserError::Usage(
+                "--follow needs `key` (the field that identifies an item), which only a config file sets: \
+                 write one with `pagecrawl init NAME` and run it with --config"
+                    .into(),
+            )
+            .into());
+        }
         if config.key.is_none() {
             return Err(UserError::Usage(format!(
                 "--follow needs `key` in {} (the field that identifies an item, e.g. key = \"url\"), \
@@ -283,6 +365,10 @@ pub fn crawl_quietly(config: &Config, dir: &Path, follow: Option<Duration>) -> R
     } else {
         Robots::allow_all()
     };
+    // Handled from before the control socket appears: a signal sent as
+    // soon as the crawl answers on it (a reload, a stop) is queued for the
+    // supervisor instead of killing the process with the default action.
+    let signals = crate::signals::listen()?;
     let pipeline = Pipeline::start(config, store.clone(), output, robots, heartbeat)?;
     let control = match ControlServer::start(dir, store.clone(), pipeline.shared.clone()) {
         Ok(control) => Some(control),
@@ -539,6 +625,12 @@ fn status_line(counters: &Counters, shared: &Shared) -> String {
 
 /// SIGHUP: re-read the config file and apply what may change live.
 fn reload(shared: &Shared, follow: Option<Duration>) {
+    if shared.config().from_command_line {
+        log::info!(
+            "SIGHUP: nothing to reload: this crawl's job came from --url, --pages and --pattern, not a file"
+        );
+        return;
+    }
     let path = shared.config().source.clone();
     let loaded = Config::load(&path)
         .map_err(|e| e.to_string())

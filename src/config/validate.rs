@@ -207,6 +207,22 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, Refusal> {
         }
         other => other,
     };
+    let mut absolute = Vec::with_capacity(raw.absolute.len());
+    for name in &raw.absolute {
+        let Some(index) = fields.iter().position(|f| f == name) else {
+            return Err((
+                "absolute",
+                format!(
+                    "'{}' is not a named group of the pattern (groups: {}); list the fields that hold links, e.g. absolute = [\"url\"]",
+                    shown(name),
+                    fields.join(", ")
+                ),
+            ));
+        };
+        if !absolute.contains(&index) {
+            absolute.push(index);
+        }
+    }
     let follow = match raw.follow {
         Some(text) => Some(duration("follow", &text)?),
         None => None,
@@ -218,6 +234,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, Refusal> {
     let connect_timeout = duration("connect_timeout", &raw.connect_timeout)?;
     Ok(Config {
         source: path.to_path_buf(),
+        from_command_line: false,
         url,
         pages,
         pattern_text: raw.pattern,
@@ -244,6 +261,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, Refusal> {
         follow,
         refresh_pages: count("refresh_pages", raw.refresh_pages)?,
         key,
+        absolute,
         robots: raw.robots,
         metrics_listen: raw
             .metrics_listen

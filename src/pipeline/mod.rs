@@ -287,7 +287,7 @@ impl Shared {
     }
 
     /// Applies a re-read configuration. Politeness settings take effect at
-    /// once; a change to the job's identity (URL, range, pattern, key,
+    /// once; a change to the job's identity (URL, range, pattern, key, absolute,
     /// format, output) is refused and the old configuration stays.
     pub fn reload(&self, new: Config) -> Result<(), String> {
         let old = self.config();
@@ -296,6 +296,7 @@ impl Shared {
             ("pages", old.pages != new.pages),
             ("pattern", old.pattern_text != new.pattern_text),
             ("key", old.key != new.key),
+            ("absolute", old.absolute != new.absolute),
             ("format", old.format != new.format),
             ("output", old.output != new.output),
         ]

@@ -53,7 +53,24 @@ impl Parser {
                     ends: Vec::with_capacity(items),
                     keys: Vec::new(),
                 };
+                let base = (!config.absolute.is_empty())
+                    .then(|| url::Url::parse(&config.page_url(page)).ok())
+                    .flatten();
+                let mut resolved: Vec<std::borrow::Cow<str>> = Vec::new();
                 self.extractor.for_each(&text, |values| {
+                    let values = match &base {
+                        Some(base) => {
+                            resolved.clear();
+                            resolved.extend_from_slice(values);
+                            for &index in &config.absolute {
+                                if let Some(link) = absolute(base, &resolved[index]) {
+                                    resolved[index] = link.into();
+                                }
+                            }
+                            &resolved[..]
+                        }
+                        None => values,
+                    };
                     output::render_into(
                         &mut rendered.bytes,
                         config.format,
@@ -89,6 +106,16 @@ impl Parser {
     }
 }
 
+/// A link as the page wrote it, resolved against the page's URL as a
+/// browser does (`bug.php?id=1`, `/bugs/1`, `//host/x`, `../x`). An empty
+/// value stays empty, and one `Url::join` refuses stays as written.
+fn absolute(base: &url::Url, link: &str) -> Option<String> {
+    if link.is_empty() {
+        return None;
+    }
+    base.join(link).ok().map(String::from)
+}
+
 pub(super) fn run(
     config: &Config,
     fetched: Receiver<Fetched>,
@@ -109,5 +136,31 @@ pub(super) fn run(
         if parsed.send(message).is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::absolute;
+
+    #[test]
+    fn links_are_resolved_against_the_page_as_browsers_do() {
+        let base = url::Url::parse("http://h.example/list/page.php?p=3").unwrap();
+        let cases = [
+            (
+                "bug_detail.php?wybug_id=7",
+                "http://h.example/list/bug_detail.php?wybug_id=7",
+            ),
+            ("/bugs/wooyun-1", "http://h.example/bugs/wooyun-1"),
+            ("../up", "http://h.example/up"),
+            ("//cdn.example/a", "http://cdn.example/a"),
+            ("https://o.example/x", "https://o.example/x"),
+            ("?p=4", "http://h.example/list/page.php?p=4"),
+        ];
+        for (link, expected) in cases {
+            assert_eq!(absolute(&base, link).as_deref(), Some(expected), "{link}");
+        }
+        assert_eq!(absolute(&base, ""), None, "an empty field stays empty");
+        assert_eq!(absolute(&base, "http://[::1"), None, "kept as written");
     }
 }

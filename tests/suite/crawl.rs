@@ -253,9 +253,120 @@ fn csv_output_and_export_in_both_directions() {
     let to_stdout = job.exec(&["export", "--format", "csv"]);
     assert_success(&to_stdout);
     assert_eq!(
-        to_stdout.stdout, written,
-        "csv to csv is the committed file itself"
+        to_stdout.stdout.len(),
+        written.len(),
+        "csv to csv is the committed file's bytes, in page order"
     );
+    assert_eq!(read_csv(&to_stdout.stdout), job.expected_bugs(1..=295));
+}
+
+/// Pages are committed in the order they finish; `export` must still write
+/// them in page order, with exactly the items of the file, in both formats.
+#[test]
+fn export_writes_items_in_page_order_whatever_the_commit_order() {
+    let job = Job::new(Site {
+        pages: 60,
+        jitter: Duration::from_millis(30),
+        ..Site::default()
+    })
+    .concurrency(8);
+    job.run_ok();
+    let written = job.output_bugs();
+    let pages: Vec<u64> = written.iter().map(|b| b.page).collect();
+    assert!(
+        pages.windows(2).any(|w| w[0] > w[1]),
+        "the crawl's own output is out of page order (else this test holds nothing)"
+    );
+    let expected = job.expected_bugs(1..=60);
+    assert_same_items(&written, &expected);
+
+    let jsonl = job.dir.path().join("ordered.jsonl");
+    assert_success(&job.exec(&["export", "--output", jsonl.to_str().unwrap()]));
+    assert_eq!(
+        read_jsonl_bugs(&jsonl),
+        expected,
+        "JSON Lines export in page order"
+    );
+
+    let csv = job.exec(&["export", "--format", "csv"]);
+    assert_success(&csv);
+    let mut reader = csv::Reader::from_reader(&csv.stdout[..]);
+    let exported: Vec<pagecrawl::fixture::wooyun::Bug> = reader
+        .records()
+        .map(|r| {
+            let r = r.unwrap();
+            pagecrawl::fixture::wooyun::Bug {
+                page: r[0].parse().unwrap(),
+                date: r[1].into(),
+                url: r[2].into(),
+                title: r[3].into(),
+                author: r[4].into(),
+            }
+        })
+        .collect();
+    assert_eq!(exported, expected, "CSV export in page order");
+}
+
+/// Issue 15.6: `absolute = ["url"]` writes links resolved against the
+/// page's URL (`/bugs/x` on `http://127.0.0.1:PORT/wooyun/bugs.php?page=N`
+/// is `http://127.0.0.1:PORT/bugs/x`), in both formats; the other fields
+/// are as the page wrote them. A name that is no group is exit 2.
+#[test]
+fn absolute_links_are_resolved_against_the_page_url_in_both_formats() {
+    for format in ["jsonl", "csv"] {
+        let job = Job::new(Site {
+            pages: 6,
+            ..Site::default()
+        })
+        .with("absolute = [\"url\"]")
+        .with(&format!("format = \"{format}\""));
+        job.run_ok();
+        let template = job.server.url_template();
+        let origin = &template[..template.find("/wooyun/").unwrap()];
+        let expected: Vec<_> = job
+            .expected_bugs(1..=6)
+            .into_iter()
+            .map(|mut bug| {
+                assert!(bug.url.starts_with("/bugs/"), "the page writes {}", bug.url);
+                bug.url = format!("{origin}{}", bug.url);
+                bug
+            })
+            .collect();
+        let written = match format {
+            "jsonl" => job.output_bugs(),
+            _ => {
+                let bytes = std::fs::read(job.output_path("items.csv")).unwrap();
+                csv::Reader::from_reader(&bytes[..])
+                    .records()
+                    .map(|r| {
+                        let r = r.unwrap();
+                        pagecrawl::fixture::wooyun::Bug {
+                            page: r[0].parse().unwrap(),
+                            date: r[1].into(),
+                            url: r[2].into(),
+                            title: r[3].into(),
+                            author: r[4].into(),
+                        }
+                    })
+                    .collect()
+            }
+        };
+        assert_same_items(&written, &expected);
+    }
+
+    let job = Job::new(Site {
+        pages: 2,
+        ..Site::default()
+    })
+    .with("absolute = [\"link\"]");
+    let output = job.exec(&["run"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let text = stderr(&output);
+    assert!(
+        text.contains("key 'absolute': 'link' is not a named group of the pattern (groups: date, url, title, author)"),
+        "{text}"
+    );
+    assert!(!job.state_dir().exists(), "no state for a refused config");
 }
 
 #[test]
