@@ -365,10 +365,6 @@ pub fn crawl_quietly(config: &Config, dir: &Path, follow: Option<Duration>) -> R
     } else {
         Robots::allow_all()
     };
-    // Handled from before the control socket appears: a signal sent as
-    // soon as the crawl answers on it (a reload, a stop) is queued for the
-    // supervisor instead of killing the process with the default action.
-    let signals = crate::signals::listen()?;
     let pipeline = Pipeline::start(config, store.clone(), output, robots, heartbeat)?;
     let control = match ControlServer::start(dir, store.clone(), pipeline.shared.clone()) {
         Ok(control) => Some(control),
