@@ -551,6 +551,55 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_refused_certificate_says_what_is_wrong_and_names_ca_file_and_the_opt_out() {
+        use rustls::CertificateError as E;
+        for (error, what) in [
+            (E::UnknownIssuer, "is not trusted (issuer unknown)"),
+            (E::Expired, "has expired"),
+            (E::NotValidYet, "is not valid yet"),
+            (E::NotValidForName, "is not valid for this host name"),
+            (E::BadSignature, "is refused (BadSignature)"),
+        ] {
+            let line = certificate_refused(&error);
+            assert!(
+                line.starts_with(&format!("the server's certificate {what}")),
+                "{line}"
+            );
+            assert!(
+                line.contains("set ca_file = \"/path/ca.pem\" (or SSL_CERT_FILE)"),
+                "{line}"
+            );
+            assert!(line.contains("tls_insecure_skip_verify = true"), "{line}");
+            assert!(!line.contains('\n'), "{line}");
+        }
+    }
+
+    #[test]
+    fn a_certificate_error_fails_at_once_under_its_own_reason() {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        let error = classify(ureq::Error::Io(io), 1);
+        assert!(matches!(error, FetchError::Certificate(_)), "{error:?}");
+        assert!(!error.retryable());
+        assert_eq!(error.kind(), "certificate");
+        let direct = classify(
+            ureq::Error::Rustls(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Expired,
+            )),
+            1,
+        );
+        assert!(direct.to_string().contains("has expired"), "{direct}");
+        let other =
+            std::io::Error::new(std::io::ErrorKind::InvalidData, rustls::Error::DecryptError);
+        assert!(matches!(
+            classify(ureq::Error::Io(other), 1),
+            FetchError::Connection(_)
+        ));
+    }
+
+    #[test]
     fn retry_after_forms() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
         assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));

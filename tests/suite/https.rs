@@ -203,10 +203,26 @@ fn a_private_ca_is_refused_with_one_line_naming_ca_file_and_trusted_through_it()
 }
 
 #[test]
-fn ssl_cert_file_is_the_trust_store_as_for_curl() {
+fn ssl_cert_file_and_ssl_cert_dir_are_the_trust_store_as_for_curl() {
     let site = HttpsSite::start();
     let config = site.job("ssl_cert_file", "");
     let output = run(&config, Some(&site.ca_pem()));
+    assert_success(&output);
+    assert_same_items(&items(&config), &site.expected());
+
+    let store = site.dir.path().join("certs");
+    std::fs::create_dir(&store).unwrap();
+    std::fs::copy(site.ca_pem(), store.join("test-ca.pem")).unwrap();
+    let config = site.job("ssl_cert_dir", "");
+    let mut command = pagecrawl(&["run", "--config"]);
+    command.arg(&config);
+    command
+        .arg("--state-dir")
+        .arg(config.with_file_name("state"));
+    command
+        .env_remove("SSL_CERT_FILE")
+        .env("SSL_CERT_DIR", &store);
+    let output = finish(command.spawn().unwrap(), COMMAND_TIMEOUT);
     assert_success(&output);
     assert_same_items(&items(&config), &site.expected());
 }
