@@ -559,6 +559,18 @@ mod tests {
             (E::NotValidYet, "is not valid yet"),
             (E::NotValidForName, "is not valid for this host name"),
             (E::BadSignature, "is refused (BadSignature)"),
+            (
+                E::Other(rustls::OtherError(std::sync::Arc::new(
+                    std::io::Error::other("CaUsedAsEndEntity"),
+                ))),
+                "is a CA certificate, not one issued for the site (CaUsedAsEndEntity)",
+            ),
+            (
+                E::Other(rustls::OtherError(std::sync::Arc::new(
+                    std::io::Error::other("Unusual"),
+                ))),
+                "is refused (Other(",
+            ),
         ] {
             let line = certificate_refused(&error);
             assert!(
