@@ -69,7 +69,7 @@ pub enum FetchError {
     /// which setting trusts it ([`certificate_refused`]).
     #[error("{0}")]
     Certificate(String),
-    /// Anything else retrying cannot fix: a bad URL, TLS.
+    /// Anything else retrying cannot fix: a bad URL, another TLS error.
     #[error("{0}")]
     Permanent(String),
     /// The crawl stopped while a request waited to be sent again (after a
