@@ -80,6 +80,10 @@ struct RawConfig {
     metrics_listen: Option<String>,
     #[serde(default)]
     metrics_allow_remote: bool,
+    #[serde(default)]
+    ca_file: Option<String>,
+    #[serde(default)]
+    tls_insecure_skip_verify: bool,
 }
 
 /// Defaults, named so the README and `RawConfig` agree on them.
@@ -185,6 +189,13 @@ pub struct Config {
     /// Where to serve `GET /metrics` (loopback unless
     /// `metrics_allow_remote`); not reloadable.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `ca_file`, resolved against the config's folder, and the
+    /// certificates (DER) it holds: trusted besides the system's.
+    pub ca_file: Option<PathBuf>,
+    pub ca_certs: Vec<Vec<u8>>,
+    /// Accept any certificate (`tls_insecure_skip_verify`): logged at
+    /// warning on every run.
+    pub tls_insecure_skip_verify: bool,
 }
 
 /// The keys the parser accepts, read from the parser itself: `RawConfig`

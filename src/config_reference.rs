@@ -160,6 +160,22 @@ pub const KEYS: &[KeyDoc] = &[
         value: "\"10MiB\"",
     },
     KeyDoc {
+        name: "ca_file",
+        group: "Fetching",
+        explanation: "A PEM file of CA certificates to trust for HTTPS besides the system's store (which honours SSL_CERT_FILE and SSL_CERT_DIR), e.g. a private CA or a TLS-inspecting proxy's; relative to this file's folder.",
+        default: "none",
+        range: "a readable PEM file holding at least one certificate",
+        value: "\"/etc/pagecrawl/ca.pem\"",
+    },
+    KeyDoc {
+        name: "tls_insecure_skip_verify",
+        group: "Fetching",
+        explanation: "Accept any HTTPS certificate, checking nothing (insecure: anyone on the path can read and change the pages); logged at warning on every run. Prefer ca_file.",
+        default: "false",
+        range: "true or false",
+        value: "false",
+    },
+    KeyDoc {
         name: "output",
         group: "Output",
         explanation: "Output path, relative to this file (default: items.jsonl or items.csv in the state directory).",
@@ -450,7 +466,16 @@ mod tests {
         }
         let everything = uncommented(&text, false);
         assert!(!everything.contains("\n# rate_limit"), "{everything}");
+        // ca_file's example names a file this machine need not have.
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(&ca, made.cert.pem()).unwrap();
+        let example = "\"/etc/pagecrawl/ca.pem\"";
+        assert!(everything.contains(example), "{everything}");
+        let everything = everything.replace(example, &format!("{:?}", ca.display().to_string()));
         let all = parse(&everything);
+        assert_eq!(all.ca_certs, [made.cert.der().to_vec()]);
         assert_eq!(all.rate_limit, Some(5.0));
         assert_eq!(all.key.as_deref(), Some("url"));
     }

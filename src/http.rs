@@ -65,7 +65,11 @@ pub enum FetchError {
     /// [`MAX_REDIRECTS`]), another host, no usable `Location`.
     #[error("{0}")]
     Redirect(String),
-    /// Anything else retrying cannot fix: a bad URL, TLS.
+    /// The server's certificate was refused: what is wrong with it and
+    /// which setting trusts it ([`certificate_refused`]).
+    #[error("{0}")]
+    Certificate(String),
+    /// Anything else retrying cannot fix: a bad URL, another TLS error.
     #[error("{0}")]
     Permanent(String),
     /// The crawl stopped while a request waited to be sent again (after a
@@ -90,6 +94,7 @@ impl FetchError {
             | FetchError::ContentType(_)
             | FetchError::Robots
             | FetchError::Redirect(_)
+            | FetchError::Certificate(_)
             | FetchError::Permanent(_) => false,
         }
     }
@@ -107,6 +112,7 @@ impl FetchError {
             FetchError::ContentType(_) => "content type".into(),
             FetchError::Robots => "robots.txt".into(),
             FetchError::Redirect(_) => "redirect".into(),
+            FetchError::Certificate(_) => "certificate".into(),
             FetchError::Permanent(_) => "other".into(),
             FetchError::Abandoned => "abandoned".into(),
         }
@@ -142,6 +148,7 @@ impl Fetcher {
             .max_redirects(0)
             .max_redirects_will_error(false)
             .user_agent(config.user_agent.as_str())
+            .tls_config(tls_config(config))
             .build();
         let agent = ureq::Agent::with_parts(
             agent_config,
@@ -286,6 +293,92 @@ impl Fetcher {
     }
 }
 
+/// Trust as curl and wget do: the system's store (`SSL_CERT_FILE` and
+/// `SSL_CERT_DIR` when set, else the distribution's bundle), plus the
+/// config's `ca_file`; or nothing checked with `tls_insecure_skip_verify`.
+fn tls_config(config: &Config) -> ureq::tls::TlsConfig {
+    let builder = ureq::tls::TlsConfig::builder();
+    if config.tls_insecure_skip_verify {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            log::warn!(
+                "tls_insecure_skip_verify = true: server certificates are not checked, so anyone \
+                 between this host and the site can read and change what is crawled; set ca_file \
+                 to the site's CA instead"
+            )
+        });
+        return builder.disable_verification(true).build();
+    }
+    let mut roots: Vec<ureq::tls::Certificate<'static>> = system_roots().to_vec();
+    roots.extend(
+        config
+            .ca_certs
+            .iter()
+            .map(|der| ureq::tls::Certificate::from_der(der).to_owned()),
+    );
+    if roots.is_empty() {
+        // No system store at all (a bare container): Mozilla's roots,
+        // which ureq carries.
+        return builder.root_certs(ureq::tls::RootCerts::WebPki).build();
+    }
+    builder.root_certs(roots.into()).build()
+}
+
+/// The system's trust store, read once: `SSL_CERT_FILE` and `SSL_CERT_DIR`
+/// when set (as OpenSSL reads them), else the distribution's bundle
+/// (`/etc/ssl/certs/ca-certificates.crt` on Debian).
+fn system_roots() -> &'static [ureq::tls::Certificate<'static>] {
+    static ROOTS: std::sync::OnceLock<Vec<ureq::tls::Certificate<'static>>> =
+        std::sync::OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let found = rustls_native_certs::load_native_certs();
+        for error in found.errors.iter().take(3) {
+            log::debug!("reading the system's trust store: {error}");
+        }
+        if found.certs.is_empty() {
+            log::warn!(
+                "no CA certificates found in the system's trust store (SSL_CERT_FILE, \
+                 SSL_CERT_DIR, /etc/ssl/certs); HTTPS uses Mozilla's roots built into pagecrawl"
+            );
+        }
+        found
+            .certs
+            .iter()
+            .map(|der| ureq::tls::Certificate::from_der(der.as_ref()).to_owned())
+            .collect()
+    })
+}
+
+/// The rustls error inside an I/O error, if there is one.
+fn tls_error(io: &std::io::Error) -> Option<&rustls::Error> {
+    io.get_ref()?.downcast_ref::<rustls::Error>()
+}
+
+/// One line for a refused certificate: what is wrong, and which setting
+/// makes it trusted.
+pub fn certificate_refused(error: &rustls::CertificateError) -> String {
+    use rustls::CertificateError as E;
+    let what = match error {
+        E::UnknownIssuer => "is not trusted (issuer unknown)".to_string(),
+        E::Expired | E::ExpiredContext { .. } => "has expired".to_string(),
+        E::NotValidYet | E::NotValidYetContext { .. } => {
+            "is not valid yet (check this host's clock)".to_string()
+        }
+        E::NotValidForName | E::NotValidForNameContext { .. } => {
+            "is not valid for this host name".to_string()
+        }
+        E::Other(other) if other.to_string().contains("CaUsedAsEndEntity") => {
+            "is a CA certificate, not one issued for the site (CaUsedAsEndEntity)".to_string()
+        }
+        other => format!("is refused ({other:?})"),
+    };
+    format!(
+        "the server's certificate {what}: if the site uses a private CA, set ca_file = \
+         \"/path/ca.pem\" (or SSL_CERT_FILE); to crawl without checking certificates \
+         (insecure), set tls_insecure_skip_verify = true"
+    )
+}
+
 /// Reads a body of at most `limit` bytes into a buffer sized from its
 /// `Content-Length` (so a 20 KB page is one allocation, not a growing one).
 fn read_body(body: &mut ureq::Body, limit: u64) -> Result<Vec<u8>, FetchError> {
@@ -392,7 +485,13 @@ fn classify(error: ureq::Error, limit: u64) -> FetchError {
         ureq::Error::Timeout(which) => FetchError::Timeout(which.to_string()),
         ureq::Error::BodyExceedsLimit(_) => FetchError::TooLarge(limit),
         ureq::Error::Decompress(encoding, io) => undecodable(encoding, &io),
+        ureq::Error::Rustls(rustls::Error::InvalidCertificate(why)) => {
+            FetchError::Certificate(certificate_refused(&why))
+        }
         ureq::Error::Io(io) => {
+            if let Some(rustls::Error::InvalidCertificate(why)) = tls_error(&io) {
+                return FetchError::Certificate(certificate_refused(why));
+            }
             // ureq wraps its own errors in io::Error inside body readers.
             if let Some(inner) = io.get_ref().and_then(|e| e.downcast_ref::<ureq::Error>()) {
                 return match inner {
@@ -450,6 +549,67 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_certificate_says_what_is_wrong_and_names_ca_file_and_the_opt_out() {
+        use rustls::CertificateError as E;
+        for (error, what) in [
+            (E::UnknownIssuer, "is not trusted (issuer unknown)"),
+            (E::Expired, "has expired"),
+            (E::NotValidYet, "is not valid yet"),
+            (E::NotValidForName, "is not valid for this host name"),
+            (E::BadSignature, "is refused (BadSignature)"),
+            (
+                E::Other(rustls::OtherError(std::sync::Arc::new(
+                    std::io::Error::other("CaUsedAsEndEntity"),
+                ))),
+                "is a CA certificate, not one issued for the site (CaUsedAsEndEntity)",
+            ),
+            (
+                E::Other(rustls::OtherError(std::sync::Arc::new(
+                    std::io::Error::other("Unusual"),
+                ))),
+                "is refused (Other(",
+            ),
+        ] {
+            let line = certificate_refused(&error);
+            assert!(
+                line.starts_with(&format!("the server's certificate {what}")),
+                "{line}"
+            );
+            assert!(
+                line.contains("set ca_file = \"/path/ca.pem\" (or SSL_CERT_FILE)"),
+                "{line}"
+            );
+            assert!(line.contains("tls_insecure_skip_verify = true"), "{line}");
+            assert!(!line.contains('\n'), "{line}");
+        }
+    }
+
+    #[test]
+    fn a_certificate_error_fails_at_once_under_its_own_reason() {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        let error = classify(ureq::Error::Io(io), 1);
+        assert!(matches!(error, FetchError::Certificate(_)), "{error:?}");
+        assert!(!error.retryable());
+        assert_eq!(error.kind(), "certificate");
+        let direct = classify(
+            ureq::Error::Rustls(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Expired,
+            )),
+            1,
+        );
+        assert!(direct.to_string().contains("has expired"), "{direct}");
+        let other =
+            std::io::Error::new(std::io::ErrorKind::InvalidData, rustls::Error::DecryptError);
+        assert!(matches!(
+            classify(ureq::Error::Io(other), 1),
+            FetchError::Connection(_)
+        ));
+    }
 
     #[test]
     fn retry_after_forms() {

@@ -230,6 +230,13 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, Refusal> {
     if follow.is_some() && key.is_none() {
         return Err(("follow", "needs `key` (the field that identifies an item, e.g. key = \"url\"), or re-crawled pages would repeat their items".into()));
     }
+    let (ca_file, ca_certs) = match raw.ca_file {
+        Some(file) => {
+            let (path, certs) = check_ca_file(base, &file).map_err(|why| ("ca_file", why))?;
+            (Some(path), certs)
+        }
+        None => (None, Vec::new()),
+    };
     let request_timeout = duration("request_timeout", &raw.request_timeout)?;
     let connect_timeout = duration("connect_timeout", &raw.connect_timeout)?;
     Ok(Config {
@@ -268,7 +275,44 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, Refusal> {
             .map(|text| crate::metrics::listen_address(&text, raw.metrics_allow_remote))
             .transpose()
             .map_err(|why| ("metrics_listen", why))?,
+        ca_file,
+        ca_certs,
+        tls_insecure_skip_verify: raw.tls_insecure_skip_verify,
     })
+}
+
+/// The largest `ca_file` read: a bundle of every public CA is about 200 KB.
+pub const MAX_CA_FILE_BYTES: u64 = 16 << 20;
+
+/// `ca_file`: a readable PEM file (relative paths from the config's
+/// folder) holding at least one certificate; its path and the
+/// certificates' DER bytes.
+fn check_ca_file(base: &Path, file: &str) -> Result<(PathBuf, Vec<Vec<u8>>), String> {
+    use std::io::Read;
+    let path = base.join(file);
+    let mut text = Vec::new();
+    std::fs::File::open(&path)
+        .and_then(|f| f.take(MAX_CA_FILE_BYTES).read_to_end(&mut text))
+        .map_err(|e| {
+            format!(
+                "cannot read '{}' ({}); give the path of a PEM file of CA certificates",
+                shown(&path.display().to_string()),
+                crate::util::io_reason(&e)
+            )
+        })?;
+    let certs: Vec<Vec<u8>> = ureq::tls::parse_pem(&text)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(cert)) => Some(cert.der().to_vec()),
+            _ => None,
+        })
+        .collect();
+    if certs.is_empty() {
+        return Err(format!(
+            "'{}' holds no certificate; give a PEM file with -----BEGIN CERTIFICATE----- blocks",
+            shown(&path.display().to_string())
+        ));
+    }
+    Ok((path, certs))
 }
 
 /// The URL template: at most [`MAX_URL_BYTES`], with `{page}`, http or

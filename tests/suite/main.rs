@@ -14,6 +14,7 @@ mod errors;
 mod faults;
 mod follow;
 mod hostile;
+mod https;
 mod metrics;
 mod open_range;
 mod power_loss;
