@@ -243,11 +243,7 @@ impl OutputFile {
         }
         if !existed {
             // The new file's name must survive a power loss as its items do.
-            crate::util::sync_dir(
-                path.parent()
-                    .filter(|p| !p.as_os_str().is_empty())
-                    .unwrap_or(Path::new(".")),
-            )?;
+            crate::util::sync_parent(path)?;
         }
         let mut output = OutputFile {
             path: path.to_path_buf(),
@@ -386,12 +382,7 @@ impl OutputFile {
             }
         }
         let file = open_no_follow(&self.path)?;
-        crate::util::sync_dir(
-            self.path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new(".")),
-        )?;
+        crate::util::sync_parent(&self.path)?;
         *self = OutputFile {
             path: self.path.clone(),
             file,
@@ -456,8 +447,9 @@ pub fn matches_checkpoint(file: &File, committed: u64, fingerprint: Fingerprint)
         || tail_before(file, committed).is_ok_and(|tail| Fingerprint::of(&tail) == fingerprint)
 }
 
-/// The up to [`Fingerprint::TAIL`] bytes of `file` before `len`.
-fn tail_before(file: &File, len: u64) -> std::io::Result<Vec<u8>> {
+/// The up to [`Fingerprint::TAIL`] bytes of `file` before `len` (its
+/// end, for `u64::MAX`).
+pub(crate) fn tail_before(file: &File, len: u64) -> std::io::Result<Vec<u8>> {
     use std::os::unix::fs::FileExt;
     let size = file.metadata()?.len().min(len);
     let start = size.saturating_sub(Fingerprint::TAIL as u64);

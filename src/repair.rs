@@ -316,12 +316,10 @@ fn cut_in_place(path: &Path, len: u64, header: Option<&[u8]>) -> Result<Fingerpr
 /// The fingerprint of a whole file (what a checkpoint of its length
 /// records).
 fn fingerprint_of(file: &File) -> Result<Fingerprint> {
-    use std::os::unix::fs::FileExt;
-    let len = file.metadata()?.len();
-    let start = len.saturating_sub(Fingerprint::TAIL as u64);
-    let mut tail = vec![0; (len - start) as usize];
-    file.read_exact_at(&mut tail, start)?;
-    Ok(Fingerprint::of(&tail))
+    Ok(Fingerprint::of(&crate::output::tail_before(
+        file,
+        u64::MAX,
+    )?))
 }
 
 /// Moves a damaged file aside, beside itself; returns its new name.
@@ -339,7 +337,7 @@ fn keep_aside(path: &Path) -> Result<PathBuf> {
             aside.display()
         )
     })?;
-    crate::util::sync_dir(parent_of(path))?;
+    crate::util::sync_parent(path)?;
     Ok(aside)
 }
 
@@ -360,14 +358,8 @@ fn copy_prefix(from: &Path, path: &Path, len: u64, header: Option<&[u8]>) -> Res
     }
     file.sync_all()
         .with_context(|| format!("cannot sync {}", path.display()))?;
-    crate::util::sync_dir(parent_of(path))?;
+    crate::util::sync_parent(path)?;
     fingerprint_of(&file)
-}
-
-fn parent_of(path: &Path) -> &Path {
-    path.parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
 }
 
 #[cfg(test)]

@@ -104,6 +104,13 @@ pub fn sync_dir(dir: &std::path::Path) -> anyhow::Result<()> {
         })
 }
 
+/// `fsync`s the folder that holds `path` (`.` for a bare file name), so
+/// that `path`'s name survives a power loss.
+pub fn sync_parent(path: &std::path::Path) -> anyhow::Result<()> {
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+    sync_dir(parent.unwrap_or(std::path::Path::new(".")))
+}
+
 /// Why a folder cannot be trusted with the crawl's files, if it cannot:
 /// another user owns it, or users other than its owner may write in it
 /// (and so swap a file for a symlink between a check and an open), as

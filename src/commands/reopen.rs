@@ -67,7 +67,7 @@ fn reopen_stopped(store: &Store) -> Result<bool> {
         file.write_all(&header)?;
     }
     file.sync_all()?;
-    crate::util::sync_dir(job.output.parent().unwrap_or(Path::new(".")))?;
+    crate::util::sync_parent(&job.output)?;
     store.record_output(Fingerprint::of(&header), header.len() as u64)?;
     store.flush()?;
     Ok(true)

@@ -643,8 +643,7 @@ fn create_private_dir(dir: &Path) -> Result<()> {
         })?;
     if created {
         // Its name must survive a power loss as its contents do.
-        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
-        crate::util::sync_dir(parent.unwrap_or(Path::new(".")))?;
+        crate::util::sync_parent(dir)?;
     }
     Ok(())
 }
