@@ -661,6 +661,30 @@ pattern = '<a href="(?P<url>[^"]+)">(?P<title>[^<]*)</a>'
         assert!(!err.contains('\n') && err.contains("line 1"), "{err}");
     }
 
+    #[test]
+    fn control_characters_in_any_quoted_value_are_escaped() {
+        // Found by CI's proptest run: a multi-line metrics_listen value
+        // split the error in two. Each key whose value a message quotes.
+        for (line, shows) in [
+            (
+                "metrics_listen = \"\"\"\n\n1.2.3.4:x\r\n\"\"\"",
+                "'\\n1.2.3.4:x\\n'",
+            ),
+            ("pages = \"1..\\u000d0\"", "'1..\\r0'"),
+            ("charset = \"a\\u001b[2Jb\"", "'a\\u{1b}[2Jb'"),
+        ] {
+            let text = MINIMAL
+                .lines()
+                .filter(|l| !l.starts_with(line.split(' ').next().unwrap()))
+                .map(|l| format!("{l}\n"))
+                .collect::<String>()
+                + line;
+            let err = parse(&text).unwrap_err();
+            assert!(!err.contains(['\n', '\r', '\u{1b}']), "{err}");
+            assert!(err.contains(shows), "{err} lacks {shows}");
+        }
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig { cases: 1024, ..Default::default() })]
 

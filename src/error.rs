@@ -49,7 +49,11 @@ pub fn exit_for(error: &anyhow::Error) -> Exit {
 pub fn one_line(error: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     for cause in error.chain() {
-        let text = cause.to_string().replace('\n', " ");
+        let text: String = cause
+            .to_string()
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
         // anyhow's context often repeats the inner message; keep each once.
         if !parts.iter().any(|p| p.contains(&text)) {
             parts.push(text);

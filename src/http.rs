@@ -457,7 +457,12 @@ fn resolve(base: &str, location: &str) -> Result<String, String> {
             scheme.to_ascii_lowercase()
         ));
     }
-    let unusable = || format!("redirect to an unusable location '{location}'");
+    let unusable = || {
+        format!(
+            "redirect to an unusable location '{}'",
+            crate::util::shown(location)
+        )
+    };
     let uri: ureq::http::Uri = base.parse().map_err(|_| unusable())?;
     let scheme = uri.scheme_str().ok_or_else(unusable)?;
     let authority = uri.authority().ok_or_else(unusable)?.as_str();

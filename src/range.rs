@@ -83,7 +83,8 @@ pub fn parse_range(text: &str) -> Result<PageRange, String> {
 /// empty; an open range only in a config. The error is one sentence that
 /// says what to write instead.
 pub fn parse_range_in(text: &str, syntax: RangeSyntax) -> Result<PageRange, String> {
-    let text = text.trim();
+    let raw = text.trim();
+    let text = &crate::util::shown(raw);
     let write = |range: &str| syntax.spell(range);
     let number = |part: &str| -> Result<u64, String> {
         let part = part.trim();
@@ -95,14 +96,15 @@ pub fn parse_range_in(text: &str, syntax: RangeSyntax) -> Result<PageRange, Stri
                  write pages from 1 to {MAX_PAGE}"
             )),
             _ => Err(format!(
-                "'{text}' is not a page range: '{part}' is not a page number; write {}",
+                "'{text}' is not a page range: '{}' is not a page number; write {}",
+                crate::util::shown(part),
                 syntax.forms()
             )),
         }
     };
-    let (start, end, open) = match text.split_once("..") {
+    let (start, end, open) = match raw.split_once("..") {
         None => {
-            let page = number(text)?;
+            let page = number(raw)?;
             (page, page, false)
         }
         Some((left, right)) => {

@@ -154,3 +154,26 @@ pub fn untrusted_dir(dir: &std::path::Path, shared_ok: bool) -> Option<String> {
     }
     None
 }
+
+/// A value from the user (config, command line, control request, server
+/// header) as a message shows it: control characters
+/// escaped (a `\r\n` must not split the one-line error), and cut after 80
+/// characters (a 50 MB value must not fill the terminal).
+pub fn shown(text: &str) -> String {
+    const LIMIT: usize = 80;
+    let mut out: String = text
+        .chars()
+        .take(LIMIT)
+        .flat_map(|c| {
+            if c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') {
+                c.escape_debug().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect();
+    if text.chars().nth(LIMIT).is_some() {
+        out.push_str("...");
+    }
+    out
+}

@@ -43,8 +43,9 @@ fn job_name(name: &str) -> Result<String, UserError> {
         Ok(name.to_string())
     } else {
         Err(UserError::Usage(format!(
-            "'{name}' is not a job name; use letters, digits, '-', '_' or '.' (e.g. `pagecrawl init wooyun`), \
-             and run it in the folder the config should go to"
+            "'{}' is not a job name; use letters, digits, '-', '_' or '.' (e.g. `pagecrawl init wooyun`), \
+             and run it in the folder the config should go to",
+            crate::util::shown(name)
         )))
     }
 }

@@ -258,7 +258,13 @@ fn check_job(stored: &Job, wanted: &Job, dir: &Path) -> Result<()> {
     ]
     .iter()
     .filter(|(_, a, b)| a != b)
-    .map(|(key, a, b)| format!("{key} was '{a}', is now '{b}'"))
+    .map(|(key, a, b)| {
+        format!(
+            "{key} was '{}', is now '{}'",
+            crate::util::shown(a),
+            crate::util::shown(b)
+        )
+    })
     .chain((stored.output != wanted.output).then(|| {
         format!(
             "output was {}, is now {}",

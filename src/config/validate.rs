@@ -50,27 +50,7 @@ pub const COUNT_RANGES: &[(&str, i64, i64)] = &[
     ("refresh_pages", 1, 1_000_000),
 ];
 
-/// A value from the config as a message shows it: control characters
-/// escaped (a `\r\n` must not split the one-line error), and cut after 80
-/// characters (a 50 MB value must not fill the terminal).
-pub(crate) fn shown(text: &str) -> String {
-    const LIMIT: usize = 80;
-    let mut out: String = text
-        .chars()
-        .take(LIMIT)
-        .flat_map(|c| {
-            if c.is_control() {
-                c.escape_debug().collect::<Vec<_>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect();
-    if text.chars().nth(LIMIT).is_some() {
-        out.push_str("...");
-    }
-    out
-}
+pub(crate) use crate::util::shown;
 
 /// Parses a duration key's value and checks it is in the key's range
 /// (from [`DURATION_RANGES`]).

@@ -209,7 +209,8 @@ pub fn parse_state(name: &str) -> Result<StateFilter> {
         "done" => Ok(StateFilter::Done),
         "failed" => Ok(StateFilter::Failed),
         other => Err(UserError::Usage(format!(
-            "'{other}' is not a page state (pending, done, failed)"
+            "'{}' is not a page state (pending, done, failed)",
+            crate::util::shown(other)
         ))
         .into()),
     }

@@ -19,7 +19,8 @@ use super::CONTENT_TYPE;
 pub fn listen_address(text: &str, allow_remote: bool) -> Result<SocketAddr, String> {
     let address: SocketAddr = text.trim().parse().map_err(|_| {
         format!(
-            "'{text}' is not an IP address and port; write e.g. \"127.0.0.1:9464\" (or \"[::1]:9464\")"
+            "'{}' is not an IP address and port; write e.g. \"127.0.0.1:9464\" (or \"[::1]:9464\")",
+            crate::util::shown(text)
         )
     })?;
     if !address.ip().is_loopback() && !allow_remote {
