@@ -14,6 +14,7 @@ use crate::range::PageRange;
 
 #[cfg(test)]
 pub(crate) mod arbitrary;
+pub mod detail;
 mod explain;
 mod validate;
 
@@ -84,6 +85,8 @@ struct RawConfig {
     ca_file: Option<String>,
     #[serde(default)]
     tls_insecure_skip_verify: bool,
+    #[serde(default)]
+    detail: Option<detail::RawDetail>,
 }
 
 /// Defaults, named so the README and `RawConfig` agree on them.
@@ -196,6 +199,8 @@ pub struct Config {
     /// Accept any certificate (`tls_insecure_skip_verify`): logged at
     /// warning on every run.
     pub tls_insecure_skip_verify: bool,
+    /// The `[detail]` table: items followed to their detail pages.
+    pub detail: Option<detail::Detail>,
 }
 
 /// The keys the parser accepts, read from the parser itself: `RawConfig`
@@ -313,6 +318,17 @@ impl Config {
         })?;
         config.from_command_line = true;
         Ok(config)
+    }
+
+    /// Every column of an item, in output order: `page` aside, the
+    /// listing's fields, then the detail stage's (see
+    /// [`detail::Detail::extra_columns`]).
+    pub fn columns(&self) -> Vec<String> {
+        let mut columns = self.fields.clone();
+        if let Some(detail) = &self.detail {
+            columns.extend(detail.extra_columns().map(str::to_string));
+        }
+        columns
     }
 
     /// The URL of one page.

@@ -69,6 +69,13 @@ pub enum FetchError {
     /// which setting trusts it ([`certificate_refused`]).
     #[error("{0}")]
     Certificate(String),
+    /// A detail page on which the `[detail]` pattern matches nothing.
+    #[error("the detail pattern matches nothing on the page")]
+    NoMatch,
+    /// A detail link to a host other than the listing's, not listed in
+    /// `[detail] hosts`: never fetched.
+    #[error("{0}")]
+    OffSite(String),
     /// Anything else retrying cannot fix: a bad URL, another TLS error.
     #[error("{0}")]
     Permanent(String),
@@ -95,6 +102,8 @@ impl FetchError {
             | FetchError::Robots
             | FetchError::Redirect(_)
             | FetchError::Certificate(_)
+            | FetchError::NoMatch
+            | FetchError::OffSite(_)
             | FetchError::Permanent(_) => false,
         }
     }
@@ -113,6 +122,8 @@ impl FetchError {
             FetchError::Robots => "robots.txt".into(),
             FetchError::Redirect(_) => "redirect".into(),
             FetchError::Certificate(_) => "certificate".into(),
+            FetchError::NoMatch => "no match".into(),
+            FetchError::OffSite(_) => "other host".into(),
             FetchError::Permanent(_) => "other".into(),
             FetchError::Abandoned => "abandoned".into(),
         }

@@ -90,6 +90,90 @@ pub fn render_into<S: AsRef<str>>(
     }
 }
 
+/// What an item with `[detail]` gets from its detail page.
+#[derive(Debug, Clone, Copy)]
+pub enum Merge<'a> {
+    Values(&'a crate::store::DetailValues),
+    /// The detail page failed for good (`on_failure = "write"`): the reason.
+    Failed(&'a str),
+}
+
+/// Appends one item of a job with `[detail]`: the listing's `values`,
+/// then the detail page's fields and lists (JSON arrays; in CSV, a cell
+/// holding the array's JSON), or the failure's reason. In JSONL, a failed
+/// item has no detail fields, only `detail_error`; in CSV every row has
+/// every column.
+pub fn render_merged(
+    out: &mut Vec<u8>,
+    format: Format,
+    page: u64,
+    fields: &[String],
+    values: &[String],
+    detail: &crate::config::detail::Detail,
+    merge: Merge<'_>,
+) {
+    use crate::config::detail::{OnFailure, ERROR_FIELD};
+    let list_json = |list: &[String]| serde_json::to_string(list).unwrap_or_default();
+    match format {
+        Format::Jsonl => {
+            out.extend_from_slice(b"{\"page\":");
+            let _ = write!(out, "{page}");
+            let field = |out: &mut Vec<u8>, name: &str, value: &str| {
+                out.push(b',');
+                write_json_string(out, name);
+                out.push(b':');
+                write_json_string(out, value);
+            };
+            for (name, value) in fields.iter().zip(values) {
+                field(out, name, value);
+            }
+            match merge {
+                Merge::Values(got) => {
+                    for (name, value) in detail.fields.iter().zip(&got.fields) {
+                        field(out, name, value);
+                    }
+                    for ((name, _), list) in detail.collect.iter().zip(&got.lists) {
+                        out.push(b',');
+                        write_json_string(out, name);
+                        out.push(b':');
+                        let _ = serde_json::to_writer(&mut *out, list);
+                    }
+                }
+                Merge::Failed(reason) => field(out, ERROR_FIELD, reason),
+            }
+            out.extend_from_slice(b"}\n");
+        }
+        Format::Csv => {
+            let page = page.to_string();
+            let mut row: Vec<String> = Vec::with_capacity(1 + fields.len() + detail.fields.len());
+            row.push(page);
+            row.extend(values.iter().cloned());
+            match merge {
+                Merge::Values(got) => {
+                    row.extend(got.fields.iter().cloned());
+                    row.extend(got.lists.iter().map(|l| list_json(l)));
+                    if detail.on_failure == OnFailure::Write {
+                        row.push(String::new());
+                    }
+                }
+                Merge::Failed(reason) => {
+                    row.extend(std::iter::repeat_n(
+                        String::new(),
+                        detail.fields.len() + detail.collect.len(),
+                    ));
+                    row.push(reason.to_string());
+                }
+            }
+            let mut writer = csv::WriterBuilder::new()
+                .has_headers(false)
+                .buffer_capacity(256)
+                .from_writer(&mut *out);
+            let _ = writer.write_record(&row);
+            let _ = writer.flush();
+        }
+    }
+}
+
 /// The CSV header line for `fields`.
 pub fn csv_header(fields: &[String]) -> Vec<u8> {
     let mut out = Vec::new();

@@ -236,9 +236,12 @@ fn job_of(config: &Config, dir: &Path) -> Result<Job> {
         pages: config.pages.to_string(),
         pattern: config.pattern_text.clone(),
         format: config.format.name().to_string(),
-        fields: config.fields.clone(),
+        // Every column (the detail stage's too): what export, reopen and
+        // repair write a CSV header with.
+        fields: config.columns(),
         key: config.key.clone(),
         output,
+        detail: config.detail.as_ref().map(|d| d.identity.clone()),
     })
 }
 
@@ -265,6 +268,19 @@ fn check_job(stored: &Job, wanted: &Job, dir: &Path) -> Result<()> {
             crate::util::shown(b)
         )
     })
+    .chain((stored.detail != wanted.detail).then(|| {
+        format!(
+            "[detail] was {}, is now {}",
+            stored
+                .detail
+                .as_deref()
+                .map_or("absent".into(), crate::util::shown),
+            wanted
+                .detail
+                .as_deref()
+                .map_or("absent".into(), crate::util::shown)
+        )
+    }))
     .chain((stored.output != wanted.output).then(|| {
         format!(
             "output was {}, is now {}",
@@ -322,13 +338,20 @@ pub fn crawl_quietly(config: &Config, dir: &Path, follow: Option<Duration>) -> R
     refuse_damaged_state(&store, existing.is_some(), &wanted.output)?;
     // The output is opened before a new job is recorded, so a job whose
     // output cannot be written leaves no state behind.
-    let header = (config.format == Format::Csv).then(|| csv_header(&config.fields));
+    let header = (config.format == Format::Csv).then(|| csv_header(&config.columns()));
     let counters = store.counters();
+    // With [detail], a done page's items are written when their detail
+    // pages come in: those still waiting may lie past the checkpoint.
+    let waiting = match config.detail {
+        Some(_) => store.pages_with_waiting_items()?,
+        None => Default::default(),
+    };
     let is_done = |page: u64| -> Result<bool> {
-        Ok(matches!(
-            store.state_of(page)?,
-            Some(crate::store::PageState::Done(_))
-        ))
+        Ok(!waiting.contains(&page)
+            && matches!(
+                store.state_of(page)?,
+                Some(crate::store::PageState::Done(_))
+            ))
     };
     let output = OutputFile::open(
         &wanted.output,

@@ -203,6 +203,17 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, Refusal> {
             absolute.push(index);
         }
     }
+    let detail = match raw.detail {
+        Some(table) => {
+            let detail = super::detail::validate(table, &fields)?;
+            // The link is what the output holds: always absolute.
+            if !absolute.contains(&detail.link) {
+                absolute.push(detail.link);
+            }
+            Some(detail)
+        }
+        None => None,
+    };
     let follow = match raw.follow {
         Some(text) => Some(duration("follow", &text)?),
         None => None,
@@ -258,6 +269,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, Refusal> {
         ca_file,
         ca_certs,
         tls_insecure_skip_verify: raw.tls_insecure_skip_verify,
+        detail,
     })
 }
 
@@ -336,7 +348,7 @@ fn check_url(url: &str) -> Result<String, String> {
 /// The pattern: a regex with named groups (none called `page`) that cannot
 /// match the empty string, which would make an empty item at every
 /// position of every page.
-fn check_pattern(text: &str) -> Result<(Regex, Vec<String>), String> {
+pub(super) fn check_pattern(text: &str) -> Result<(Regex, Vec<String>), String> {
     let pattern = Regex::new(text).map_err(|e| {
         let first = e
             .to_string()

@@ -281,7 +281,7 @@ fn read_request(mut stream: &UnixStream, deadline: Instant) -> Result<Option<Vec
 fn stream_queue(stream: &UnixStream, store: &Store, shared: &Shared, state: &str, limit: usize) {
     let mut out = BufWriter::new(stream);
     let mut rows: u64 = 0;
-    let in_flight = |page| shared.is_fetching(page);
+    let in_flight = |page| shared.is_fetching(crate::pipeline::Task::Page(page));
     let listed = ops::queue_each_marked(store, state, limit, &in_flight, &mut |row| {
         serde_json::to_writer(&mut out, &RowLine { row })?;
         out.write_all(b"\n")?;
@@ -309,7 +309,7 @@ fn answer(command: Command, store: &Store, shared: &Shared) -> Reply {
             Command::Status => serde_json::to_value(ops::status(store, Some(daemon()))?)?,
             Command::Queue { state, limit, .. } => {
                 let mut rows = Vec::new();
-                let in_flight = |page| shared.is_fetching(page);
+                let in_flight = |page| shared.is_fetching(crate::pipeline::Task::Page(page));
                 ops::queue_each_marked(store, &state, limit, &in_flight, &mut |row| {
                     rows.push(row);
                     Ok(())

@@ -16,16 +16,18 @@
 //! When the job has a `key`, an item whose key is already in the store (or
 //! earlier in the same group) is not written again.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
-use super::{retry_delay, Parsed, Settled, Shared};
-use crate::output::{csv_header, Damage, OutputFile};
-use crate::store::{Settle, Store};
+use super::{retry_delay, Parsed, Settled, Shared, Task};
+use crate::config::detail::{Detail, OnFailure};
+use crate::output::{csv_header, render_merged, Damage, Merge, OutputFile};
+use crate::store::detail::{DetailDone, DetailFailed, DetailTask, WaitingItem};
+use crate::store::{DetailCommit, DetailSettle, DetailState, DetailValues, Settle, Store};
 use crate::util::now_ms;
 
 /// Longest the stage waits without looking at the abort flag (and pinging
@@ -126,23 +128,51 @@ fn flush(
     let mut pending = Vec::with_capacity(group.len());
     let mut notices = Vec::with_capacity(group.len());
     let mut keys_in_group: HashSet<String> = HashSet::new();
-    let mut pages_in_group: HashSet<u64> = HashSet::new();
-    let (mut done, mut failed, mut retried, mut written, mut duplicates) = (0, 0, 0, 0, 0);
+    let mut tasks_in_group: HashSet<Task> = HashSet::new();
+    let mut details = Details::new(store, &config);
+    let mut tally = Tally::default();
+    // Detail pages first: a listing page of this group whose item links
+    // to a detail page done in this group then writes the item at once
+    // (the waiting records read from the tree cannot include its own).
+    group.sort_by_key(|message| {
+        !matches!(
+            message,
+            Parsed::Detail { .. }
+                | Parsed::Failure {
+                    task: Task::Detail(_),
+                    ..
+                }
+        )
+    });
     for message in group.drain(..) {
-        // A page is settled once: a second result for it (which would be a
+        // A task is settled once: a second result for it (which would be a
         // bug upstream) must not write its items again.
-        let page = match &message {
-            Parsed::Done { page, .. } | Parsed::Failure { page, .. } => Some(*page),
+        let task = match &message {
+            Parsed::Done { page, .. } => Some(Task::Page(*page)),
+            Parsed::Detail { id, .. } => Some(Task::Detail(*id)),
+            Parsed::Failure { task, .. } => Some(*task),
             Parsed::Abandoned => None,
         };
-        if let Some(page) = page {
-            let state = store.pending_as(page)?;
-            if !pages_in_group.insert(page) || state.is_none() {
-                log::warn!("page {page} was already settled; its second result is dropped");
-                notices.push(Settled::Finished(page));
-                continue;
+        match task {
+            Some(Task::Page(page)) => {
+                let state = store.pending_as(page)?;
+                if !tasks_in_group.insert(Task::Page(page)) || state.is_none() {
+                    log::warn!("page {page} was already settled; its second result is dropped");
+                    notices.push(Settled::Finished(Task::Page(page)));
+                    continue;
+                }
+                pending.push(state);
             }
-            pending.push(state);
+            Some(Task::Detail(id)) => {
+                if !tasks_in_group.insert(Task::Detail(id)) || !store.detail_is_pending(id)? {
+                    log::warn!(
+                        "detail page {id} was already settled; its second result is dropped"
+                    );
+                    notices.push(Settled::Finished(Task::Detail(id)));
+                    continue;
+                }
+            }
+            None => {}
         }
         match message {
             Parsed::Done {
@@ -151,10 +181,25 @@ fn flush(
                 bytes,
                 items,
             } => {
-                let extracted = items.ends.len() as u32;
+                let extracted = items.count() as u32;
                 let mut count = 0;
                 let mut keys = Vec::new();
-                if items.keys.is_empty() {
+                if let Some(detail) = &config.detail {
+                    let has_keys = !items.keys.is_empty();
+                    for (index, values) in items.values.into_iter().enumerate() {
+                        if has_keys {
+                            let key = &items.keys[index];
+                            if keys_in_group.contains(key) || store.has_item_key(key)? {
+                                continue;
+                            }
+                            keys_in_group.insert(key.clone());
+                            keys.push(key.clone());
+                        }
+                        if details.item(output, detail, page, index as u32, values)? {
+                            count += 1;
+                        }
+                    }
+                } else if items.keys.is_empty() {
                     output.append(&items.bytes)?;
                     count = extracted;
                 } else {
@@ -169,8 +214,10 @@ fn flush(
                         }
                         start = *end;
                     }
-                    duplicates += u64::from(extracted - count);
                 }
+                // Items not taken because their key was written (or
+                // claimed by an item waiting for its detail page).
+                tally.duplicates += u64::from(extracted) - keys_taken(&config, extracted, &keys);
                 settles.push(Settle::Done {
                     page,
                     attempts,
@@ -179,51 +226,103 @@ fn flush(
                     bytes,
                     keys,
                 });
-                notices.push(Settled::Finished(page));
-                done += 1;
-                written += u64::from(count);
+                notices.push(Settled::Finished(Task::Page(page)));
+                tally.done += 1;
+                tally.written += u64::from(count);
+            }
+            Parsed::Detail {
+                id,
+                attempts,
+                bytes,
+                url,
+                values,
+            } => {
+                let detail = config.detail.as_ref().ok_or_else(|| {
+                    anyhow::anyhow!("internal error: a detail page without [detail]")
+                })?;
+                details.done(output, detail, id, attempts, bytes, &url, values)?;
+                notices.push(Settled::Finished(Task::Detail(id)));
+                tally.details_done += 1;
             }
             Parsed::Failure {
-                page,
+                task,
                 attempts,
+                url,
                 error,
             } => {
+                let where_ = match (&task, &url) {
+                    (Task::Detail(_), Some(url)) => url.to_string(),
+                    (task, _) => match task {
+                        Task::Page(page) => config.page_url(*page),
+                        Task::Detail(_) => String::new(),
+                    },
+                };
                 if error.retryable() && attempts <= config.retries {
                     let delay = retry_delay(&config, attempts, &error);
                     // In the bar, the summary and `status`; in the log
                     // only with -v: a person need not act on a retry.
                     log::debug!(
-                        "page {page}: {error}; retry {attempts} of {} in {delay:.1?}",
+                        "{task}: {error}; retry {attempts} of {} in {delay:.1?}",
                         config.retries
                     );
-                    settles.push(Settle::Retry {
-                        page,
-                        attempts,
-                        not_before_ms: now_ms() + delay.as_millis() as u64,
-                        error: error.to_string(),
-                    });
+                    let not_before_ms = now_ms() + delay.as_millis() as u64;
+                    match task {
+                        Task::Page(page) => settles.push(Settle::Retry {
+                            page,
+                            attempts,
+                            not_before_ms,
+                            error: error.to_string(),
+                        }),
+                        Task::Detail(id) => details.commit.settled.push(DetailSettle::Retry {
+                            id,
+                            task: DetailTask {
+                                url: where_.clone(),
+                                attempts,
+                                not_before_ms,
+                                last_error: error.to_string(),
+                            },
+                        }),
+                    }
                     notices.push(Settled::Retry {
-                        page,
+                        task,
                         attempts,
                         not_before: Instant::now() + delay,
                     });
-                    retried += 1;
+                    tally.retried += 1;
                 } else {
                     let tries = if attempts == 1 {
                         "1 attempt".to_string()
                     } else {
                         format!("{attempts} attempts")
                     };
-                    let detail = format!("{error} from {} after {tries}", config.page_url(page));
-                    log::warn!("page {page} failed: {detail}");
-                    settles.push(Settle::Failed {
-                        page,
-                        attempts,
-                        kind: error.kind(),
-                        detail,
-                    });
-                    notices.push(Settled::Finished(page));
-                    failed += 1;
+                    let detail = format!("{error} from {where_} after {tries}");
+                    log::warn!("{task} failed: {detail}");
+                    match task {
+                        Task::Page(page) => settles.push(Settle::Failed {
+                            page,
+                            attempts,
+                            kind: error.kind(),
+                            detail,
+                        }),
+                        Task::Detail(id) => {
+                            let failed = DetailFailed {
+                                url: where_,
+                                attempts,
+                                at_ms: 0,
+                                kind: error.kind(),
+                                detail,
+                            };
+                            if let Some(table) = &config.detail {
+                                details.failed(output, table, id, &failed)?;
+                            }
+                            details
+                                .commit
+                                .settled
+                                .push(DetailSettle::Failed { id, failed });
+                        }
+                    }
+                    notices.push(Settled::Finished(task));
+                    tally.failed += 1;
                 }
             }
             Parsed::Abandoned => {}
@@ -233,28 +332,43 @@ fn flush(
     // at the start counts in the committed length too.
     output.sync()?;
     let empty_run = config.pages.is_open().then_some(config.stop_after_empty);
+    let detail_commit = details.finish();
+    let from_details = detail_commit.items_written;
     store.commit_known(
         &settles,
         &pending,
+        &detail_commit,
         (output.len(), output.fingerprint()),
         empty_run,
     )?;
     store.flush()?;
     fault_injection::after_commit();
     log::debug!(
-        "committed {} pages ({done} done, {failed} failed, {retried} to retry), {written} items; output at {} bytes",
-        settles.len(),
+        "committed {} tasks ({} pages done, {} detail pages done, {} failed, {} to retry), {} items; output at {} bytes",
+        tasks_in_group.len(),
+        tally.done,
+        tally.details_done,
+        tally.failed,
+        tally.retried,
+        tally.written + from_details,
         output.len()
     );
     let progress = &shared.progress;
-    progress.done.fetch_add(done, Ordering::Relaxed);
-    progress.failed.fetch_add(failed, Ordering::Relaxed);
-    progress.retries.fetch_add(retried, Ordering::Relaxed);
-    progress.items.fetch_add(written, Ordering::Relaxed);
-    progress.duplicates.fetch_add(duplicates, Ordering::Relaxed);
+    progress.done.fetch_add(tally.done, Ordering::Relaxed);
+    progress
+        .details_done
+        .fetch_add(tally.details_done, Ordering::Relaxed);
+    progress.failed.fetch_add(tally.failed, Ordering::Relaxed);
+    progress.retries.fetch_add(tally.retried, Ordering::Relaxed);
+    progress
+        .items
+        .fetch_add(tally.written + from_details, Ordering::Relaxed);
+    progress
+        .duplicates
+        .fetch_add(tally.duplicates, Ordering::Relaxed);
     for notice in notices {
         // The feeder may already have stopped; then nobody needs to know.
-        // Full cannot happen (the channel holds every page in flight).
+        // Full cannot happen (the channel holds every task in flight).
         if let Err(TrySendError::Full(notice)) = settled.try_send(notice) {
             log::error!("internal error: the feeder's channel is full; {notice:?} is lost");
         }
@@ -262,11 +376,268 @@ fn flush(
     Ok(())
 }
 
+/// Counts of one commit group, for the progress counters and the log.
+#[derive(Debug, Default)]
+struct Tally {
+    done: u64,
+    details_done: u64,
+    failed: u64,
+    retried: u64,
+    written: u64,
+    duplicates: u64,
+}
+
+/// Items a listing page took: with a key, those whose key was new; without
+/// one, all of them.
+fn keys_taken(config: &crate::config::Config, extracted: u32, keys: &[String]) -> u64 {
+    if config.key.is_some() {
+        keys.len() as u64
+    } else {
+        u64::from(extracted)
+    }
+}
+
+/// Where a detail URL stands within the group being built.
+#[derive(Debug, Clone)]
+enum Known {
+    Pending,
+    Done(DetailValues),
+    Failed(String),
+}
+
+/// The detail stage's part of one commit group: what its detail pages
+/// gave, the new detail pages its listing pages link to, and the items
+/// written or left waiting (see `store::detail`).
+struct Details<'a> {
+    store: &'a Store,
+    format: crate::output::Format,
+    fields: Vec<String>,
+    /// The listing's URL template, for the listing's own host.
+    listing_url: String,
+    commit: DetailCommit,
+    /// Detail pages settled or created in this group, by number and URL.
+    by_id: HashMap<u64, Known>,
+    by_url: HashMap<String, u64>,
+    buffer: Vec<u8>,
+}
+
+impl<'a> Details<'a> {
+    fn new(store: &'a Store, config: &crate::config::Config) -> Details<'a> {
+        Details {
+            store,
+            format: config.format,
+            fields: config.fields.clone(),
+            listing_url: config.url.clone(),
+            commit: DetailCommit {
+                next_id: store.counters().detail_next,
+                ..DetailCommit::default()
+            },
+            by_id: HashMap::new(),
+            by_url: HashMap::new(),
+            buffer: Vec::new(),
+        }
+    }
+
+    fn finish(self) -> DetailCommit {
+        self.commit
+    }
+
+    fn write(
+        &mut self,
+        output: &mut OutputFile,
+        detail: &Detail,
+        page: u64,
+        values: &[String],
+        merge: Merge<'_>,
+    ) -> Result<()> {
+        self.buffer.clear();
+        render_merged(
+            &mut self.buffer,
+            self.format,
+            page,
+            &self.fields,
+            values,
+            detail,
+            merge,
+        );
+        output.append(&self.buffer)
+    }
+
+    /// A detail page came in: its waiting items are written.
+    #[allow(clippy::too_many_arguments)]
+    fn done(
+        &mut self,
+        output: &mut OutputFile,
+        detail: &Detail,
+        id: u64,
+        attempts: u32,
+        bytes: u64,
+        url: &str,
+        values: DetailValues,
+    ) -> Result<()> {
+        for item in self.store.waiting_for(id)? {
+            self.write(
+                output,
+                detail,
+                item.page,
+                &item.values,
+                Merge::Values(&values),
+            )?;
+            self.commit
+                .waiting_written
+                .push((id, item.page, item.index));
+            self.commit.items_written += 1;
+        }
+        self.by_id.insert(id, Known::Done(values.clone()));
+        self.commit.settled.push(DetailSettle::Done {
+            id,
+            done: DetailDone {
+                url: url.to_string(),
+                attempts,
+                at_ms: 0,
+                bytes,
+                values,
+            },
+        });
+        Ok(())
+    }
+
+    /// A detail page failed for good: with `on_failure = "write"`, its
+    /// waiting items are written with the reason.
+    fn failed(
+        &mut self,
+        output: &mut OutputFile,
+        detail: &Detail,
+        id: u64,
+        failed: &DetailFailed,
+    ) -> Result<()> {
+        self.by_id.insert(id, Known::Failed(failed.detail.clone()));
+        if detail.on_failure != OnFailure::Write {
+            return Ok(());
+        }
+        for item in self.store.waiting_for(id)? {
+            self.write(
+                output,
+                detail,
+                item.page,
+                &item.values,
+                Merge::Failed(&failed.detail),
+            )?;
+            self.commit
+                .waiting_written
+                .push((id, item.page, item.index));
+            self.commit.items_written += 1;
+        }
+        Ok(())
+    }
+
+    /// One item of a listing page: written now when its detail page is in
+    /// (or failed, with `on_failure = "write"`), else left waiting, its
+    /// detail page queued if it is new. Returns whether it was written.
+    fn item(
+        &mut self,
+        output: &mut OutputFile,
+        detail: &Detail,
+        page: u64,
+        index: u32,
+        values: Vec<String>,
+    ) -> Result<bool> {
+        let link = values.get(detail.link).cloned().unwrap_or_default();
+        let (id, known) = self.lookup(detail, &link)?;
+        match known {
+            Known::Done(got) => {
+                self.write(output, detail, page, &values, Merge::Values(&got))?;
+                Ok(true)
+            }
+            Known::Failed(reason) if detail.on_failure == OnFailure::Write => {
+                self.write(output, detail, page, &values, Merge::Failed(&reason))?;
+                Ok(true)
+            }
+            Known::Failed(_) | Known::Pending => {
+                self.commit.waiting_added.push(WaitingItem {
+                    detail: id,
+                    page,
+                    index,
+                    values,
+                });
+                Ok(false)
+            }
+        }
+    }
+
+    /// The number and standing of the detail page at `link`, queuing it
+    /// (or refusing it: another host, no link) when it is new.
+    fn lookup(&mut self, detail: &Detail, link: &str) -> Result<(u64, Known)> {
+        if let Some(&id) = self.by_url.get(link) {
+            return Ok((id, self.by_id[&id].clone()));
+        }
+        if let Some((id, state)) = self.store.detail_by_url(link)? {
+            let known = match self.by_id.get(&id) {
+                Some(known) => known.clone(),
+                None => match state {
+                    DetailState::Pending(_) => Known::Pending,
+                    DetailState::Done(done) => Known::Done(done.values),
+                    DetailState::Failed(failed) => Known::Failed(failed.detail),
+                },
+            };
+            return Ok((id, known));
+        }
+        let id = self.commit.next_id;
+        self.commit.next_id += 1;
+        let refusal = if link.is_empty() {
+            Some(("no link", "the item's link field is empty".to_string()))
+        } else if !super::fetch::same_host(link, &self.listing_url)
+            && !other_host_allowed(detail, link)
+        {
+            Some((
+                "other host",
+                format!(
+                    "the detail link {link} is on another host; list the host in [detail] hosts to follow it"
+                ),
+            ))
+        } else {
+            None
+        };
+        let known = match refusal {
+            Some((kind, why)) => {
+                log::warn!("detail page {id} not fetched: {why}");
+                self.commit.refused.push((
+                    id,
+                    DetailFailed {
+                        url: link.to_string(),
+                        attempts: 0,
+                        at_ms: now_ms(),
+                        kind: kind.to_string(),
+                        detail: why.clone(),
+                    },
+                ));
+                Known::Failed(why)
+            }
+            None => {
+                self.commit.created.push((id, link.to_string()));
+                Known::Pending
+            }
+        };
+        self.by_url.insert(link.to_string(), id);
+        self.by_id.insert(id, known.clone());
+        Ok((id, known))
+    }
+}
+
+/// Whether `link` is on a host `[detail] hosts` lists (over http or https).
+fn other_host_allowed(detail: &Detail, link: &str) -> bool {
+    url::Url::parse(link).is_ok_and(|url| {
+        matches!(url.scheme(), "http" | "https")
+            && url.host_str().is_some_and(|host| detail.allows_host(host))
+    })
+}
+
 /// Rotation: a new output file at the same path, once the old one was
 /// moved aside. Returns whether a new file was started.
 fn reopen(store: &Store, output: &mut OutputFile, shared: &Shared) -> Result<bool> {
     let config = shared.config();
-    let header = (config.format == crate::output::Format::Csv).then(|| csv_header(&config.fields));
+    let header =
+        (config.format == crate::output::Format::Csv).then(|| csv_header(&config.columns()));
     let old_len = output.len();
     if !output.reopen(header.as_deref())? {
         log::info!(

@@ -22,11 +22,13 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use crossbeam_channel::{select, Receiver, Sender};
 
-use super::{Settled, Shared, Work};
+use super::{Settled, Shared, Task, Work};
 use crate::config::Config;
 use crate::range::PageRange;
 use crate::store::Store;
 use crate::util::now_ms;
+use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Pending pages read from sled per scan step. One step can put this many
 /// pages waiting for a retry in flight at once, past the window.
@@ -34,7 +36,7 @@ pub(super) const SCAN_BATCH: usize = 256;
 /// Longest the feeder sleeps without looking at its flags.
 const TICK: Duration = Duration::from_millis(100);
 
-type RetryHeap = BinaryHeap<Reverse<(Instant, u64, u32)>>;
+type RetryHeap = BinaryHeap<Reverse<(Instant, Task, u32)>>;
 
 pub(super) fn run(
     store: &Store,
@@ -43,9 +45,10 @@ pub(super) fn run(
     shared: &Shared,
     window: usize,
 ) -> Result<()> {
-    let mut in_flight: HashSet<u64> = HashSet::new();
+    let mut in_flight: HashSet<Task> = HashSet::new();
     let mut retries: RetryHeap = BinaryHeap::new();
     let mut fresh: VecDeque<Work> = VecDeque::new();
+    let mut details = DetailFeed::default();
     let mut cursor: Option<u64> = None;
     // The last page taken from the lazy ranges; those pages get no key
     // until they settle, so this cursor (not sled) says what was handed out.
@@ -71,7 +74,7 @@ pub(super) fn run(
             return Ok(());
         }
         while let Ok(message) = settled.try_recv() {
-            settle(message, &mut in_flight, &mut retries, shared);
+            settle(message, &mut in_flight, &mut retries, &mut details, shared);
         }
         // Say at once when settled pages made room: the flag must not stay
         // set while this thread waits to hand out work (the commit stage
@@ -84,6 +87,7 @@ pub(super) fn run(
             keyed_exhausted = false;
             exhausted = false;
             fresh.clear();
+            details.rescan();
         }
         let config = shared.config();
         let paused = shared.paused.load(Ordering::SeqCst);
@@ -94,15 +98,39 @@ pub(super) fn run(
                 .peek()
                 .is_some_and(|Reverse((due, _, _))| *due <= now)
             {
-                let Some(Reverse((_, page, attempts))) = retries.pop() else {
+                let Some(Reverse((_, task, attempts))) = retries.pop() else {
                     break;
                 };
-                shared.set_fetching(page, true);
-                if work.send(Work { page, attempts }).is_err() {
+                shared.set_fetching(task, true);
+                let url = details.url_of(task);
+                if work
+                    .send(Work {
+                        task,
+                        attempts,
+                        url,
+                    })
+                    .is_err()
+                {
                     return Ok(());
                 }
             }
-            while in_flight.len() < window && !shared.stopping() {
+            // Detail pages first (depth first): the items of pages already
+            // fetched reach the output before more listing pages are read.
+            if config.detail.is_some() {
+                while in_flight.len() < window && !shared.stopping() {
+                    let Some(next) = details.next(store, &mut in_flight, &mut retries)? else {
+                        break;
+                    };
+                    shared.set_fetching(next.task, true);
+                    if work.send(next).is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            while in_flight.len() < window
+                && !shared.stopping()
+                && listing_may_go(&config, store, &in_flight, &details)
+            {
                 if fresh.is_empty() && !exhausted {
                     // Pages with keys first (retries, resumed leases), then
                     // fresh pages from the lazy ranges.
@@ -119,24 +147,34 @@ pub(super) fn run(
                         fresh.extend(
                             pages
                                 .into_iter()
-                                .filter(|page| !in_flight.contains(page))
-                                .map(|page| Work { page, attempts: 0 }),
+                                .filter(|page| !in_flight.contains(&Task::Page(*page)))
+                                .map(|page| Work {
+                                    task: Task::Page(page),
+                                    attempts: 0,
+                                    url: None,
+                                }),
                         );
                     }
                 }
                 let Some(next) = fresh.pop_front() else { break };
-                if !in_flight.insert(next.page) {
+                if !in_flight.insert(next.task) {
                     continue;
                 }
                 super::fault_panic("feeder");
-                shared.set_fetching(next.page, true);
+                shared.set_fetching(next.task, true);
                 if work.send(next).is_err() {
                     return Ok(());
                 }
             }
         }
         let drained = exhausted && fresh.is_empty();
-        let blocked = waits_on_commits(drained, &retries, &in_flight, window);
+        // Listing pages held back for the detail pages, and no detail page
+        // to send: nothing goes out until a commit queues more.
+        let held = config.detail.is_some()
+            && !drained
+            && details.is_idle()
+            && !listing_may_go(&config, store, &in_flight, &details);
+        let blocked = waits_on_commits(drained, &retries, &in_flight, window) || held;
         shared.waiting_on_commits.store(blocked, Ordering::SeqCst);
         if !paused
             && config.pages.is_open()
@@ -171,7 +209,14 @@ pub(super) fn run(
         let mut wait = retries.peek().map_or(TICK, |Reverse((due, _, _))| {
             due.saturating_duration_since(Instant::now()).min(TICK)
         });
-        if drained && in_flight.is_empty() {
+        if drained && in_flight.is_empty() && store.counters().detail_pending > 0 {
+            // Detail pages pending that no scan handed out (numbered
+            // before the cursor, e.g. queued again by `retry`): look again
+            // from the first; a scan that hands none out waits a tick.
+            if details.rescan_if_idle() {
+                continue;
+            }
+        } else if drained && in_flight.is_empty() {
             let Some(every) = config.follow else {
                 // Pages enqueued since the last scan keep the run going.
                 if shared.close_intake() {
@@ -206,7 +251,7 @@ pub(super) fn run(
         }
         select! {
             recv(settled) -> message => match message {
-                Ok(message) => settle(message, &mut in_flight, &mut retries, shared),
+                Ok(message) => settle(message, &mut in_flight, &mut retries, &mut details, shared),
                 Err(_) => return Ok(()),
             },
             // A page was found with items: an open range may queue more.
@@ -259,7 +304,7 @@ fn current_round(store: &Store) -> Result<(u64, u64)> {
 fn waits_on_commits(
     drained: bool,
     retries: &RetryHeap,
-    in_flight: &HashSet<u64>,
+    in_flight: &HashSet<Task>,
     window: usize,
 ) -> bool {
     (drained && retries.is_empty()) || in_flight.len() >= window
@@ -272,7 +317,7 @@ fn scan(
     store: &Store,
     cursor: &mut Option<u64>,
     fresh: &mut VecDeque<Work>,
-    in_flight: &mut HashSet<u64>,
+    in_flight: &mut HashSet<Task>,
     retries: &mut RetryHeap,
 ) -> Result<bool> {
     let batch = store.pending_after(*cursor, SCAN_BATCH)?;
@@ -280,19 +325,21 @@ fn scan(
     let now_wall = now_ms();
     for (page, pending) in batch {
         *cursor = Some(page);
-        if in_flight.contains(&page) {
+        let task = Task::Page(page);
+        if in_flight.contains(&task) {
             continue;
         }
         if pending.not_before_ms > now_wall {
             // A retry scheduled before a restart: keep its time.
             let wait = Duration::from_millis(pending.not_before_ms - now_wall);
-            in_flight.insert(page);
-            retries.push(Reverse((Instant::now() + wait, page, pending.attempts)));
+            in_flight.insert(task);
+            retries.push(Reverse((Instant::now() + wait, task, pending.attempts)));
             continue;
         }
         fresh.push_back(Work {
-            page,
+            task,
             attempts: pending.attempts,
+            url: None,
         });
     }
     Ok(exhausted)
@@ -300,22 +347,150 @@ fn scan(
 
 fn settle(
     message: Settled,
-    in_flight: &mut HashSet<u64>,
+    in_flight: &mut HashSet<Task>,
     retries: &mut RetryHeap,
+    details: &mut DetailFeed,
     shared: &Shared,
 ) {
-    let page = match &message {
-        Settled::Finished(page) | Settled::Retry { page, .. } => *page,
+    let task = match &message {
+        Settled::Finished(task) | Settled::Retry { task, .. } => *task,
     };
-    shared.set_fetching(page, false);
+    shared.set_fetching(task, false);
     match message {
-        Settled::Finished(page) => {
-            in_flight.remove(&page);
+        Settled::Finished(task) => {
+            in_flight.remove(&task);
+            details.forget(task);
         }
         Settled::Retry {
-            page,
+            task,
             attempts,
             not_before,
-        } => retries.push(Reverse((not_before, page, attempts))),
+        } => retries.push(Reverse((not_before, task, attempts))),
+    }
+}
+
+/// Whether another listing page may go out with `[detail]`: only while
+/// the detail pages queued and not yet handed out, with those the listing
+/// pages in flight will add, stay under two per connection, so that the
+/// server is kept busy with detail pages and few items wait. Until a
+/// listing page is done (nothing to estimate its items by) one at a time.
+fn listing_may_go(
+    config: &Config,
+    store: &Store,
+    in_flight: &HashSet<Task>,
+    details: &DetailFeed,
+) -> bool {
+    if config.detail.is_none() {
+        return true;
+    }
+    let counters = store.counters();
+    let listing = in_flight
+        .iter()
+        .filter(|t| matches!(t, Task::Page(_)))
+        .count() as u64;
+    if counters.done == 0 {
+        return listing == 0;
+    }
+    let per_page = ((counters.items + counters.waiting) / counters.done).max(1);
+    let unsent = counters
+        .detail_pending
+        .saturating_sub(details.in_flight() as u64);
+    unsent + listing * per_page < 2 * config.concurrency as u64
+}
+
+/// The detail pages the feeder streams from the state, in number order
+/// (new ones get higher numbers, so the cursor also finds them as listing
+/// pages commit), and the URLs of those in flight.
+#[derive(Debug, Default)]
+struct DetailFeed {
+    cursor: Option<u64>,
+    fresh: VecDeque<(u64, Arc<str>, u32)>,
+    urls: HashMap<u64, Arc<str>>,
+    /// The last scan from the cursor found nothing.
+    idle: bool,
+}
+
+impl DetailFeed {
+    /// The next detail page to fetch, if any is due.
+    fn next(
+        &mut self,
+        store: &Store,
+        in_flight: &mut HashSet<Task>,
+        retries: &mut RetryHeap,
+    ) -> Result<Option<Work>> {
+        loop {
+            if let Some((id, url, attempts)) = self.fresh.pop_front() {
+                let task = Task::Detail(id);
+                if !in_flight.insert(task) {
+                    continue;
+                }
+                self.urls.insert(id, url.clone());
+                return Ok(Some(Work {
+                    task,
+                    attempts,
+                    url: Some(url),
+                }));
+            }
+            let batch = store.detail_pending_after(self.cursor, SCAN_BATCH)?;
+            self.idle = batch.is_empty();
+            if batch.is_empty() {
+                return Ok(None);
+            }
+            let now_wall = now_ms();
+            for (id, task) in batch {
+                self.cursor = Some(id);
+                let key = Task::Detail(id);
+                if in_flight.contains(&key) {
+                    continue;
+                }
+                let url: Arc<str> = task.url.into();
+                if task.not_before_ms > now_wall {
+                    let wait = Duration::from_millis(task.not_before_ms - now_wall);
+                    in_flight.insert(key);
+                    self.urls.insert(id, url);
+                    retries.push(Reverse((Instant::now() + wait, key, task.attempts)));
+                    continue;
+                }
+                self.fresh.push_back((id, url, task.attempts));
+            }
+        }
+    }
+
+    /// A task's URL, for a retry (listing pages have none).
+    fn url_of(&self, task: Task) -> Option<Arc<str>> {
+        match task {
+            Task::Detail(id) => self.urls.get(&id).cloned(),
+            Task::Page(_) => None,
+        }
+    }
+
+    fn forget(&mut self, task: Task) {
+        if let Task::Detail(id) = task {
+            self.urls.remove(&id);
+        }
+    }
+
+    fn in_flight(&self) -> usize {
+        self.urls.len()
+    }
+
+    /// Nothing fetched from the cursor's scan and nothing waiting to go.
+    fn is_idle(&self) -> bool {
+        self.idle && self.fresh.is_empty()
+    }
+
+    fn rescan(&mut self) {
+        self.cursor = None;
+        self.fresh.clear();
+    }
+
+    /// Starts the scan over from the first detail page; false when it
+    /// already scanned from there and found nothing (wait, not spin).
+    fn rescan_if_idle(&mut self) -> bool {
+        if self.cursor.is_none() {
+            return false;
+        }
+        self.rescan();
+        true
     }
 }

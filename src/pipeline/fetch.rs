@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::{Fetched, Shared, Work};
+use super::{Fetched, Shared, Task, Work};
 use crate::http::FetchError;
 
 /// Fetch thread number `index` (from 0): threads past the concurrency limit
@@ -22,7 +22,12 @@ use crate::http::FetchError;
 pub(super) fn run(index: usize, work: Receiver<Work>, fetched: Sender<Fetched>, shared: &Shared) {
     let done = || shared.stopping() || shared.feeder_ended.load(Ordering::SeqCst);
     while shared.gate.stand_by(index, done) {
-        let Ok(Work { page, attempts }) = work.recv() else {
+        let Ok(Work {
+            task,
+            attempts,
+            url: detail_url,
+        }) = work.recv()
+        else {
             return;
         };
         super::fault_panic("fetch");
@@ -40,8 +45,18 @@ pub(super) fn run(index: usize, work: Receiver<Work>, fetched: Sender<Fetched>, 
         let message = if !go {
             Fetched::Abandoned
         } else {
-            let url = shared.config().page_url(page);
-            let fetched = if shared.robots.allows(&crate::robots::path_and_query(&url)) {
+            let url = match (&task, &detail_url) {
+                (Task::Detail(_), Some(url)) => url.to_string(),
+                (Task::Page(page), _) => shared.config().page_url(*page),
+                (Task::Detail(_), None) => String::new(),
+            };
+            // robots.txt is the listing site's: a detail page on another
+            // host (`[detail] hosts`) is not under its rules.
+            let robots_apply =
+                matches!(task, Task::Page(_)) || same_host(&url, &shared.config().url);
+            let allowed =
+                !robots_apply || shared.robots.allows(&crate::robots::path_and_query(&url));
+            let fetched = if allowed {
                 let metrics = &shared.metrics;
                 let in_flight = metrics.in_flight();
                 let started = Instant::now();
@@ -65,15 +80,17 @@ pub(super) fn run(index: usize, work: Receiver<Work>, fetched: Sender<Fetched>, 
             match fetched {
                 Err(FetchError::Abandoned) => Fetched::Abandoned,
                 Ok(response) => Fetched::Body {
-                    page,
+                    task,
                     attempts: attempts + 1,
+                    url: detail_url,
                     response,
                 },
                 Err(error) => {
-                    log::debug!("page {page}: {error} ({url})");
+                    log::debug!("{task}: {error} ({url})");
                     Fetched::Failure {
-                        page,
+                        task,
                         attempts: attempts + 1,
+                        url: detail_url,
                         error,
                     }
                 }
@@ -84,4 +101,17 @@ pub(super) fn run(index: usize, work: Receiver<Work>, fetched: Sender<Fetched>, 
             return;
         }
     }
+}
+
+/// Whether two URLs name the same host (and scheme and port).
+pub(super) fn same_host(a: &str, b: &str) -> bool {
+    let origin = |text: &str| {
+        let url = url::Url::parse(&text.replace("{page}", "1")).ok()?;
+        Some((
+            url.scheme().to_string(),
+            url.host_str()?.to_ascii_lowercase(),
+            url.port_or_known_default(),
+        ))
+    };
+    matches!((origin(a), origin(b)), (Some(x), Some(y)) if x == y)
 }

@@ -40,28 +40,49 @@ use crate::output::OutputFile;
 use crate::robots::Robots;
 use crate::store::Store;
 
-/// A page the feeder hands to the fetch pool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the fetch pool fetches: a listing page, or a detail page (by its
+/// number in the state, see `store::detail`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Task {
+    Page(u64),
+    Detail(u64),
+}
+
+impl std::fmt::Display for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Task::Page(page) => write!(f, "page {page}"),
+            Task::Detail(id) => write!(f, "detail page {id}"),
+        }
+    }
+}
+
+/// A task the feeder hands to the fetch pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Work {
-    page: u64,
+    task: Task,
     /// Failed attempts so far.
     attempts: u32,
+    /// A detail page's URL (a listing page's comes from the template).
+    url: Option<Arc<str>>,
 }
 
 /// What a fetch thread passes on. `attempts` counts this attempt.
 #[derive(Debug)]
 enum Fetched {
     Body {
-        page: u64,
+        task: Task,
         attempts: u32,
+        url: Option<Arc<str>>,
         response: Response,
     },
     Failure {
-        page: u64,
+        task: Task,
         attempts: u32,
+        url: Option<Arc<str>>,
         error: FetchError,
     },
-    /// Not fetched because the crawl is stopping; the page stays pending.
+    /// Not fetched because the crawl is stopping; the task stays pending.
     Abandoned,
 }
 
@@ -73,6 +94,16 @@ struct Rendered {
     ends: Vec<usize>,
     /// Each item's key (the `key` field), when the job has one.
     keys: Vec<String>,
+    /// With `[detail]`: each item's values (the link resolved), not
+    /// rendered: an item is written once its detail page is in.
+    values: Vec<Vec<String>>,
+}
+
+impl Rendered {
+    /// Items the pattern found on the page.
+    fn count(&self) -> usize {
+        self.ends.len().max(self.values.len())
+    }
 }
 
 /// What a parse thread passes on to the commit stage.
@@ -84,23 +115,32 @@ enum Parsed {
         bytes: u64,
         items: Rendered,
     },
-    Failure {
-        page: u64,
+    /// A detail page's values (its pattern matched).
+    Detail {
+        id: u64,
         attempts: u32,
+        bytes: u64,
+        url: Arc<str>,
+        values: crate::store::DetailValues,
+    },
+    Failure {
+        task: Task,
+        attempts: u32,
+        url: Option<Arc<str>>,
         error: FetchError,
     },
     /// Passed on only so the stage sees its input end; nothing to record.
     Abandoned,
 }
 
-/// What the commit stage tells the feeder once a page's fate is durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the commit stage tells the feeder once a task's fate is durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Settled {
     /// Done or failed: no longer in flight.
-    Finished(u64),
+    Finished(Task),
     /// Fetch again, not before `not_before`.
     Retry {
-        page: u64,
+        task: Task,
         attempts: u32,
         not_before: Instant,
     },
@@ -110,6 +150,8 @@ enum Settled {
 #[derive(Debug, Default)]
 pub struct Progress {
     pub done: AtomicU64,
+    /// Detail pages done (`[detail]`).
+    pub details_done: AtomicU64,
     pub failed: AtomicU64,
     pub retries: AtomicU64,
     pub items: AtomicU64,
@@ -169,9 +211,9 @@ pub struct Shared {
     /// waiting nudge says as much as many, and a parse thread never blocks
     /// on it (it drops the nudge when one waits).
     items_seen: (Sender<()>, Receiver<()>),
-    /// Pages handed to the fetch pool and not settled yet (not those
+    /// Tasks handed to the fetch pool and not settled yet (not those
     /// waiting for a retry): what `queue` shows as in flight.
-    fetching: Mutex<std::collections::HashSet<u64>>,
+    fetching: Mutex<std::collections::HashSet<Task>>,
 }
 
 /// Where the commit stage sends a reopen's outcome: whether a new file was
@@ -299,6 +341,11 @@ impl Shared {
             ("absolute", old.absolute != new.absolute),
             ("format", old.format != new.format),
             ("output", old.output != new.output),
+            (
+                "[detail]",
+                old.detail.as_ref().map(|d| &d.identity)
+                    != new.detail.as_ref().map(|d| &d.identity),
+            ),
         ]
         .iter()
         .filter(|(_, differs)| *differs)
@@ -329,22 +376,22 @@ impl Shared {
         )
     }
 
-    /// Marks a page as handed to the fetch pool, or back from it.
-    pub(crate) fn set_fetching(&self, page: u64, fetching: bool) {
-        let mut pages = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
+    /// Marks a task as handed to the fetch pool, or back from it.
+    pub(crate) fn set_fetching(&self, task: Task, fetching: bool) {
+        let mut tasks = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
         if fetching {
-            pages.insert(page);
+            tasks.insert(task);
         } else {
-            pages.remove(&page);
+            tasks.remove(&task);
         }
     }
 
-    /// Whether `page` is being fetched, parsed or committed now.
-    pub fn is_fetching(&self, page: u64) -> bool {
+    /// Whether `task` is being fetched, parsed or committed now.
+    pub fn is_fetching(&self, task: Task) -> bool {
         self.fetching
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(&page)
+            .contains(&task)
     }
 
     /// How many fetch threads run: `concurrency` above it (after a

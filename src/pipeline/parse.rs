@@ -5,7 +5,7 @@ use std::cell::Cell;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::{Fetched, Parsed, Rendered, Shared};
+use super::{Fetched, Parsed, Rendered, Shared, Task};
 use crate::config::Config;
 use crate::extract::Extractor;
 use crate::{charset, output};
@@ -38,9 +38,38 @@ impl Parser {
         let config = &self.config;
         match message {
             Fetched::Body {
-                page,
+                task: Task::Detail(id),
+                attempts,
+                url,
+                response,
+            } => {
+                let url = url.unwrap_or_else(|| "".into());
+                let (text, _) = charset::decode(
+                    response.content_type.as_deref(),
+                    &response.body,
+                    config.charset,
+                );
+                match config.detail.as_ref().and_then(|d| detail_values(d, &text)) {
+                    Some(values) => Parsed::Detail {
+                        id,
+                        attempts,
+                        bytes: response.body.len() as u64,
+                        url,
+                        values,
+                    },
+                    None => Parsed::Failure {
+                        task: Task::Detail(id),
+                        attempts,
+                        url: Some(url),
+                        error: crate::http::FetchError::NoMatch,
+                    },
+                }
+            }
+            Fetched::Body {
+                task: Task::Page(page),
                 attempts,
                 response,
+                ..
             } => {
                 let (text, _) = charset::decode(
                     response.content_type.as_deref(),
@@ -52,6 +81,7 @@ impl Parser {
                     bytes: Vec::with_capacity(bytes + bytes / 8),
                     ends: Vec::with_capacity(items),
                     keys: Vec::new(),
+                    values: Vec::new(),
                 };
                 let base = (!config.absolute.is_empty())
                     .then(|| url::Url::parse(&config.page_url(page)).ok())
@@ -71,14 +101,20 @@ impl Parser {
                         }
                         None => values,
                     };
-                    output::render_into(
-                        &mut rendered.bytes,
-                        config.format,
-                        page,
-                        &config.fields,
-                        values,
-                    );
-                    rendered.ends.push(rendered.bytes.len());
+                    if config.detail.is_some() {
+                        rendered
+                            .values
+                            .push(values.iter().map(|v| v.to_string()).collect());
+                    } else {
+                        output::render_into(
+                            &mut rendered.bytes,
+                            config.format,
+                            page,
+                            &config.fields,
+                            values,
+                        );
+                        rendered.ends.push(rendered.bytes.len());
+                    }
                     if let Some(index) = self.key_index {
                         rendered.keys.push(values[index].to_string());
                     }
@@ -93,12 +129,14 @@ impl Parser {
                 }
             }
             Fetched::Failure {
-                page,
+                task,
                 attempts,
+                url,
                 error,
             } => Parsed::Failure {
-                page,
+                task,
                 attempts,
+                url,
                 error,
             },
             Fetched::Abandoned => Parsed::Abandoned,
@@ -106,10 +144,52 @@ impl Parser {
     }
 }
 
+/// A detail page's values: each field of the pattern from the first match
+/// in which its group takes part, and each list over every match of its
+/// pattern; `None` when the pattern matches nothing on the page.
+pub(crate) fn detail_values(
+    detail: &crate::config::detail::Detail,
+    text: &str,
+) -> Option<crate::store::DetailValues> {
+    let names: Vec<&str> = detail.fields.iter().map(String::as_str).collect();
+    let mut fields: Vec<Option<String>> = vec![None; names.len()];
+    let mut matched = false;
+    for captures in detail.pattern.captures_iter(text) {
+        matched = true;
+        for (slot, name) in fields.iter_mut().zip(&names) {
+            if slot.is_none() {
+                if let Some(value) = captures.name(name) {
+                    *slot = Some(value.as_str().to_string());
+                }
+            }
+        }
+        if fields.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    if !matched {
+        return None;
+    }
+    let lists = detail
+        .collect
+        .iter()
+        .map(|(name, regex)| {
+            regex
+                .captures_iter(text)
+                .filter_map(|c| c.name(name).map(|m| m.as_str().to_string()))
+                .collect()
+        })
+        .collect();
+    Some(crate::store::DetailValues {
+        fields: fields.into_iter().map(Option::unwrap_or_default).collect(),
+        lists,
+    })
+}
+
 /// A link as the page wrote it, resolved against the page's URL as a
 /// browser does (`bug.php?id=1`, `/bugs/1`, `//host/x`, `../x`). An empty
 /// value stays empty, and one `Url::join` refuses stays as written.
-fn absolute(base: &url::Url, link: &str) -> Option<String> {
+pub(super) fn absolute(base: &url::Url, link: &str) -> Option<String> {
     if link.is_empty() {
         return None;
     }
@@ -129,7 +209,7 @@ pub(super) fn run(
         // Told now, not at the commit: the feeder paces an open range's
         // look-ahead by it, and a commit group can take a while to fill.
         if let Parsed::Done { page, items, .. } = &message {
-            if !items.ends.is_empty() {
+            if items.count() > 0 {
                 shared.saw_items(*page);
             }
         }

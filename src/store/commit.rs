@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 
 use anyhow::Result;
 
+use super::detail::DetailCommit;
 use super::keys::{named_key, page_key, DONE, FAILED, ITEM_KEY, META, PENDING, REASON};
 use super::records::{Done, Failed, Pending};
 use super::{is_end_marker, Fingerprint, PageState, PendingAs, Settle, Store, COUNTERS_KEY};
@@ -30,6 +31,7 @@ impl Store {
         self.commit_known(
             settled,
             &pending,
+            &DetailCommit::default(),
             (output_len, Fingerprint::default()),
             empty_run,
         )
@@ -38,11 +40,13 @@ impl Store {
     /// [`Store::commit`] with each page's [`Store::pending_as`] already read
     /// (the commit stage reads it before writing a page's items, and only
     /// the commit stage changes it for a pending page). A done or failed
-    /// page that was not pending is not recorded.
+    /// page that was not pending is not recorded. `details` is the detail
+    /// stage's part of the group (see `detail`), in the same batch.
     pub fn commit_known(
         &self,
         settled: &[Settle],
         pending: &[Option<PendingAs>],
+        details: &DetailCommit,
         (output_len, fingerprint): (u64, Fingerprint),
         empty_run: Option<u32>,
     ) -> Result<()> {
@@ -158,6 +162,7 @@ impl Store {
                 }
             }
         }
+        self.plan_details(&mut batch, &mut next, details)?;
         next.output_len = output_len;
         next.output_fingerprint = fingerprint.0;
         next.last_commit_ms = now;

@@ -8,6 +8,7 @@
 //! after `kill -9` (the `recount` test helper checks exactly that).
 
 mod commit;
+pub mod detail;
 mod follow;
 pub mod keys;
 mod open_end;
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::UserError;
 use crate::range::PageRange;
 use crate::util::now_ms;
+pub use detail::{DetailCommit, DetailSettle, DetailState, DetailValues};
 use keys::{named_key, page_key, page_of, DONE, FAILED, ITEM_KEY, META, PENDING, REASON};
 pub use open_end::PastEnd;
 pub use records::{Counters, Done, Failed, Fingerprint, OutputIdentity, Pending};
@@ -57,6 +59,10 @@ pub struct Job {
     pub key: Option<String>,
     /// The output file, as an absolute path.
     pub output: PathBuf,
+    /// The `[detail]` table as canonical JSON (absent without one, and in
+    /// state written before detail pages existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// A page's state, as `queue` lists it.
@@ -766,6 +772,7 @@ mod tests {
             fields: vec!["a".into()],
             key: None,
             output: "/tmp/o".into(),
+            detail: None,
         }
     }
 

@@ -170,6 +170,16 @@ pub struct Counters {
     /// starts the next round at `round_started_ms` + `follow`.
     pub round: u64,
     pub round_started_ms: u64,
+    /// Detail pages (`[detail]`): pending (in flight included), done and
+    /// failed for good.
+    pub detail_pending: u64,
+    pub detail_done: u64,
+    pub detail_failed: u64,
+    /// Items recorded with their listing page and not yet written: they
+    /// wait for their detail page.
+    pub waiting: u64,
+    /// The number the next new detail page gets.
+    pub detail_next: u64,
 }
 
 /// What the output's bytes just before the checkpoint's length hash to:
@@ -220,7 +230,7 @@ impl OutputIdentity {
 }
 
 impl Counters {
-    const FIELDS: usize = 15;
+    const FIELDS: usize = 20;
 
     /// The fingerprint of the output the checkpoint covers.
     pub fn output_fingerprint(&self) -> Fingerprint {
@@ -244,6 +254,11 @@ impl Counters {
             self.output_fingerprint,
             self.round,
             self.round_started_ms,
+            self.detail_pending,
+            self.detail_done,
+            self.detail_failed,
+            self.waiting,
+            self.detail_next,
         ]
     }
 
@@ -272,6 +287,11 @@ impl Counters {
             output_fingerprint: v(12),
             round: v(13),
             round_started_ms: v(14),
+            detail_pending: v(15),
+            detail_done: v(16),
+            detail_failed: v(17),
+            waiting: v(18),
+            detail_next: v(19),
         }
     }
 
@@ -338,6 +358,11 @@ mod tests {
             output_fingerprint: 13,
             round: 14,
             round_started_ms: 15,
+            detail_pending: 16,
+            detail_done: 17,
+            detail_failed: 18,
+            waiting: 19,
+            detail_next: 20,
             ..Counters::default()
         };
         assert_eq!(Counters::decode(&counters.encode()), counters);
@@ -346,6 +371,12 @@ mod tests {
         let old = Counters::decode(old_layout);
         assert_eq!((old.round, old.round_started_ms), (0, 0));
         assert_eq!(old.output_fingerprint, 13);
+        // State written before detail pages existed: 15 fields.
+        let old = Counters::decode(&counters.encode()[..15 * 8]);
+        assert_eq!(
+            (old.round_started_ms, old.detail_pending, old.detail_next),
+            (15, 0, 0)
+        );
     }
 
     #[test]
