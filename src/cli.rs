@@ -91,6 +91,10 @@ pub enum Command {
         /// Which pages to list.
         #[arg(long = "state", value_enum, default_value = "pending")]
         which: PageStateArg,
+        /// Which stage's pages: listing pages, or (with `[detail]`) detail
+        /// pages, each with its URL and the first item waiting for it.
+        #[arg(long, value_enum, default_value = "listing")]
+        stage: StageArg,
         /// At most this many pages.
         #[arg(long, default_value_t = 50)]
         limit: usize,
@@ -267,6 +271,13 @@ pub enum PageStateArg {
     Pending,
     Done,
     Failed,
+}
+
+/// The stage `queue` lists.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum StageArg {
+    Listing,
+    Detail,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

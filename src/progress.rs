@@ -113,9 +113,9 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn new(counters: &Counters, open_range: bool, rate: Option<f64>) -> Snapshot {
         Snapshot {
-            done: counters.done,
-            failed: counters.failed,
-            pending: counters.pending,
+            done: counters.tasks_done(),
+            failed: counters.tasks_failed(),
+            pending: counters.tasks_pending(),
             items: counters.items,
             retries: counters.retries,
             frontier: open_range.then_some(counters.frontier),

@@ -42,9 +42,10 @@ pub fn dispatch(command: Command) -> Result<Exit> {
         Command::Queue {
             state,
             which,
+            stage,
             limit,
             json,
-        } => queue::command(&state_dir(&state)?, which, limit, json),
+        } => queue::command(&state_dir(&state)?, which, stage, limit, json),
         Command::Enqueue { state, ranges } => enqueue::command(&state_dir(&state)?, &ranges),
         Command::Retry { state, pages } => retry::command(&state_dir(&state)?, &pages),
         Command::Export {

@@ -7,17 +7,28 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use crate::cli::PageStateArg;
+use crate::cli::{PageStateArg, StageArg};
 use crate::control::ops::QueueRow;
 use crate::control::Backend;
 use crate::exit_code::Exit;
 
-pub fn command(dir: &Path, which: PageStateArg, limit: usize, json: bool) -> Result<Exit> {
+pub fn command(
+    dir: &Path,
+    which: PageStateArg,
+    stage: StageArg,
+    limit: usize,
+    json: bool,
+) -> Result<Exit> {
     let state = match which {
         PageStateArg::Pending => "pending",
         PageStateArg::Done => "done",
         PageStateArg::Failed => "failed",
     };
+    let asked = match stage {
+        StageArg::Listing => state.to_string(),
+        StageArg::Detail => format!("{}{state}", crate::control::ops::DETAIL_STAGE),
+    };
+    let state = asked.as_str();
     let mut backend = Backend::connect(dir)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut listing = Listing {
@@ -64,17 +75,33 @@ impl Listing<'_> {
             }
         } else {
             if self.rows == 0 {
+                let (number, what) = match row.stage {
+                    Some(_) => ("number", "url and item"),
+                    None => ("page", "detail"),
+                };
                 writeln!(
                     self.out,
-                    "{:>8}  {:<8}  {:>8}  detail",
-                    "page", "state", "attempts"
+                    "{number:>8}  {:<8}  {:>8}  {what}",
+                    "state", "attempts"
                 )?;
             }
-            let detail = match (&row.items, &row.bytes, &row.error) {
+            let mut detail = match (&row.items, &row.bytes, &row.error) {
                 (Some(items), Some(bytes), _) => format!("{items} items, {bytes} bytes"),
+                (_, Some(bytes), None) => format!("{bytes} bytes"),
                 (_, _, Some(error)) => error.clone(),
                 _ => String::new(),
             };
+            if let Some(url) = &row.url {
+                let item = match (row.listing_page, row.item_index) {
+                    (Some(page), Some(index)) => format!(" (item {index} of page {page})"),
+                    _ => String::new(),
+                };
+                detail = if detail.is_empty() {
+                    format!("{url}{item}")
+                } else {
+                    format!("{url}{item}: {detail}")
+                };
+            }
             writeln!(
                 self.out,
                 "{:>8}  {:<8}  {:>8}  {detail}",
@@ -89,7 +116,10 @@ impl Listing<'_> {
         match (self.json, self.rows) {
             (true, 0) => writeln!(self.out, "[]")?,
             (true, _) => writeln!(self.out, "\n]")?,
-            (false, 0) => writeln!(self.out, "no {state} pages")?,
+            (false, 0) => match state.strip_prefix(crate::control::ops::DETAIL_STAGE) {
+                Some(state) => writeln!(self.out, "no {state} detail pages")?,
+                None => writeln!(self.out, "no {state} pages")?,
+            },
             (false, _) => {}
         }
         Ok(())
@@ -111,6 +141,10 @@ mod tests {
             items: None,
             bytes: None,
             at_ms: Some(17),
+            stage: None,
+            url: None,
+            listing_page: None,
+            item_index: None,
         }
     }
 
@@ -126,6 +160,10 @@ mod tests {
             items: Some(20),
             bytes: Some(4096),
             at_ms: Some(1),
+            stage: None,
+            url: None,
+            listing_page: None,
+            item_index: None,
         };
         let mut bytes = Vec::new();
         let mut listing = Listing {

@@ -13,7 +13,7 @@ use crate::exit_code::Exit;
 
 pub fn command(dir: &Path) -> Result<Exit> {
     let store = match Backend::connect(dir)? {
-        Backend::Direct(store) => store,
+        Backend::Direct(store) => *store,
         Backend::Daemon(_) => {
             return Err(UserError::Busy(format!(
                 "a crawl is running in {}; stop it first (repair needs the state to itself)",

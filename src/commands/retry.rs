@@ -14,8 +14,13 @@ pub fn command(dir: &Path, pages: &[u64]) -> Result<Exit> {
     if asked_daemon && !backend.is_daemon() {
         eprintln!("pagecrawl: note: the running crawl was finishing and took no more pages; they were put back in the state instead");
     }
+    let details = if report.details_moved > 0 {
+        format!(" and {} failed detail pages", report.details_moved)
+    } else {
+        String::new()
+    };
     println!(
-        "{} failed pages back in the queue; {}",
+        "{} failed pages{details} back in the queue; {}",
         report.moved,
         who_fetches(&backend)
     );

@@ -176,7 +176,7 @@ pub fn crawl(config: &Config, dir: &Path, follow: Option<Duration>) -> Result<Ex
     };
     println!(
         "{} {} pages done, {} failed, {} items in {seconds:.2} s ({rate}); output: {}",
-        if summary.interrupted || totals.pending > 0 {
+        if summary.interrupted || totals.pending + totals.detail_pending > 0 {
             "stopped:"
         } else {
             "finished:"
@@ -186,6 +186,12 @@ pub fn crawl(config: &Config, dir: &Path, follow: Option<Duration>) -> Result<Ex
         totals.items,
         summary.output.display()
     );
+    if config.detail.is_some() {
+        println!(
+            "detail pages: {} done, {} pending, {} failed; {} items wait for their detail page",
+            totals.detail_done, totals.detail_pending, totals.detail_failed, totals.waiting
+        );
+    }
     if summary.done > 0 && summary.done != totals.done {
         println!("{} pages were crawled in this run", summary.done);
     }
@@ -212,7 +218,16 @@ pub fn crawl(config: &Config, dir: &Path, follow: Option<Duration>) -> Result<Ex
     // A crawl that ended with pages it could not get is not a success:
     // scripts and systemd should see it (exit 8, as wget's "server issued
     // an error response"). A stopped crawl is not finished: exit 0.
-    if !summary.interrupted && totals.pending == 0 && summary.real_failures > 0 {
+    if totals.detail_failed > 0 {
+        println!(
+            "{} detail pages failed for good: pagecrawl queue --stage detail --state failed --state-dir {}; pagecrawl retry --state-dir {} queues them again",
+            totals.detail_failed,
+            dir.display(),
+            dir.display()
+        );
+    }
+    let settled = totals.pending + totals.detail_pending == 0;
+    if !summary.interrupted && settled && summary.real_failures + totals.detail_failed > 0 {
         return Ok(Exit::FailedPages);
     }
     Ok(Exit::Success)
@@ -533,7 +548,7 @@ fn supervise(
         never()
     };
     let mut window = RateWindow::new(RATE_WINDOW);
-    window.record(Instant::now(), store.counters().done);
+    window.record(Instant::now(), store.counters().tasks_done());
     publish_recent_rate(None);
     let show = |view: &Option<ProgressView>, window: &RateWindow, stopping: bool| {
         if let Some(view) = view {
@@ -579,7 +594,7 @@ fn supervise(
             recv(redraw) -> _ => show(&view, &window, grace_ends.is_some()),
             recv(ticker) -> _ => {
                 let counters = store.counters();
-                window.record(Instant::now(), counters.done);
+                window.record(Instant::now(), counters.tasks_done());
                 publish_recent_rate(window.rate());
                 if let Some(notifier) = notifier {
                     notifier.send(&format!("STATUS={}", status_line(&counters, shared)));
@@ -642,8 +657,16 @@ fn status_line(counters: &Counters, shared: &Shared) -> String {
     } else {
         ""
     };
+    let details = if shared.config().detail.is_some() {
+        format!(
+            ", detail pages {} done, {} pending, {} failed",
+            counters.detail_done, counters.detail_pending, counters.detail_failed
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "{paused}{} done, {} pending, {} failed, {} items, {} retries",
+        "{paused}{} done, {} pending, {} failed{details}, {} items, {} retries",
         counters.done, counters.pending, counters.failed, counters.items, counters.retries
     )
 }

@@ -56,9 +56,14 @@ pub fn render(s: &Status) -> String {
             "idle: no crawl is running; `pagecrawl run` with the same config resumes".to_string()
         }
         ("finished", _) if s.failed_for_good > 0 => format!(
-            "finished with {} failed page{}: `pagecrawl queue --state failed` lists them, `pagecrawl retry` queues them again",
+            "finished with {} failed page{}: `pagecrawl queue --state failed{}` lists them, `pagecrawl retry` queues them again",
             s.failed_for_good,
-            if s.failed_for_good == 1 { "" } else { "s" }
+            if s.failed_for_good == 1 { "" } else { "s" },
+            if s.detail_failed == s.failed_for_good {
+                " --stage detail"
+            } else {
+                ""
+            }
         ),
         ("finished", _) => "finished: nothing pending".to_string(),
         ("damaged", pid) => format!(
@@ -74,6 +79,15 @@ pub fn render(s: &Status) -> String {
         line("job", format!("{url}, pages {range}"));
     }
     line("pages", pages_line(s));
+    if s.detail_stage {
+        line(
+            "details",
+            format!(
+                "{} done, {} pending, {} failed; {} items wait for theirs",
+                s.detail_done, s.detail_pending, s.detail_failed, s.items_waiting
+            ),
+        );
+    }
     line("items", s.items.to_string());
     if let Some(round) = s.round {
         line(
@@ -88,7 +102,7 @@ pub fn render(s: &Status) -> String {
         (None, None) => "no pages committed yet".into(),
     };
     line("rate", rate);
-    if s.pending > 0 {
+    if s.pending + s.detail_pending > 0 {
         let eta = match s.eta_seconds {
             _ if s.open_range && s.open_range_end.is_none() => {
                 "unknown: an open range ends at its first run of empty pages".to_string()
@@ -120,6 +134,21 @@ pub fn render(s: &Status) -> String {
         }
         errors.push_str(&format!(
             "list them: pagecrawl queue --state failed --state-dir {}; retry: pagecrawl retry --state-dir {}",
+            s.state_dir, s.state_dir
+        ));
+        line("errors", errors);
+    }
+    if !s.detail_errors.is_empty() {
+        let mut errors = format!(
+            "{} detail page{} failed:\n",
+            s.detail_failed,
+            if s.detail_failed == 1 { "" } else { "s" }
+        );
+        for error in s.detail_errors.iter().take(TOP_ERRORS) {
+            errors.push_str(&format!("  {} × {}\n", error.pages, error.reason));
+        }
+        errors.push_str(&format!(
+            "list them: pagecrawl queue --stage detail --state failed --state-dir {}; retry: pagecrawl retry --state-dir {}",
             s.state_dir, s.state_dir
         ));
         line("errors", errors);
@@ -246,6 +275,12 @@ mod tests {
             failed_past_end: 0,
             round: None,
             next_round_at: None,
+            detail_stage: false,
+            detail_pending: 0,
+            detail_done: 0,
+            detail_failed: 0,
+            items_waiting: 0,
+            detail_errors: Vec::new(),
         }
     }
 

@@ -196,7 +196,7 @@ pub enum Backend {
     /// A running daemon, over its socket.
     Daemon(PathBuf),
     /// The store, opened by this process.
-    Direct(Store),
+    Direct(Box<Store>),
 }
 
 impl Backend {
@@ -219,7 +219,7 @@ impl Backend {
             // or one is starting or ending): open the state ourselves;
             // sled's lock tells us if a daemon holds it.
             match Store::open_existing(dir) {
-                Ok(store) => return Ok(Backend::Direct(store)),
+                Ok(store) => return Ok(Backend::Direct(Box::new(store))),
                 Err(error)
                     if crate::error::exit_for(&error) == crate::exit_code::Exit::Busy
                         && Instant::now() < deadline =>
@@ -261,7 +261,7 @@ impl Backend {
         };
         let mut link = match Link::open(&socket, &Request::new(command)) {
             Err(error) if error.downcast_ref::<NotTaken>().is_some() => {
-                *self = Backend::Direct(wait_for_release(dir_of(&socket), &error)?);
+                *self = Backend::Direct(Box::new(wait_for_release(dir_of(&socket), &error)?));
                 return self.queue_each(state, limit, each);
             }
             link => link?,
@@ -346,7 +346,7 @@ impl Backend {
             Ok(answer) => Ok(Some(answer)),
             Err(error) if error.downcast_ref::<NotTaken>().is_some() => {
                 let store = wait_for_release(dir_of(socket), &error)?;
-                *self = Backend::Direct(store);
+                *self = Backend::Direct(Box::new(store));
                 Ok(None)
             }
             Err(error) => Err(error),

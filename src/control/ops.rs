@@ -91,6 +91,25 @@ pub struct Status {
     /// seconds since the Unix epoch. Added after 0.1.0.
     #[serde(default)]
     pub next_round_at: Option<u64>,
+    /// Whether the job has a `[detail]` table; the `detail_*` fields and
+    /// `items_waiting` count its second stage (0 without one). With one,
+    /// `rate` and `eta_seconds` cover both stages, and `failed_for_good`
+    /// counts failed detail pages too. Added after 0.1.0.
+    #[serde(default)]
+    pub detail_stage: bool,
+    #[serde(default)]
+    pub detail_pending: u64,
+    #[serde(default)]
+    pub detail_done: u64,
+    #[serde(default)]
+    pub detail_failed: u64,
+    /// Items recorded with their listing page, waiting for their detail
+    /// page to be written.
+    #[serde(default)]
+    pub items_waiting: u64,
+    /// Why detail pages failed, most common first.
+    #[serde(default)]
+    pub detail_errors: Vec<ErrorCount>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -107,7 +126,7 @@ pub fn run_rate(counters: &crate::store::Counters) -> Option<f64> {
     let elapsed_ms = counters
         .last_commit_ms
         .saturating_sub(counters.run_started_ms);
-    let done_in_run = counters.done.saturating_sub(counters.run_done_base);
+    let done_in_run = counters.tasks_done().saturating_sub(counters.run_done_base);
     (elapsed_ms > 0 && done_in_run > 0).then(|| done_in_run as f64 * 1000.0 / elapsed_ms as f64)
 }
 
@@ -138,7 +157,7 @@ pub fn status(store: &Store, daemon: Option<Daemon>) -> Result<Status> {
         _ if damaged.is_some() => "damaged",
         Some(Daemon { paused: true, .. }) => "paused",
         Some(_) => "running",
-        None if counters.pending > 0 => "idle",
+        None if counters.pending + counters.detail_pending > 0 => "idle",
         None => "finished",
     };
     Ok(Status {
@@ -156,7 +175,7 @@ pub fn status(store: &Store, daemon: Option<Daemon>) -> Result<Status> {
         output: job.as_ref().map(|j| j.output.display().to_string()),
         output_bytes: counters.output_len,
         rate,
-        eta_seconds: eta_rate.map(|r| counters.pending as f64 / r),
+        eta_seconds: eta_rate.map(|r| counters.tasks_pending() as f64 / r),
         open_range_end: counters.open_end(),
         errors: store
             .reasons()?
@@ -167,7 +186,7 @@ pub fn status(store: &Store, daemon: Option<Daemon>) -> Result<Status> {
         open_range,
         frontier: open_range.then_some(counters.frontier),
         damaged,
-        failed_for_good: store.real_failures()?,
+        failed_for_good: store.real_failures()? + counters.detail_failed,
         open_range_last_page: counters.open_end().map(|end| end.saturating_sub(1)),
         done_past_end: past_end.done,
         failed_past_end: past_end.failed,
@@ -178,6 +197,16 @@ pub fn status(store: &Store, daemon: Option<Daemon>) -> Result<Status> {
             }
             _ => None,
         },
+        detail_stage: job.as_ref().is_some_and(|j| j.detail.is_some()),
+        detail_pending: counters.detail_pending,
+        detail_done: counters.detail_done,
+        detail_failed: counters.detail_failed,
+        items_waiting: counters.waiting,
+        detail_errors: store
+            .detail_reasons()?
+            .into_iter()
+            .map(|(reason, pages)| ErrorCount { reason, pages })
+            .collect(),
     })
 }
 
@@ -201,9 +230,28 @@ pub struct QueueRow {
     pub bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at_ms: Option<u64>,
+    /// `detail` for a detail page (`page` is then its number in the
+    /// state); absent for a listing page. Added after 0.1.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    /// A detail page's URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// A detail page's first waiting item: its listing page and its index
+    /// there (from 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listing_page: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item_index: Option<u32>,
 }
 
+/// The prefix of a `queue` state that lists detail pages (`detail
+/// failed`): the control protocol's `state` field carries the stage too,
+/// so older daemons refuse it in one line instead of listing pages.
+pub const DETAIL_STAGE: &str = "detail ";
+
 pub fn parse_state(name: &str) -> Result<StateFilter> {
+    let name = name.strip_prefix(DETAIL_STAGE).unwrap_or(name);
     match name {
         "pending" => Ok(StateFilter::Pending),
         "done" => Ok(StateFilter::Done),
@@ -252,6 +300,9 @@ pub fn queue_each_marked(
     each: &mut dyn FnMut(QueueRow) -> Result<()>,
 ) -> Result<()> {
     let filter = parse_state(state)?;
+    if state.starts_with(DETAIL_STAGE) {
+        return detail_rows(store, filter, limit, each);
+    }
     let mut after = None;
     let mut left = limit;
     while left > 0 {
@@ -275,6 +326,69 @@ pub fn queue_each_marked(
     Ok(())
 }
 
+/// [`queue_each`] over detail pages.
+fn detail_rows(
+    store: &Store,
+    filter: StateFilter,
+    limit: usize,
+    each: &mut dyn FnMut(QueueRow) -> Result<()>,
+) -> Result<()> {
+    use crate::store::DetailState;
+    let mut after = None;
+    let mut left = limit;
+    while left > 0 {
+        let batch = store.list_details(filter, after, left.min(QUEUE_STEP))?;
+        let Some(&(last, _, _)) = batch.last() else {
+            break;
+        };
+        left -= batch.len();
+        for (id, state, first) in batch {
+            let mut row = QueueRow {
+                page: id,
+                state: String::new(),
+                attempts: 0,
+                reason: None,
+                error: None,
+                not_before_ms: None,
+                items: None,
+                bytes: None,
+                at_ms: None,
+                stage: Some("detail".into()),
+                url: Some(crate::store::detail::url_of(&state).to_string()),
+                listing_page: first.map(|(page, _)| page),
+                item_index: first.map(|(_, index)| index),
+            };
+            match state {
+                DetailState::Pending(task) => {
+                    row.state = "pending".into();
+                    row.attempts = task.attempts;
+                    row.error = (!task.last_error.is_empty()).then_some(task.last_error);
+                    row.not_before_ms = (task.not_before_ms > 0).then_some(task.not_before_ms);
+                }
+                DetailState::Done(done) => {
+                    row.state = "done".into();
+                    row.attempts = done.attempts;
+                    row.bytes = Some(done.bytes);
+                    row.at_ms = Some(done.at_ms);
+                }
+                DetailState::Failed(failed) => {
+                    row.state = "failed".into();
+                    row.attempts = failed.attempts;
+                    row.reason = Some(failed.kind);
+                    row.error = Some(failed.detail);
+                    row.at_ms = Some(failed.at_ms);
+                }
+            }
+            each(row)?;
+        }
+        if last == u64::MAX {
+            break;
+        }
+        after = Some(last);
+    }
+    Ok(())
+}
+
 fn row_of(page: u64, state: PageState) -> QueueRow {
     let blank = QueueRow {
         page,
@@ -286,6 +400,10 @@ fn row_of(page: u64, state: PageState) -> QueueRow {
         items: None,
         bytes: None,
         at_ms: None,
+        stage: None,
+        url: None,
+        listing_page: None,
+        item_index: None,
     };
     match state {
         PageState::Pending(p) => QueueRow {
@@ -327,12 +445,27 @@ pub struct RetryReport {
     pub moved: u64,
     /// Pages named that were not failed (left as they are).
     pub not_failed: Vec<u64>,
+    /// Failed detail pages queued again (a `retry` without page numbers).
+    /// Added after 0.1.0.
+    #[serde(default)]
+    pub details_moved: u64,
 }
 
 pub fn retry(store: &Store, pages: &[u64]) -> Result<RetryReport> {
     let (moved, not_failed) = store.retry((!pages.is_empty()).then_some(pages))?;
+    // Without page numbers, failed detail pages go back too: their items
+    // wait for them (or, with on_failure = "write", were written without).
+    let details_moved = if pages.is_empty() {
+        store.retry_details(None)?.0
+    } else {
+        0
+    };
     store.flush()?;
-    Ok(RetryReport { moved, not_failed })
+    Ok(RetryReport {
+        moved,
+        not_failed,
+        details_moved,
+    })
 }
 
 /// Where the committed output is, for `export`.

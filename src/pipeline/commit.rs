@@ -163,15 +163,14 @@ fn flush(
                 }
                 pending.push(state);
             }
-            Some(Task::Detail(id)) => {
-                if !tasks_in_group.insert(Task::Detail(id)) || !store.detail_is_pending(id)? {
-                    log::warn!(
-                        "detail page {id} was already settled; its second result is dropped"
-                    );
-                    notices.push(Settled::Finished(Task::Detail(id)));
-                    continue;
-                }
+            Some(Task::Detail(id))
+                if !tasks_in_group.insert(Task::Detail(id)) || !store.detail_is_pending(id)? =>
+            {
+                log::warn!("detail page {id} was already settled; its second result is dropped");
+                notices.push(Settled::Finished(Task::Detail(id)));
+                continue;
             }
+            Some(Task::Detail(_)) => {}
             None => {}
         }
         match message {

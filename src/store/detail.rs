@@ -81,6 +81,10 @@ pub struct WaitingItem {
     pub values: Vec<String>,
 }
 
+/// A detail page as `queue` lists it: its number, state, and the first
+/// item waiting for it (listing page, index there).
+pub type DetailRow = (u64, DetailState, Option<(u64, u32)>);
+
 /// A settled detail page, as the commit stage records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DetailSettle {
@@ -196,7 +200,7 @@ impl Store {
         filter: super::StateFilter,
         after: Option<u64>,
         limit: usize,
-    ) -> Result<Vec<(u64, DetailState, Option<(u64, u32)>)>> {
+    ) -> Result<Vec<DetailRow>> {
         let states: Vec<(u64, DetailState)> = match filter {
             super::StateFilter::Pending => self
                 .details_after::<DetailTask>(DETAIL_PENDING, after, limit)?
@@ -354,8 +358,11 @@ impl Store {
             next.waiting += 1;
         }
         for &(detail, page, index) in &details.waiting_written {
-            batch.remove(&waiting_key(detail, page, index)[..]);
-            next.waiting = next.waiting.saturating_sub(1);
+            let key = waiting_key(detail, page, index);
+            if self.tree.contains_key(key)? {
+                batch.remove(&key[..]);
+                next.waiting -= 1;
+            }
         }
         let mut seen = HashSet::new();
         for settle in &details.settled {
@@ -425,5 +432,157 @@ pub fn url_of(state: &DetailState) -> &str {
         DetailState::Pending(task) => &task.url,
         DetailState::Done(done) => &done.url,
         DetailState::Failed(failed) => &failed.url,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::range::PageRange;
+    use crate::store::{Fingerprint, PendingAs, Settle};
+
+    fn listing_done(page: u64, keys: &[&str]) -> Settle {
+        Settle::Done {
+            page,
+            attempts: 1,
+            items: 0,
+            extracted: keys.len() as u32,
+            bytes: 10,
+            keys: keys.iter().map(|k| k.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn detail_pages_and_waiting_items_move_with_their_counters_in_one_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let job = crate::store::tests::job();
+        store
+            .set_job(
+                &job,
+                &PageRange::Closed { start: 1, end: 2 },
+                Fingerprint(1),
+            )
+            .unwrap();
+        let item = |detail, index| WaitingItem {
+            detail,
+            page: 1,
+            index,
+            values: vec![format!("v{index}")],
+        };
+        // Page 1: two items link to detail 0, one to detail 1 (refused).
+        let first = DetailCommit {
+            created: vec![(0, "http://x/d/0".into())],
+            refused: vec![(
+                1,
+                DetailFailed {
+                    url: "http://elsewhere/d".into(),
+                    kind: "other host".into(),
+                    ..DetailFailed::default()
+                },
+            )],
+            waiting_added: vec![item(0, 0), item(0, 1), item(1, 2)],
+            next_id: 2,
+            ..DetailCommit::default()
+        };
+        store
+            .commit_known(
+                &[listing_done(1, &["a", "b", "c"])],
+                &[Some(PendingAs::InRange)],
+                &first,
+                (0, Fingerprint(1)),
+                None,
+            )
+            .unwrap();
+        let counters = store.counters();
+        assert_eq!(
+            (
+                counters.detail_pending,
+                counters.detail_failed,
+                counters.waiting,
+                counters.detail_next
+            ),
+            (1, 1, 3, 2)
+        );
+        assert_eq!(store.recount_details(), (1, 0, 1, 3));
+        assert!(
+            store.has_item_key("b").unwrap(),
+            "keys are claimed when their items wait"
+        );
+        assert_eq!(store.waiting_for(0).unwrap(), vec![item(0, 0), item(0, 1)]);
+        assert_eq!(
+            store.pages_with_waiting_items().unwrap(),
+            HashSet::from([1])
+        );
+        let (id, state) = store.detail_by_url("http://x/d/0").unwrap().unwrap();
+        assert!(matches!(state, DetailState::Pending(_)) && id == 0);
+        let listed = store
+            .list_details(crate::store::StateFilter::Failed, None, 10)
+            .unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(
+            listed[0].2,
+            Some((1, 2)),
+            "a failed detail page names its item"
+        );
+
+        // Detail 0 comes in: its two items are written, in the same batch.
+        let values = DetailValues {
+            fields: vec!["vendor".into()],
+            lists: vec![vec!["t".into()]],
+        };
+        let second = DetailCommit {
+            waiting_written: vec![(0, 1, 0), (0, 1, 1)],
+            settled: vec![DetailSettle::Done {
+                id: 0,
+                done: DetailDone {
+                    url: "http://x/d/0".into(),
+                    attempts: 1,
+                    bytes: 7,
+                    values: values.clone(),
+                    ..DetailDone::default()
+                },
+            }],
+            items_written: 2,
+            next_id: 2,
+            ..DetailCommit::default()
+        };
+        store
+            .commit_known(&[], &[], &second, (100, Fingerprint(2)), None)
+            .unwrap();
+        // A second result for the same detail page is not recorded twice
+        // (the commit stage writes no items for it: it checks first).
+        let again = DetailCommit {
+            items_written: 0,
+            ..second.clone()
+        };
+        store
+            .commit_known(&[], &[], &again, (100, Fingerprint(2)), None)
+            .unwrap();
+        let counters = store.counters();
+        assert_eq!(
+            (
+                counters.detail_pending,
+                counters.detail_done,
+                counters.waiting,
+                counters.items
+            ),
+            (0, 1, 1, 2)
+        );
+        assert_eq!(store.recount_details(), (0, 1, 1, 1));
+        match store.detail_state(0).unwrap() {
+            Some(DetailState::Done(done)) => assert_eq!(done.values, values),
+            other => panic!("{other:?}"),
+        }
+
+        // `retry` puts the refused one back; its item still waits.
+        assert_eq!(store.retry_details(Some(&[1, 5])).unwrap(), (1, vec![5]));
+        let counters = store.counters();
+        assert_eq!((counters.detail_pending, counters.detail_failed), (1, 0));
+        assert_eq!(
+            store.detail_pending_after(None, 10).unwrap()[0].1.url,
+            "http://elsewhere/d"
+        );
+        assert_eq!(store.recount_details(), (1, 1, 0, 1));
     }
 }

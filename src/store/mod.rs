@@ -535,7 +535,8 @@ impl Store {
             next.output_fingerprint = output.0;
         }
         next.run_started_ms = now_ms();
-        next.run_done_base = next.done;
+        // Both stages: the rate is of pages fetched, listing or detail.
+        next.run_done_base = next.tasks_done();
         self.tree
             .insert(named_key(META, COUNTERS_KEY), next.encode())?;
         *counters = next;

@@ -295,6 +295,28 @@ impl Counters {
         }
     }
 
+    /// Listing and detail pages done.
+    pub fn tasks_done(&self) -> u64 {
+        self.done + self.detail_done
+    }
+
+    /// Listing and detail pages failed for good.
+    pub fn tasks_failed(&self) -> u64 {
+        self.failed + self.detail_failed
+    }
+
+    /// Listing and detail pages still to fetch: those queued, and the
+    /// detail pages the pending listing pages will add at the rate seen so
+    /// far (none before a listing page is done).
+    pub fn tasks_pending(&self) -> u64 {
+        let details = self.detail_done + self.detail_pending + self.detail_failed;
+        let expected = match self.done {
+            0 => 0,
+            done => (self.pending as u128 * details as u128 / done as u128) as u64,
+        };
+        self.pending + self.detail_pending + expected
+    }
+
     /// The page an open range ended at, once found.
     pub fn open_end(&self) -> Option<u64> {
         self.open_end_plus_one.checked_sub(1)
