@@ -279,6 +279,14 @@ pub const KEYS: &[KeyDoc] = &[
         range: "true or false",
         value: "false",
     },
+    KeyDoc {
+        name: "detail",
+        group: "Detail pages",
+        explanation: "Follow each item to the page its `link` field names and merge the named groups of `pattern` (first match) into the item; `collect` lists a field per match, `hosts` other hosts links may name, `on_failure` \"wait\" or \"write\". Also written as a [detail] table at the end of the file. See README.md, \"Detail pages\".",
+        default: "none",
+        range: "link a field of pattern; pattern and each collect pattern with groups clashing with no item field; at most 64 collect and 256 hosts; on_failure wait or write",
+        value: r#"{ link = "url", pattern = '<dd class="vendor">(?P<vendor>[^<]+)</dd>', collect = { tags = '<a class="tag">(?P<tags>[^<]+)</a>' } }"#,
+    },
 ];
 
 /// The job-specific part of a generated config.
