@@ -67,7 +67,26 @@ pub fn command(config_path: &Path, page: u64, view: View) -> Result<Exit> {
     );
     let source = CharsetSource::of(response.content_type.as_deref(), &response.body);
     let extractor = Extractor::new(config.pattern.clone());
-    let items = extractor.extract(&text);
+    let mut items = extractor.extract(&text);
+    // As the crawl writes them: `absolute` fields (and a detail link)
+    // resolved against the page's URL.
+    if let Ok(base) = url::Url::parse(&url) {
+        for item in &mut items {
+            for &index in &config.absolute {
+                if let Some(link) = crate::pipeline::absolute(&base, &item[index]) {
+                    item[index] = link;
+                }
+            }
+        }
+    }
+    if let (Some(detail), false) = (&config.detail, items.is_empty()) {
+        eprintln!(
+            "pagecrawl: page {page}: {} items from {url}; following the first {} to their detail pages",
+            items.len(),
+            items.len().min(DETAIL_TRIES)
+        );
+        return try_details(&config, detail, page, &items, view);
+    }
     match view {
         View::Jsonl => super::write_stdout(&render(Format::Jsonl, page, &config.fields, &items))?,
         View::Pretty { color } => {
@@ -106,6 +125,101 @@ pub fn command(config_path: &Path, page: u64, view: View) -> Result<Exit> {
         );
     }
     Ok(Exit::Success)
+}
+
+/// How many items `try` follows to their detail pages.
+const DETAIL_TRIES: usize = 3;
+
+/// `try` with `[detail]`: the first items merged with their detail
+/// pages, and where the detail pattern fails on one. Exit 1 when any
+/// shown item's detail page failed or matched nothing.
+fn try_details(
+    config: &Config,
+    detail: &crate::config::detail::Detail,
+    page: u64,
+    items: &[Vec<String>],
+    view: View,
+) -> Result<Exit> {
+    use crate::output::{render_merged, Merge};
+    let fetcher = Fetcher::new(config);
+    let mut failed = false;
+    let mut out = Vec::new();
+    for (index, item) in items.iter().take(DETAIL_TRIES).enumerate() {
+        let link = &item[detail.link];
+        let fetched = fetcher.fetch(link);
+        let response = match fetched {
+            Ok(response) => response,
+            Err(e) => {
+                failed = true;
+                eprintln!(
+                    "pagecrawl: item {index}: detail page {link}: {e}{}",
+                    fetch_hint(&e)
+                );
+                continue;
+            }
+        };
+        let (text, _) = charset::decode(
+            response.content_type.as_deref(),
+            &response.body,
+            config.charset,
+        );
+        match crate::pipeline::detail_values(detail, &text) {
+            Some(values) => {
+                let empty: Vec<&str> = detail
+                    .fields
+                    .iter()
+                    .zip(&values.fields)
+                    .filter(|(_, v)| v.is_empty())
+                    .map(|(name, _)| name.as_str())
+                    .collect();
+                if !empty.is_empty() {
+                    eprintln!(
+                        "pagecrawl: item {index}: on {link} the detail pattern left {} empty",
+                        empty.join(", ")
+                    );
+                }
+                match view {
+                    View::Jsonl => render_merged(
+                        &mut out,
+                        Format::Jsonl,
+                        page,
+                        &config.fields,
+                        item,
+                        detail,
+                        Merge::Values(&values),
+                    ),
+                    View::Pretty { .. } => {
+                        out.extend_from_slice(format!("item {index} (page {page})\n").as_bytes());
+                        let names = config.fields.iter().chain(&detail.fields);
+                        for (name, value) in names.zip(item.iter().chain(&values.fields)) {
+                            out.extend_from_slice(
+                                format!("  {name:<12} {}\n", printable(value)).as_bytes(),
+                            );
+                        }
+                        for ((name, _), list) in detail.collect.iter().zip(&values.lists) {
+                            let list: Vec<String> =
+                                list.iter().map(|v| printable(v).into_owned()).collect();
+                            out.extend_from_slice(
+                                format!("  {name:<12} [{}]\n", list.join(", ")).as_bytes(),
+                            );
+                        }
+                    }
+                }
+            }
+            None => {
+                failed = true;
+                let hints = no_match_hints(detail.pattern.as_str(), &text, link).replacen(
+                    "the pattern matched",
+                    "the detail pattern matched",
+                    1,
+                );
+                eprintln!("pagecrawl: item {index}: detail page {link}:");
+                eprint!("{hints}");
+            }
+        }
+    }
+    super::write_stdout(&out)?;
+    Ok(if failed { Exit::Failure } else { Exit::Success })
 }
 
 /// When page `page` (past the first) matched nothing but page 1 has

@@ -21,6 +21,7 @@
 
 mod commit;
 mod feeder;
+pub(crate) use parse::{absolute, detail_values};
 mod fetch;
 mod gate;
 mod parse;

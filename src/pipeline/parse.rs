@@ -189,7 +189,7 @@ pub(crate) fn detail_values(
 /// A link as the page wrote it, resolved against the page's URL as a
 /// browser does (`bug.php?id=1`, `/bugs/1`, `//host/x`, `../x`). An empty
 /// value stays empty, and one `Url::join` refuses stays as written.
-pub(super) fn absolute(base: &url::Url, link: &str) -> Option<String> {
+pub(crate) fn absolute(base: &url::Url, link: &str) -> Option<String> {
     if link.is_empty() {
         return None;
     }
