@@ -1026,3 +1026,85 @@ mod tests {
         assert_eq!(page_of_line(Format::Csv, b"7a,b\n"), None);
     }
 }
+
+#[cfg(test)]
+mod merge_tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::store::DetailValues;
+
+    fn config(on_failure: &str) -> Config {
+        Config::parse(
+            &format!(
+                "url = \"http://h/{{page}}\"\npages = \"1\"\npattern = '(?P<a>a)(?P<b>b)'\n[detail]\nlink = \"a\"\npattern = '(?P<c>c)(?P<d>d)'\ncollect = {{ e = '(?P<e>e)', f = '(?P<f>f)' }}\non_failure = \"{on_failure}\"\n"
+            ),
+            "t.toml".as_ref(),
+        )
+        .unwrap()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+        /// Whatever the values, a merged item is one JSON object with every
+        /// field once (lists as arrays), or one CSV record with every
+        /// column; a failed one carries its reason instead.
+        #[test]
+        fn merged_items_hold_every_field_once_in_both_formats(
+            values in proptest::collection::vec("\\PC{0,12}|[\"\\\\,\n\r]{0,3}", 2),
+            fields in proptest::collection::vec("\\PC{0,12}|[\"\\\\,\n]{0,3}", 2),
+            lists in proptest::collection::vec(proptest::collection::vec("\\PC{0,6}|[\",\n]", 0..4), 2),
+            reason in "\\PC{0,20}",
+            page in 1u64..u64::MAX,
+        ) {
+            for on_failure in ["wait", "write"] {
+                let config = config(on_failure);
+                let detail = config.detail.as_ref().unwrap();
+                let got = DetailValues { fields: fields.clone(), lists: lists.clone() };
+                let mut merges = vec![Merge::Values(&got)];
+                if on_failure == "write" {
+                    merges.push(Merge::Failed(&reason));
+                }
+                for merge in merges {
+                    let mut line = Vec::new();
+                    render_merged(&mut line, Format::Jsonl, page, &config.fields, &values, detail, merge);
+                    proptest::prop_assert!(line.ends_with(b"\n") && line.iter().filter(|&&b| b == b'\n').count() == 1);
+                    let object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&line).unwrap();
+                    proptest::prop_assert_eq!(object["page"].as_u64(), Some(page));
+                    proptest::prop_assert_eq!(object["a"].as_str(), Some(values[0].as_str()));
+                    proptest::prop_assert_eq!(object["b"].as_str(), Some(values[1].as_str()));
+                    match merge {
+                        Merge::Values(_) => {
+                            proptest::prop_assert_eq!(object.len(), 7);
+                            proptest::prop_assert_eq!(object["c"].as_str(), Some(fields[0].as_str()));
+                            proptest::prop_assert_eq!(object["d"].as_str(), Some(fields[1].as_str()));
+                            let e: Vec<String> = serde_json::from_value(object["e"].clone()).unwrap();
+                            let f: Vec<String> = serde_json::from_value(object["f"].clone()).unwrap();
+                            proptest::prop_assert_eq!(&e, &lists[0]);
+                            proptest::prop_assert_eq!(&f, &lists[1]);
+                        }
+                        Merge::Failed(why) => {
+                            proptest::prop_assert_eq!(object.len(), 4);
+                            proptest::prop_assert_eq!(object["detail_error"].as_str(), Some(why));
+                        }
+                    }
+                    let mut row = Vec::new();
+                    render_merged(&mut row, Format::Csv, page, &config.fields, &values, detail, merge);
+                    let header = csv_header(&config.columns());
+                    let mut both = header.clone();
+                    both.extend_from_slice(&row);
+                    let mut reader = csv::Reader::from_reader(&both[..]);
+                    let records: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
+                    proptest::prop_assert_eq!(records.len(), 1);
+                    let record = &records[0];
+                    proptest::prop_assert_eq!(record.len(), 1 + config.columns().len());
+                    proptest::prop_assert_eq!(&record[1], values[0].as_str());
+                    if let Merge::Values(_) = merge {
+                        let e: Vec<String> = serde_json::from_str(&record[5]).unwrap();
+                        proptest::prop_assert_eq!(&e, &lists[0]);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -199,3 +199,57 @@ fn clash(name: &str) -> String {
         shown(name)
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use std::path::Path;
+
+    const LISTING: &str = "url = \"http://127.0.0.1:1/list?page={page}\"\npages = \"1..=3\"\npattern = '<a href=\"(?P<url>[^\"]+)\">(?P<title>[^<]+)</a>'\n";
+
+    fn parse(detail: &str) -> Result<Config, String> {
+        Config::parse(&format!("{LISTING}{detail}"), Path::new("/etc/job.toml"))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_detail_table_is_checked_against_the_listings_fields() {
+        let config = parse(
+            "[detail]\nlink = \"url\"\npattern = '<b>(?P<vendor>[^<]+)</b>'\ncollect = { tags = '<i>(?P<tags>[^<]+)</i>' }\nhosts = [\"CDN.example.com\"]\non_failure = \"write\"\n",
+        )
+        .unwrap();
+        let detail = config.detail.as_ref().unwrap();
+        assert_eq!(detail.link, 0);
+        assert_eq!(detail.fields, ["vendor"]);
+        assert!(detail.allows_host("cdn.EXAMPLE.com") && !detail.allows_host("example.com"));
+        assert_eq!(config.absolute, [0], "the link is always resolved");
+        assert_eq!(
+            config.columns(),
+            ["url", "title", "vendor", "tags", "detail_error"]
+        );
+        let inline =
+            parse("detail = { link = \"url\", pattern = '<b>(?P<vendor>[^<]+)</b>' }\n").unwrap();
+        assert_eq!(inline.columns(), ["url", "title", "vendor"]);
+        assert_ne!(inline.detail.unwrap().identity, detail.identity);
+
+        for (table, says) in [
+            ("link = \"href\"\npattern = '(?P<v>x)'", "key 'detail.link': 'href' is not a named group of the listing pattern (groups: url, title)"),
+            ("link = \"url\"\npattern = '(?P<title>x)'", "key 'detail.pattern': 'title' is already a field of the item"),
+            ("link = \"url\"\npattern = 'x'", "key 'detail.pattern': has no named group"),
+            ("link = \"url\"\npattern = '(?P<v>x*)'", "key 'detail.pattern': can match the empty string"),
+            ("link = \"url\"\npattern = '(?P<v>x)'\ncollect = { v = '(?P<v>y)' }", "key 'detail.collect': 'v' is already a field"),
+            ("link = \"url\"\npattern = '(?P<v>x)'\ncollect = { tags = '(?P<tag>y)' }", "list 'tags': the pattern has no group named after it"),
+            ("link = \"url\"\npattern = '(?P<v>x)'\ncollect = { tags = '(?P<tags>y' }", "list 'tags': the pattern not a valid regular expression"),
+            ("link = \"url\"\npattern = '(?P<detail_error>x)'\non_failure = \"write\"", "holds a failed detail page's reason"),
+            ("link = \"url\"\npattern = '(?P<v>x)'\non_failure = \"skip\"", "'skip' is not a failure policy"),
+            ("link = \"url\"\npattern = '(?P<v>x)'\nhosts = [\"http://cdn\"]", "'http://cdn' is not a host name"),
+            ("link = \"url\"\npattern = '(?P<v>x)'\nretries = 3", "unknown field `retries`"),
+        ] {
+            let err = parse(&format!("[detail]\n{table}\n")).unwrap_err();
+            assert!(err.contains(says), "{err}\n  lacks: {says}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+        let err = parse("[detail]\npattern = '(?P<v>x)'\n").unwrap_err();
+        assert!(err.contains("link"), "{err}");
+    }
+}
