@@ -209,14 +209,22 @@ pub(super) fn run(
         let mut wait = retries.peek().map_or(TICK, |Reverse((due, _, _))| {
             due.saturating_duration_since(Instant::now()).min(TICK)
         });
-        if drained && in_flight.is_empty() && store.counters().detail_pending > 0 {
+        let details_left = store.counters().detail_pending > 0;
+        if drained && in_flight.is_empty() && details_left && (paused || details.rescan_if_idle()) {
             // Detail pages pending that no scan handed out (numbered
             // before the cursor, e.g. queued again by `retry`): look again
-            // from the first; a scan that hands none out waits a tick.
-            if details.rescan_if_idle() {
+            // from the first. Paused, wait. A scan from the first that
+            // hands none out ends the run as below (the count is wrong).
+            if !paused {
                 continue;
             }
         } else if drained && in_flight.is_empty() {
+            if details_left {
+                log::warn!(
+                    "the state counts {} detail pages pending but none is queued; ending the run",
+                    store.counters().detail_pending
+                );
+            }
             let Some(every) = config.follow else {
                 // Pages enqueued since the last scan keep the run going.
                 if shared.close_intake() {
