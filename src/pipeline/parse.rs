@@ -146,7 +146,8 @@ impl Parser {
 
 /// A detail page's values: each field of the pattern from the first match
 /// in which its group takes part, and each list over every match of its
-/// pattern; `None` when the pattern matches nothing on the page.
+/// pattern, HTML-unescaped and trimmed as listing fields are; `None` when
+/// the pattern matches nothing on the page.
 pub(crate) fn detail_values(
     detail: &crate::config::detail::Detail,
     text: &str,
@@ -159,7 +160,7 @@ pub(crate) fn detail_values(
         for (slot, name) in fields.iter_mut().zip(&names) {
             if slot.is_none() {
                 if let Some(value) = captures.name(name) {
-                    *slot = Some(value.as_str().to_string());
+                    *slot = Some(crate::extract::clean(value.as_str()));
                 }
             }
         }
@@ -176,7 +177,7 @@ pub(crate) fn detail_values(
         .map(|(name, regex)| {
             regex
                 .captures_iter(text)
-                .filter_map(|c| c.name(name).map(|m| m.as_str().to_string()))
+                .filter_map(|c| c.name(name).map(|m| crate::extract::clean(m.as_str())))
                 .collect()
         })
         .collect();

@@ -407,19 +407,6 @@ impl Store {
         next.detail_next = next.detail_next.max(details.next_id);
         Ok(())
     }
-
-    /// Test help: recounts the detail stage's keyspaces (pending, done,
-    /// failed, waiting).
-    #[cfg(test)]
-    pub(crate) fn recount_details(&self) -> (u64, u64, u64, u64) {
-        let count = |prefix: u8| self.tree.scan_prefix([prefix]).count() as u64;
-        (
-            count(DETAIL_PENDING),
-            count(DETAIL_DONE),
-            count(DETAIL_FAILED),
-            count(WAITING),
-        )
-    }
 }
 
 fn waiting_prefix(id: u64) -> [u8; 9] {
@@ -440,6 +427,11 @@ mod tests {
     use super::*;
     use crate::range::PageRange;
     use crate::store::{Fingerprint, PendingAs, Settle};
+
+    fn recount(store: &Store) -> (u64, u64, u64, u64) {
+        let c = store.recount().unwrap();
+        (c.detail_pending, c.detail_done, c.detail_failed, c.waiting)
+    }
 
     fn listing_done(page: u64, keys: &[&str]) -> Settle {
         Settle::Done {
@@ -504,7 +496,7 @@ mod tests {
             ),
             (1, 1, 3, 2)
         );
-        assert_eq!(store.recount_details(), (1, 0, 1, 3));
+        assert_eq!(recount(&store), (1, 0, 1, 3));
         assert!(
             store.has_item_key("b").unwrap(),
             "keys are claimed when their items wait"
@@ -569,7 +561,7 @@ mod tests {
             ),
             (0, 1, 1, 2)
         );
-        assert_eq!(store.recount_details(), (0, 1, 1, 1));
+        assert_eq!(recount(&store), (0, 1, 1, 1));
         match store.detail_state(0).unwrap() {
             Some(DetailState::Done(done)) => assert_eq!(done.values, values),
             other => panic!("{other:?}"),
@@ -583,6 +575,6 @@ mod tests {
             store.detail_pending_after(None, 10).unwrap()[0].1.url,
             "http://elsewhere/d"
         );
-        assert_eq!(store.recount_details(), (1, 1, 0, 1));
+        assert_eq!(recount(&store), (1, 1, 0, 1));
     }
 }

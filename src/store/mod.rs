@@ -550,6 +550,11 @@ impl Store {
         counted.pending = self.tree.scan_prefix([PENDING]).count() as u64 + self.count_lazy()?;
         counted.done = self.tree.scan_prefix([DONE]).count() as u64;
         counted.failed = self.tree.scan_prefix([FAILED]).count() as u64;
+        let count = |prefix: u8| self.tree.scan_prefix([prefix]).count() as u64;
+        counted.detail_pending = count(keys::DETAIL_PENDING);
+        counted.detail_done = count(keys::DETAIL_DONE);
+        counted.detail_failed = count(keys::DETAIL_FAILED);
+        counted.waiting = count(keys::WAITING);
         Ok(counted)
     }
 

@@ -1,0 +1,470 @@
+//! Detail pages (`[detail]`): every item written once with its detail
+//! fields, across `kill -9` on both stages; one politeness budget; a detail
+//! page fetched once however many items link to it; failures kept, listed
+//! and retried; memory bounded with 1,000 items on one listing page.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use pagecrawl::fixture::wooyun::{self, Bug, Detail};
+use pagecrawl::fixture::{Charset, Faults, Site};
+use pagecrawl::store::Store;
+use serde_json::{json, Value};
+
+use crate::harness::*;
+
+/// The `detail` line of a job on the mirror: the fixture's patterns.
+pub fn detail_line(on_failure: &str) -> String {
+    format!(
+        "detail = {{ link = \"url\", pattern = '{}', collect = {{ tags = '{}', timeline = '{}' }}, on_failure = \"{on_failure}\" }}",
+        wooyun::DETAIL_PATTERN,
+        wooyun::TAGS_PATTERN,
+        wooyun::TIMELINE_PATTERN
+    )
+}
+
+/// The item pagecrawl should write for `bug` (its detail page's fields, or
+/// the failure's reason when `failed` names one), as a JSON object.
+fn expected_item(job: &Job, bug: &Bug, detail: Option<&Detail>) -> Value {
+    let mut item = json!({
+        "page": bug.page,
+        "date": bug.date,
+        "url": format!("http://{}{}", job.server.addr(), bug.url),
+        "title": bug.title,
+        "author": bug.author,
+    });
+    if let Some(d) = detail {
+        let object = item.as_object_mut().unwrap();
+        object.insert("vendor".into(), json!(d.vendor));
+        object.insert("type".into(), json!(d.kind));
+        object.insert("severity".into(), json!(d.severity));
+        object.insert("status".into(), json!(d.status));
+        object.insert("description".into(), json!(d.description));
+        object.insert("tags".into(), json!(d.tags));
+        object.insert("timeline".into(), json!(d.timeline));
+    }
+    item
+}
+
+/// The output's items, keyed by URL; fails on an item written twice.
+fn output_items(job: &Job) -> BTreeMap<String, Value> {
+    let text = std::fs::read_to_string(job.output_path("items.jsonl")).unwrap_or_default();
+    let mut items = BTreeMap::new();
+    for line in text.lines() {
+        let item: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let url = item["url"].as_str().unwrap().to_string();
+        if let Some(first) = items.insert(url.clone(), item.clone()) {
+            panic!("{url} written twice:\n  {first}\n  {item}");
+        }
+    }
+    items
+}
+
+/// Compares the output with what the generator says, item by item, with a
+/// short report of what differs.
+fn assert_items(actual: &BTreeMap<String, Value>, expected: &BTreeMap<String, Value>) {
+    let missing: Vec<&String> = expected.keys().filter(|k| !actual.contains_key(*k)).collect();
+    let extra: Vec<&String> = actual.keys().filter(|k| !expected.contains_key(*k)).collect();
+    let differ: Vec<String> = expected
+        .iter()
+        .filter_map(|(k, v)| {
+            actual
+                .get(k)
+                .filter(|a| *a != v)
+                .map(|a| format!("{k}:\n  got      {a}\n  expected {v}"))
+        })
+        .take(3)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty() && differ.is_empty(),
+        "{} missing (e.g. {:?}), {} unexpected (e.g. {:?}), differing: {}",
+        missing.len(),
+        missing.iter().take(3).collect::<Vec<_>>(),
+        extra.len(),
+        extra.iter().take(3).collect::<Vec<_>>(),
+        differ.join("\n")
+    );
+}
+
+fn expected_items(job: &Job, with_failed: Option<&str>) -> BTreeMap<String, Value> {
+    job.site
+        .expected_with_details()
+        .into_iter()
+        .filter_map(|(bug, detail)| {
+            let mut item = expected_item(job, &bug, detail.as_ref());
+            match (&detail, with_failed) {
+                (Some(_), _) => {}
+                (None, None) => return None,
+                (None, Some(reason)) => {
+                    let text = item.as_object_mut().unwrap();
+                    text.insert("detail_error".into(), json!(reason));
+                }
+            }
+            Some((item["url"].as_str().unwrap().to_string(), item))
+        })
+        .collect()
+}
+
+#[test]
+fn every_item_is_written_once_with_its_detail_fields() {
+    let site = Site {
+        pages: 12,
+        detail_not_found: 0.05,
+        gbk_details: 0.3,
+        charset: Charset::GbkMeta,
+        ..Site::default()
+    };
+    let job = Job::new(site)
+        .concurrency(6)
+        .with("retries = 1")
+        .with(&detail_line("wait"));
+    let output = job.run_with_failures();
+    let missing = job
+        .site
+        .expected_with_details()
+        .iter()
+        .filter(|(_, d)| d.is_none())
+        .count() as u64;
+    assert!(missing > 0, "the site has 404 detail pages");
+    assert!(
+        stdout(&output).contains(&format!("{missing} detail pages failed for good")),
+        "{}",
+        stdout(&output)
+    );
+    assert_items(&output_items(&job), &expected_items(&job, None));
+    let status = job.status();
+    assert_eq!(status["detail_stage"], true);
+    assert_eq!(status["done"], 12);
+    assert_eq!(status["pending"], 0);
+    assert_eq!(status["detail_pending"], 0);
+    assert_eq!(status["detail_failed"], missing);
+    assert_eq!(status["items_waiting"], missing, "their items wait: {status}");
+    assert_eq!(status["detail_done"], 12 * 20 - missing);
+    assert_eq!(status["failed_for_good"], missing);
+    assert_eq!(status["detail_errors"][0]["reason"], "HTTP 404");
+    // Each detail page was asked for once (no faults here), each listing
+    // page once.
+    let stats = job.server.stats();
+    assert_eq!(stats.detail_requests(), 12 * 20);
+    assert_eq!(stats.listing_requests(), 12);
+
+    // The failed ones are listed with their item, and a retry gets them
+    // once the site answers.
+    let listed = job.exec(&["queue", "--stage", "detail", "--state", "failed", "--json"]);
+    assert_success(&listed);
+    let rows: Vec<Value> = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(rows.len() as u64, missing);
+    assert!(rows.iter().all(|r| r["stage"] == "detail"
+        && r["reason"] == "HTTP 404"
+        && r["listing_page"].as_u64().is_some_and(|p| (1..=12).contains(&p))
+        && r["url"].as_str().unwrap().contains("/bugs/wooyun-")));
+    job.server.update(|site| site.detail_not_found = 0.0);
+    let retried = job.exec(&["retry"]);
+    assert_success(&retried);
+    assert!(
+        stdout(&retried).contains(&format!("{missing} failed detail pages back")),
+        "{}",
+        stdout(&retried)
+    );
+    job.run_ok();
+    let mut all = expected_items(&job, None);
+    let everything = Site {
+        detail_not_found: 0.0,
+        ..job.site.clone()
+    };
+    for (bug, detail) in everything.expected_with_details() {
+        let item = expected_item(&job, &bug, detail.as_ref());
+        all.insert(item["url"].as_str().unwrap().to_string(), item);
+    }
+    assert_items(&output_items(&job), &all);
+    let status = job.status();
+    assert_eq!((status["items_waiting"].as_u64(), status["detail_failed"].as_u64()), (Some(0), Some(0)));
+    let store = Store::open_existing(&job.state_dir()).unwrap();
+    assert_eq!(store.recount().unwrap(), store.counters());
+}
+
+#[test]
+fn with_on_failure_write_an_item_is_written_with_its_reason() {
+    let site = Site {
+        pages: 5,
+        detail_not_found: 0.1,
+        ..Site::default()
+    };
+    let job = Job::new(site).with("retries = 0").with(&detail_line("write"));
+    job.run_with_failures();
+    let items = output_items(&job);
+    let failed: Vec<&Value> = items.values().filter(|i| i.get("detail_error").is_some()).collect();
+    assert!(!failed.is_empty());
+    let reason = failed[0]["detail_error"].as_str().unwrap().to_string();
+    assert!(reason.starts_with("HTTP 404 from http://"), "{reason}");
+    for item in &failed {
+        assert!(item.get("vendor").is_none(), "{item}");
+    }
+    // Every reason names its own page; compare without it.
+    let mut normalised = items.clone();
+    for item in normalised.values_mut() {
+        if let Some(reason) = item.get_mut("detail_error") {
+            *reason = json!("failed");
+        }
+    }
+    assert_items(&normalised, &expected_items(&job, Some("failed")));
+    assert_eq!(job.status()["items_waiting"], 0);
+}
+
+#[test]
+fn a_detail_page_linked_twice_is_fetched_once_and_follow_fetches_only_new_items_details() {
+    // Newer reports push the listing down: page 2's first item was page
+    // 1's last. With key = "url" it is written once and its detail page
+    // fetched once; a follow round fetches only the new items' details.
+    let site = Site {
+        pages: 4,
+        ..Site::default()
+    };
+    let job = Job::new(site)
+        .with("key = \"url\"")
+        .with("follow = \"300ms\"")
+        .with(&detail_line("wait"));
+    let child = job.spawn_run();
+    let stats = || job.server.stats();
+    assert!(wait_until(Duration::from_secs(60), || stats().detail_requests() >= 80));
+    // Round 2 comes with three new reports on top.
+    job.server.update(|site| site.new_on_top = 3);
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            let status = job.status();
+            status["detail_done"].as_u64() >= Some(83) && status["items_waiting"] == 0
+        }),
+        "{}",
+        job.status()
+    );
+    signal(&child, "TERM");
+    let output = finish(child, Duration::from_secs(30));
+    assert_success(&output);
+    let counts = stats().detail_request_counts();
+    assert!(counts.values().all(|&n| n == 1), "a detail page fetched twice: {counts:?}");
+    assert_eq!(counts.len(), 83, "80 reports and the 3 new ones");
+    let items = output_items(&job);
+    assert_eq!(items.len(), 83);
+    let status = job.status();
+    assert_eq!(status["detail_done"], 83);
+    assert_eq!(status["items_waiting"], 0);
+}
+
+#[test]
+fn detail_requests_share_the_concurrency_cap_and_the_rate_limit() {
+    let site = Site {
+        pages: 6,
+        latency: Duration::from_millis(30),
+        jitter: Duration::from_millis(20),
+        slow_details: 0.2,
+        detail_slow_by: Duration::from_millis(80),
+        ..Site::default()
+    };
+    let job = Job::new(site)
+        .concurrency(5)
+        .with("rate_limit = 40.0")
+        .with(&detail_line("wait"));
+    job.run_ok();
+    let stats = job.server.stats();
+    assert_eq!(stats.listing_requests() + stats.detail_requests(), 6 + 120);
+    assert!(stats.peak_concurrency() <= 5, "peak {}", stats.peak_concurrency());
+    let per_second = stats.peak_in_window(Duration::from_secs(1));
+    assert!(per_second <= 40, "{per_second} requests in one second");
+    assert_eq!(output_items(&job).len(), 120);
+}
+
+#[test]
+fn a_detail_link_to_another_host_is_refused_unless_its_host_is_listed() {
+    // The listing server names its detail pages on another server.
+    let details = pagecrawl::fixture::Server::start(Site::default()).unwrap();
+    let site = Site {
+        pages: 2,
+        link_prefix: format!("http://localhost:{}", details.addr().port()),
+        ..Site::default()
+    };
+    let job = Job::new(site).with("retries = 0").with(&detail_line("wait"));
+    job.run_with_failures();
+    assert_eq!(details.stats().detail_requests(), 0, "nothing asked of the other host");
+    let status = job.status();
+    assert_eq!(status["detail_failed"], 40);
+    assert_eq!(status["detail_errors"][0]["reason"], "other host");
+    assert_eq!(status["items_waiting"], 40);
+
+    let listed = Job::new(job.site.clone())
+        .with(&detail_line("wait").replace(" }", ", hosts = [\"localhost\"] }"));
+    listed.run_ok();
+    assert_eq!(details.stats().detail_requests(), 40);
+    assert_eq!(output_items(&listed).len(), 40);
+}
+
+#[test]
+fn a_thousand_items_on_one_listing_page_keep_memory_bounded() {
+    let site = Site {
+        pages: 2,
+        per_page: 1000,
+        padding: 0,
+        ..Site::default()
+    };
+    let job = Job::new(site)
+        .concurrency(16)
+        .with(&detail_line("wait"));
+    let child = job.spawn_run();
+    let pid = child.id();
+    let mut peak_kb = 0u64;
+    let finished = wait_until(Duration::from_secs(120), || {
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            if let Some(kb) = status
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                peak_kb = peak_kb.max(kb);
+            }
+        }
+        job.server.stats().detail_requests() >= 2000
+    });
+    assert!(finished);
+    let output = finish(child, Duration::from_secs(60));
+    assert_success(&output);
+    assert_eq!(output_items(&job).len(), 2000);
+    eprintln!("1,000 items per listing page: peak RSS {} MiB", peak_kb / 1024);
+    assert!(peak_kb > 0 && peak_kb < 128 * 1024, "peak RSS {peak_kb} KiB");
+}
+
+#[test]
+fn a_changed_detail_table_is_another_job() {
+    let site = Site {
+        pages: 1,
+        ..Site::default()
+    };
+    let job = Job::new(site).with(&detail_line("wait"));
+    job.run_ok();
+    let other = job.with(&detail_line("write"));
+    let output = other.exec(&["run"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains("[detail] was"), "{}", stderr(&output));
+    assert_eq!(stderr(&output).lines().count(), 1, "{}", stderr(&output));
+}
+
+#[test]
+fn try_shows_items_merged_with_their_detail_pages() {
+    let job = Job::new(Site::default()).with(&detail_line("wait"));
+    let output = job.exec(&["try", "--page", "1", "--json"]);
+    assert_success(&output);
+    let items: Vec<Value> = stdout(&output)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(items.len(), 3);
+    let expected: Vec<Value> = job
+        .site
+        .expected_with_details()
+        .into_iter()
+        .take(3)
+        .map(|(bug, detail)| expected_item(&job, &bug, detail.as_ref()))
+        .collect();
+    assert_eq!(items, expected);
+
+    let broken = job.with(&detail_line("wait").replace("wybug_type", "wybug_kind"));
+    let output = broken.exec(&["try", "--page", "1"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("the detail pattern matched nothing"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+/// The two-stage crash campaign: every fault kind on listing and detail
+/// pages, SIGKILLs at seeded random moments, then every item exactly once
+/// with its detail fields, compared with the generator.
+///
+/// `PAGECRAWL_CAMPAIGN=full` (CI) runs 60 listing pages (1,200 detail
+/// pages) with ≥ 20 kills; the default is a quick one.
+#[test]
+fn two_stage_crash_campaign() {
+    let full = std::env::var("PAGECRAWL_CAMPAIGN").is_ok_and(|v| v == "full");
+    let (pages, kills_wanted) = if full { (60, 20) } else { (20, 6) };
+    let seed: u64 = std::env::var("PAGECRAWL_CAMPAIGN_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    eprintln!("two-stage crash campaign: seed {seed} (PAGECRAWL_CAMPAIGN_SEED={seed}), {pages} listing pages");
+    let site = Site {
+        pages,
+        padding: 300,
+        latency: Duration::from_millis(4),
+        charset: Charset::GbkMeta,
+        gbk_details: 0.3,
+        detail_not_found: 0.02,
+        faults: Faults {
+            seed,
+            server_error: 0.05,
+            too_many_requests: 0.02,
+            retry_after: 1,
+            reset: 0.03,
+            hang: 0.005,
+            hang_for: Duration::from_millis(1200),
+            truncate: 0.03,
+            faulty_attempts: 2,
+            ..Faults::default()
+        },
+        ..Site::default()
+    };
+    let job = Job::new(site)
+        .concurrency(8)
+        .with("request_timeout = \"1s\"")
+        .with("commit_every = 16")
+        .with(&detail_line("wait"));
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut kills = 0;
+    let mut attempts = 0;
+    while kills < kills_wanted && attempts < kills_wanted * 3 {
+        attempts += 1;
+        let mut child = job.spawn_run();
+        let delay = if rng.u8(0..3) == 0 {
+            rng.u64(0..60)
+        } else {
+            rng.u64(60..500)
+        };
+        let exited = wait_until(Duration::from_millis(delay), || {
+            child.try_wait().ok().flatten().is_some()
+        });
+        if !exited {
+            signal(&child, "KILL");
+            kills += 1;
+        }
+        let _ = child.wait();
+        if exited {
+            break;
+        }
+    }
+    job.run_with_failures();
+    assert_items(&output_items(&job), &expected_items(&job, None));
+    let status = job.status();
+    let missing = job
+        .site
+        .expected_with_details()
+        .iter()
+        .filter(|(_, d)| d.is_none())
+        .count() as u64;
+    assert_eq!(status["pending"], 0, "{status}");
+    assert_eq!(status["detail_pending"], 0, "{status}");
+    assert_eq!(status["detail_failed"], missing, "{status}");
+    assert_eq!(status["items_waiting"], missing, "{status}");
+    let store = Store::open_existing(&job.state_dir()).unwrap();
+    assert_eq!(store.recount().unwrap(), store.counters(), "counters equal a recount");
+    let stats = job.server.stats();
+    eprintln!(
+        "two-stage crash campaign | listing pages {pages} | detail pages {} | requests {} | kills {kills} | items missing 0 | duplicated 0 | peak concurrency {}",
+        pages * 20,
+        stats.total(),
+        stats.peak_concurrency()
+    );
+    assert!(kills >= kills_wanted, "only {kills} kills landed (seed {seed})");
+}
