@@ -150,6 +150,50 @@ fn typed_setting() -> impl Strategy<Value = (String, Value)> {
     ]
 }
 
+/// A `[detail]` table: the keys it takes, each with a plausible or an
+/// arbitrary value (a link that is not a field, clashing groups, bad
+/// regexes, hosts with schemes...).
+fn detail_table() -> impl Strategy<Value = (String, Value)> {
+    let pattern = prop_oneof![
+        Just("(?P<v>b+)".to_string()),
+        Just("(?P<url>b+)".to_string()),
+        Just("(?P<page>b)".to_string()),
+        Just("(?P<detail_error>b)".to_string()),
+        text(),
+    ];
+    (
+        prop_oneof![Just("url".to_string()), text()],
+        pattern.clone(),
+        prop::collection::btree_map(prop_oneof![Just("tags".to_string()), text()], pattern, 0..3),
+        prop::collection::vec(prop_oneof![Just("cdn.example".to_string()), text()], 0..3),
+        prop_oneof![Just("wait".to_string()), Just("write".to_string()), text()],
+        prop::collection::btree_map(text(), value(), 0..2),
+    )
+        .prop_map(|(link, pattern, collect, hosts, on_failure, extra)| {
+            let mut table = toml::Table::new();
+            table.insert("link".into(), Value::String(link));
+            table.insert("pattern".into(), Value::String(pattern));
+            table.insert(
+                "collect".into(),
+                Value::Table(
+                    collect
+                        .into_iter()
+                        .map(|(k, v)| (k, Value::String(v)))
+                        .collect(),
+                ),
+            );
+            table.insert(
+                "hosts".into(),
+                Value::Array(hosts.into_iter().map(Value::String).collect()),
+            );
+            table.insert("on_failure".into(), Value::String(on_failure));
+            for (key, value) in extra {
+                table.insert(key, value);
+            }
+            ("detail".to_string(), Value::Table(table))
+        })
+}
+
 /// A config text: valid required keys (and `key = "url"`, so that
 /// `follow` may be set), then up to five keys set to arbitrary values.
 pub(crate) fn config_text() -> impl Strategy<Value = String> {
@@ -158,6 +202,7 @@ pub(crate) fn config_text() -> impl Strategy<Value = String> {
         4 => (prop::sample::select(keys), value()),
         1 => ("[a-z_-]{1,16}", value()),
         6 => typed_setting(),
+        1 => detail_table(),
     ];
     prop::collection::vec(setting, 0..6).prop_map(|settings| {
         let mut table = toml::Table::new();
