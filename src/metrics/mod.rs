@@ -136,6 +136,26 @@ pub fn render(store: &Store, running: Option<Running<'_>>) -> Result<String> {
         "Pages failed for good after their retries",
         gauge(counters.failed),
     );
+    registry.register(
+        "detail_pages_done",
+        "Detail pages done ([detail]; 0 without it)",
+        gauge(counters.detail_done),
+    );
+    registry.register(
+        "detail_pages_pending",
+        "Detail pages waiting to be fetched (or fetched again)",
+        gauge(counters.detail_pending),
+    );
+    registry.register(
+        "detail_pages_failed",
+        "Detail pages failed for good",
+        gauge(counters.detail_failed),
+    );
+    registry.register(
+        "items_waiting",
+        "Items recorded with their listing page, waiting for their detail page",
+        gauge(counters.waiting),
+    );
     let failed = Family::<KindLabel, Gauge>::default();
     for (reason, pages) in store.reasons()? {
         failed
@@ -322,6 +342,10 @@ mod tests {
             "pagecrawl_items_written_total",
             "pagecrawl_retries_total",
             "pagecrawl_last_commit_timestamp_seconds",
+            "pagecrawl_detail_pages_done",
+            "pagecrawl_detail_pages_pending",
+            "pagecrawl_detail_pages_failed",
+            "pagecrawl_items_waiting",
         ] {
             assert!(samples.contains_key(name), "{name} in {text}");
         }
