@@ -619,15 +619,19 @@ fn sync_opened(
     let log_path = path.join("db");
     let log = std::fs::File::open(&log_path)
         .with_context(|| format!("cannot open {} to sync it", log_path.display()))?;
+    // A new `conf` is synced with the other new files.
+    let old_conf = names_before.iter().any(|name| name == "conf");
     let mut durable = Durability {
         log,
         names: names_before,
     };
     sync_names(dir, path, &mut durable)?;
-    let conf = path.join("conf");
-    std::fs::File::open(&conf)
-        .and_then(|f| f.sync_all())
-        .with_context(|| format!("cannot sync {}", conf.display()))?;
+    if old_conf {
+        let conf = path.join("conf");
+        std::fs::File::open(&conf)
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("cannot sync {}", conf.display()))?;
+    }
     durable
         .log
         .sync_data()
