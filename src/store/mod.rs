@@ -603,11 +603,11 @@ impl Store {
 /// else: `snapshot_after_ops` does nothing in 0.34): when the log ran
 /// ahead of the last snapshot, it writes `snap.N`, renames it into place,
 /// removes the older one, then zeroes the log segments that only the
-/// older one needed and syncs the log before `open` returns. Every command
-/// opens the state that way, `status` included, and most never flush: if
-/// the new names waited for a flush, a power loss would bring back the
-/// older snapshot beside a log that no longer holds what it needs, and
-/// committed pages would come back pending. The log is synced too (the
+/// older one needed (and may sync the log before `open` returns). Every
+/// command opens the state that way, `status` included, and most never
+/// flush: if the new names waited for a flush, a power loss would bring
+/// back the older snapshot (the power-loss test saw that in every round)
+/// beside a log that may no longer hold what it needs. The log is synced too (the
 /// last process may have been killed before its own sync), and `conf`,
 /// which sled writes but never syncs: what a command reads and reports
 /// now is what a power loss keeps.
