@@ -548,14 +548,19 @@ fn supervise(
         never()
     };
     let mut window = RateWindow::new(RATE_WINDOW);
-    window.record(Instant::now(), store.counters().tasks_done());
+    // The bar, the rate and systemd's STATUS= count durable pages only.
+    window.record(Instant::now(), store.committed_counters().tasks_done());
     publish_recent_rate(None);
     let show = |view: &Option<ProgressView>, window: &RateWindow, stopping: bool| {
         if let Some(view) = view {
             view.show(&Snapshot {
                 paused: shared.paused.load(Ordering::SeqCst),
                 stopping,
-                ..Snapshot::new(&store.counters(), view.open_range(), window.rate())
+                ..Snapshot::new(
+                    &store.committed_counters(),
+                    view.open_range(),
+                    window.rate(),
+                )
             });
         }
     };
@@ -593,7 +598,7 @@ fn supervise(
             },
             recv(redraw) -> _ => show(&view, &window, grace_ends.is_some()),
             recv(ticker) -> _ => {
-                let counters = store.counters();
+                let counters = store.committed_counters();
                 window.record(Instant::now(), counters.tasks_done());
                 publish_recent_rate(window.rate());
                 if let Some(notifier) = notifier {

@@ -131,7 +131,8 @@ pub fn run_rate(counters: &crate::store::Counters) -> Option<f64> {
 }
 
 pub fn status(store: &Store, daemon: Option<Daemon>) -> Result<Status> {
-    let counters = store.counters();
+    // Durable counts only: a group still being flushed is not done yet.
+    let counters = store.committed_counters();
     let job = store.job()?;
     let rate = run_rate(&counters);
     let past_end = store.past_end()?;
@@ -151,7 +152,9 @@ pub fn status(store: &Store, daemon: Option<Daemon>) -> Result<Status> {
         }
         None => job
             .as_ref()
-            .and_then(|j| crate::output::mismatch(&j.output, &counters)),
+            // The file against the latest checkpoint (a rotation's new
+            // file is recorded before its flush ends).
+            .and_then(|j| crate::output::mismatch(&j.output, &store.counters())),
     };
     let state = match daemon {
         _ if damaged.is_some() => "damaged",
@@ -487,7 +490,7 @@ pub fn export_info(store: &Store) -> Result<ExportInfo> {
     };
     Ok(ExportInfo {
         output: job.output,
-        committed: store.counters().output_len,
+        committed: store.committed_counters().output_len,
         format: job.format,
         fields: job.fields,
     })

@@ -118,7 +118,8 @@ pub struct Running<'a> {
 /// The metrics text: the store's counters, and the running crawl's when
 /// there is one (`running`).
 pub fn render(store: &Store, running: Option<Running<'_>>) -> Result<String> {
-    let counters = store.counters();
+    // Durable counts, as `status` gives them.
+    let counters = store.committed_counters();
     let mut registry = Registry::with_prefix("pagecrawl");
     let gauge = |value: u64| ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
     registry.register(

@@ -152,6 +152,9 @@ pub struct Store {
     db: sled::Db,
     tree: sled::Tree,
     counters: Mutex<Counters>,
+    /// The counters as of the last batch made durable (see
+    /// [`Store::committed_counters`]). Boxed like `durable`.
+    committed: Box<Mutex<Counters>>,
     /// What makes a flush durable: sled's log file, and the names in the
     /// database's folder as last made durable (see [`Store::flush`]).
     /// Boxed: the store travels by value in `control::Backend`.
@@ -162,12 +165,12 @@ pub struct Store {
 /// the disk's cache nor the file's size; its own `fsync` comes only every
 /// 500 ms (spacejam/sled#1452). So after each flush the log file is
 /// `fdatasync`ed, and the folder too when sled added or removed a file in
-/// it (a snapshot, a blob).
+/// it; and once when the database is opened (see `sync_opened`).
 struct Durability {
-    log: Option<std::fs::File>,
+    /// sled's log file, `queue.sled/db`.
+    log: std::fs::File,
+    /// The names in the database's folder as last made durable.
     names: Vec<std::ffi::OsString>,
-    /// This process has not flushed yet.
-    first_flush: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -215,11 +218,10 @@ impl Store {
 
     fn open_db(dir: &Path) -> Result<Store> {
         let path = db_path(dir);
-        // The files of a database that was there before this open were
-        // made durable by the process that created them (its first flush);
-        // what sled creates while it opens (a snapshot, or the whole
-        // database) is synced at this process's first flush, and so is
-        // `conf`, which sled may rewrite in place and never syncs.
+        // The names of a database that was there before this open were
+        // made durable by the process that opened it last (right after
+        // its open, below); what sled creates or removes while it opens
+        // is compared with them.
         let names_before = if path.join("db").exists() {
             list_names(&path)?
         } else {
@@ -244,6 +246,7 @@ impl Store {
                 ))
             }
         };
+        let durable = sync_opened(dir, &path, names_before)?;
         let tree = db
             .open_tree("queue")
             .with_context(|| format!("cannot open the queue in {}", dir.display()))?;
@@ -271,11 +274,9 @@ impl Store {
             db,
             tree,
             counters: Mutex::new(counters),
-            durable: Box::new(Mutex::new(Durability {
-                log: None,
-                names: names_before,
-                first_flush: true,
-            })),
+            // Read after `sync_opened`: durable.
+            committed: Box::new(Mutex::new(counters)),
+            durable: Box::new(Mutex::new(durable)),
         })
     }
 
@@ -291,9 +292,22 @@ impl Store {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The counters as of the last batch.
+    /// The counters as of the last batch applied, durable or not: for the
+    /// stages that write the state.
     pub fn counters(&self) -> Counters {
         *self.lock()
+    }
+
+    /// The counters as of the last batch made durable (by a flush, or
+    /// already on disk when the state was opened): what `status`, the
+    /// metrics and `export` report, so that nothing they call done can
+    /// come back pending after a power loss. A group applied but still
+    /// being flushed is not in them yet.
+    pub fn committed_counters(&self) -> Counters {
+        *self
+            .committed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The job this state belongs to, if one was recorded.
@@ -560,68 +574,107 @@ impl Store {
 
     /// Makes every applied batch durable, across a power loss too: sled's
     /// flush, then an `fdatasync` of its log, then (when its list of files
-    /// changed) an `fsync` of its folder and of the state directory.
+    /// changed) an `fsync` of its folder and of the state directory; only
+    /// then do the batches it covers count in [`Store::committed_counters`].
     pub fn flush(&self) -> Result<()> {
         let path = db_path(&self.dir);
         let mut durable = self
             .durable
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        // Names first: sled may reuse log space that only a snapshot it
-        // just renamed into place covers, so that snapshot's name must be
-        // durable before the log that overwrites it is (a power loss would
-        // otherwise go back to the older snapshot and meet the overwritten
-        // log: a committed group rolled back, seen once in ~90 losses).
-        self.sync_names(&path, &mut durable)?;
+        // Every batch these counters include was applied before sled's
+        // flush below, which therefore covers it.
+        let covered = self.counters();
+        // Names first: a file sled made since the last flush must be
+        // durable before the log that may refer to it is.
+        sync_names(&self.dir, &path, &mut durable)?;
         self.db.flush().map_err(|e| {
             anyhow::anyhow!(
                 "cannot flush the state database: {}",
                 crate::util::sled_reason(&e)
             )
         })?;
-        if durable.log.is_none() {
-            let log = std::fs::File::open(path.join("db"))
-                .with_context(|| format!("cannot open {} to sync it", path.join("db").display()))?;
-            durable.log = Some(log);
-        }
-        if let Some(log) = &durable.log {
-            log.sync_data()
-                .with_context(|| format!("cannot sync the state database in {}", path.display()))?;
-        }
-        if std::mem::take(&mut durable.first_flush) {
-            let conf = path.join("conf");
-            std::fs::File::open(&conf)
-                .and_then(|f| f.sync_all())
-                .with_context(|| format!("cannot sync {}", conf.display()))?;
-        }
-        // And after: what sled created while flushing.
-        self.sync_names(&path, &mut durable)
-    }
-
-    /// Syncs the files new in the database's folder since the last call,
-    /// then the folder (and, the first time, the state directory).
-    fn sync_names(&self, path: &Path, durable: &mut Durability) -> Result<()> {
-        let names = list_names(path)?;
-        if names != durable.names {
-            // New files first (sled never syncs its `conf`; a snapshot is
-            // synced by sled, once more costs little), then their names.
-            for name in names.iter().filter(|name| !durable.names.contains(name)) {
-                let file = path.join(name);
-                if file.is_file() {
-                    std::fs::File::open(&file)
-                        .and_then(|f| f.sync_all())
-                        .with_context(|| format!("cannot sync {}", file.display()))?;
-                }
-            }
-            crate::util::sync_dir(path)?;
-            if durable.names.is_empty() {
-                // The database's folder itself is new in the state directory.
-                crate::util::sync_dir(&self.dir)?;
-            }
-            durable.names = names;
-        }
+        durable
+            .log
+            .sync_data()
+            .with_context(|| format!("cannot sync the state database in {}", path.display()))?;
+        // And the names sled created or removed since (a blob file).
+        sync_names(&self.dir, &path, &mut durable)?;
+        *self
+            .committed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = covered;
         Ok(())
     }
+}
+
+/// Makes what sled did while opening the database durable at once, and
+/// what this command is about to read from it.
+///
+/// sled 0.34 writes its snapshots only while it opens a database (nowhere
+/// else: `snapshot_after_ops` does nothing in 0.34): when the log ran
+/// ahead of the last snapshot, it writes `snap.N`, renames it into place,
+/// removes the older one, then zeroes the log segments that only the
+/// older one needed (and may sync the log before `open` returns). Every
+/// command opens the state that way, `status` included, and most never
+/// flush: if the new names waited for a flush, a power loss would bring
+/// back the older snapshot (the power-loss test saw that in every round)
+/// beside a log that may no longer hold what it needs. The log is synced too (the
+/// last process may have been killed before its own sync), and `conf`,
+/// which sled writes but never syncs: what a command reads and reports
+/// now is what a power loss keeps.
+fn sync_opened(
+    dir: &Path,
+    path: &Path,
+    names_before: Vec<std::ffi::OsString>,
+) -> Result<Durability> {
+    let log_path = path.join("db");
+    let log = std::fs::File::open(&log_path)
+        .with_context(|| format!("cannot open {} to sync it", log_path.display()))?;
+    // A new `conf` is synced with the other new files.
+    let old_conf = names_before.iter().any(|name| name == "conf");
+    let mut durable = Durability {
+        log,
+        names: names_before,
+    };
+    sync_names(dir, path, &mut durable)?;
+    if old_conf {
+        let conf = path.join("conf");
+        std::fs::File::open(&conf)
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("cannot sync {}", conf.display()))?;
+    }
+    durable
+        .log
+        .sync_data()
+        .with_context(|| format!("cannot sync the state database in {}", path.display()))?;
+    Ok(durable)
+}
+
+/// Syncs the files new in the database's folder (`path`, in the state
+/// directory `dir`) since the last call, then the folder (and, the first
+/// time, the state directory).
+fn sync_names(dir: &Path, path: &Path, durable: &mut Durability) -> Result<()> {
+    let names = list_names(path)?;
+    if names != durable.names {
+        // New files first (sled never syncs its `conf`; a snapshot is
+        // synced by sled, once more costs little), then their names.
+        for name in names.iter().filter(|name| !durable.names.contains(name)) {
+            let file = path.join(name);
+            if file.is_file() {
+                std::fs::File::open(&file)
+                    .and_then(|f| f.sync_all())
+                    .with_context(|| format!("cannot sync {}", file.display()))?;
+            }
+        }
+        crate::util::sync_dir(path)?;
+        if durable.names.is_empty() {
+            // The database's folder itself is new in the state directory.
+            crate::util::sync_dir(dir)?;
+        }
+        durable.names = names;
+    }
+    Ok(())
 }
 
 /// A failure that, in an open range, counts like an empty page: the site

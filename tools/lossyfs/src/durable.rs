@@ -188,6 +188,9 @@ pub struct Durable {
     pub cut: bool,
     pub dir_mode: DirMode,
     pub torn: Option<Rng>,
+    /// `LOSSYFS_TRACE=FILE`: every name change and sync is appended there,
+    /// to find which operation's loss a program did not survive.
+    trace: Option<File>,
 }
 
 impl Durable {
@@ -213,7 +216,11 @@ impl Durable {
             cut: false,
             dir_mode,
             torn,
+            trace: None,
         };
+        if let Some(path) = std::env::var_os("LOSSYFS_TRACE") {
+            durable.trace = Some(OpenOptions::new().create(true).append(true).open(path)?);
+        }
         let root = fs::symlink_metadata(backing)?;
         let id = durable.known(&root, Kind::Dir, PathBuf::new());
         debug_assert_eq!(id, ROOT);
@@ -271,8 +278,59 @@ impl Durable {
         self.shadow.join(id.to_string())
     }
 
+    /// Appends a line to the trace, if one was asked for.
+    pub fn note(&mut self, line: impl FnOnce(&Durable) -> String) {
+        if self.trace.is_some() {
+            let line = format!("{}{}\n", if self.cut { "(cut) " } else { "" }, line(self));
+            if let Some(trace) = &mut self.trace {
+                let _ = io::Write::write_all(trace, line.as_bytes());
+            }
+        }
+    }
+
+    fn name_of(&self, dir: ObjectId, name: &OsString) -> String {
+        self.objects
+            .get(&dir)
+            .map_or(PathBuf::from("?"), |d| d.last_path.clone())
+            .join(name)
+            .display()
+            .to_string()
+    }
+
+    /// Traces the name changes a power loss now drops.
+    pub fn note_dropped(&mut self) {
+        let lines: Vec<String> = self
+            .pending
+            .iter()
+            .map(|change| format!("crash drops {change:?}"))
+            .collect();
+        self.note(|_| "crash".to_string());
+        for line in lines {
+            self.note(|_| line);
+        }
+    }
+
     /// A name change happened live; it waits for a sync.
     pub fn changed_name(&mut self, change: NameChange) {
+        self.note(|d| match &change {
+            NameChange::Link { dir, name, object } => {
+                format!("link {} (object {object})", d.name_of(*dir, name))
+            }
+            NameChange::Unlink { dir, name, object } => {
+                format!("unlink {} (object {object})", d.name_of(*dir, name))
+            }
+            NameChange::Rename {
+                from_dir,
+                from_name,
+                to_dir,
+                to_name,
+                object,
+            } => format!(
+                "rename {} -> {} (object {object})",
+                d.name_of(*from_dir, from_name),
+                d.name_of(*to_dir, to_name)
+            ),
+        });
         self.pending.push(change);
     }
 
@@ -299,6 +357,7 @@ impl Durable {
     /// `fsync`/`fdatasync` of a file: its bytes as they are now are durable
     /// (and, in journal mode, every earlier name change).
     pub fn sync_file(&mut self, id: ObjectId, live: &File) -> io::Result<()> {
+        self.note(|d| format!("sync file /{}", d.objects[&id].last_path.display()));
         if self.cut {
             return Ok(());
         }
@@ -333,6 +392,13 @@ impl Durable {
     /// `fsync` of a directory: its pending name changes are durable, with
     /// the earlier changes of the same objects they depend on.
     pub fn sync_dir(&mut self, dir: ObjectId) {
+        self.note(|d| {
+            let pending = d.pending.iter().filter(|c| c.touches_dir(dir)).count();
+            format!(
+                "sync dir /{} ({pending} pending changes in it)",
+                d.objects[&dir].last_path.display()
+            )
+        });
         if self.cut {
             return;
         }

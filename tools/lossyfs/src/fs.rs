@@ -112,7 +112,9 @@ impl Inner {
     }
 }
 
-pub struct LossyFs(pub Arc<Mutex<Inner>>);
+/// The model, and how long each file sync waits before it makes anything
+/// durable (`--sync-delay`).
+pub struct LossyFs(pub Arc<Mutex<Inner>>, pub Duration);
 
 impl LossyFs {
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -610,26 +612,22 @@ impl Filesystem for LossyFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let mut guard = self.lock();
-        let inner = &mut *guard;
-        let Some(handle) = inner.handles.get(&fh.0) else {
-            reply.error(Errno::EBADF);
+        if self.1.is_zero() {
+            sync(&mut self.lock(), fh, datasync, reply);
             return;
-        };
-        let object = handle.object;
-        let counts = &mut inner.durable.object_mut(object).counts;
-        if datasync {
-            counts.fdatasync += 1;
-        } else {
-            counts.fsync += 1;
         }
-        match inner.durable.sync_file(object, &handle.file) {
-            Ok(()) => reply.ok(),
-            Err(e) => {
-                eprintln!("lossyfs: sync of object {object} failed: {e}");
-                reply.error(Errno::EIO);
-            }
-        }
+        // A slow disk: the sync completes later, on its own thread, while
+        // the mount goes on serving other calls; a power loss (`cut`,
+        // `crash`) may come first, and then it makes nothing durable.
+        let inner = self.0.clone();
+        let delay = self.1;
+        std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            let mut guard = inner
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            sync(&mut guard, fh, datasync, reply);
+        });
     }
 
     fn readdir(
@@ -714,6 +712,28 @@ impl Filesystem for LossyFs {
         // Hard links are not modelled (one live path per object).
         self.lock().unimplemented("link");
         reply.error(Errno::EPERM);
+    }
+}
+
+/// `fsync`/`fdatasync` of an open file.
+fn sync(inner: &mut Inner, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+    let Some(handle) = inner.handles.get(&fh.0) else {
+        reply.error(Errno::EBADF);
+        return;
+    };
+    let object = handle.object;
+    let counts = &mut inner.durable.object_mut(object).counts;
+    if datasync {
+        counts.fdatasync += 1;
+    } else {
+        counts.fsync += 1;
+    }
+    match inner.durable.sync_file(object, &handle.file) {
+        Ok(()) => reply.ok(),
+        Err(e) => {
+            eprintln!("lossyfs: sync of object {object} failed: {e}");
+            reply.error(Errno::EIO);
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 //! pagecrawl's suite).
 //!
 //! ```text
-//! lossyfs [--dirs strict|journal] [--torn SEED] [--shadow DIR] BACKING MOUNTPOINT
+//! lossyfs [--dirs strict|journal] [--torn SEED] [--sync-delay MS] [--shadow DIR] BACKING MOUNTPOINT
 //! ```
 //!
 //! It mounts BACKING at MOUNTPOINT, passing every operation through, and
@@ -13,6 +13,11 @@
 //! `fsync` (`--dirs strict`, the default) or as of any `fsync` at all
 //! (`--dirs journal`). What BACKING holds at mount time is durable.
 //!
+//! `--sync-delay MS` makes each file's `fsync`/`fdatasync` wait that long
+//! before it makes anything durable, like a slow disk: a power loss during
+//! the wait wins, so a program that reports a write before its sync
+//! returns is caught.
+//!
 //! It prints `lossyfs: mounted` once the mount is up, then reads commands
 //! on stdin, one a line:
 //!
@@ -21,12 +26,22 @@
 //!   `--torn SEED`, each file also keeps a seeded random prefix of its
 //!   unsynced writes, the last one cut at a random byte); the report is
 //!   printed and lossyfs exits. Kill the programs using the mount first.
+//! - `cut`: the power goes now: nothing more becomes durable (a sync
+//!   still in progress included); a later `crash` restores the state of
+//!   this instant. Send it before killing the programs, so that no sync
+//!   they had started can still complete.
 //! - `cut-after-creations N`: arms a power cut: once N more files,
 //!   directories, sockets or symlinks have been created, nothing else
 //!   becomes durable (it prints `lossyfs: cut after creating PATH`); a later
 //!   `crash` then restores the state of that instant.
 //! - `quit`, or the end of stdin: a clean unmount; BACKING keeps the live
 //!   state (as an orderly shutdown writes every cache back).
+//!
+//! With `LOSSYFS_TRACE=FILE` in its environment, it appends to FILE one
+//! line per name change (create, rename, unlink) and per sync, marked
+//! `(cut)` once nothing becomes durable any more, and the name changes a
+//! power loss dropped: enough to tell which operation's loss a program
+//! did not survive.
 //!
 //! The report lists, per file, the fsync, fdatasync, fsyncdir and flush
 //! (close) calls FUSE delivered, the writes and bytes, and what the power
@@ -51,16 +66,17 @@ struct Args {
     shadow: PathBuf,
     dirs: DirMode,
     torn: Option<u64>,
+    sync_delay: std::time::Duration,
 }
 
-const USAGE: &str =
-    "usage: lossyfs [--dirs strict|journal] [--torn SEED] [--shadow DIR] BACKING MOUNTPOINT";
+const USAGE: &str = "usage: lossyfs [--dirs strict|journal] [--torn SEED] [--sync-delay MS] [--shadow DIR] BACKING MOUNTPOINT";
 
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut positional = Vec::new();
     let mut dirs = DirMode::Strict;
     let mut torn = None;
     let mut shadow = None;
+    let mut sync_delay = std::time::Duration::ZERO;
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value; {USAGE}"));
         match arg.as_str() {
@@ -76,6 +92,13 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
                 torn = Some(
                     seed.parse()
                         .map_err(|_| format!("--torn {seed}: the seed is a number"))?,
+                );
+            }
+            "--sync-delay" => {
+                let ms = value("--sync-delay")?;
+                sync_delay = std::time::Duration::from_millis(
+                    ms.parse()
+                        .map_err(|_| format!("--sync-delay {ms}: milliseconds, a number"))?,
                 );
             }
             "--shadow" => shadow = Some(PathBuf::from(value("--shadow")?)),
@@ -98,6 +121,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
         shadow,
         dirs,
         torn,
+        sync_delay,
     })
 }
 
@@ -135,8 +159,19 @@ fn run(args: &Args) -> Result<(), String> {
     let mut config = fuser::Config::default();
     config.mount_options = vec![fuser::MountOption::FSName("lossyfs".into())];
     config.n_threads = Some(1);
-    let session = fuser::spawn_mount(LossyFs(inner.clone()), &args.mountpoint, &config)
-        .map_err(|e| format!("cannot mount {}: {e}", args.mountpoint.display()))?;
+    let session = fuser::spawn_mount(
+        LossyFs(inner.clone(), args.sync_delay),
+        &args.mountpoint,
+        &config,
+    )
+    .map_err(|e| format!("cannot mount {}: {e}", args.mountpoint.display()))?;
+    lock(&inner).durable.note(|_| {
+        format!(
+            "mounted {} ({:?} directories)",
+            args.mountpoint.display(),
+            args.dirs
+        )
+    });
     println!("lossyfs: mounted {}", args.mountpoint.display());
 
     let mut crash = false;
@@ -149,13 +184,20 @@ fn run(args: &Args) -> Result<(), String> {
                 break;
             }
             ["quit"] => break,
+            ["cut"] => {
+                let mut inner = lock(&inner);
+                inner.durable.cut = true;
+                inner.durable.note(|_| "cut".to_string());
+            }
             ["cut-after-creations", n] => match n.parse::<u64>() {
                 Ok(n) if n > 0 => lock(&inner).cut_after_creations = Some(n),
                 _ => eprintln!("lossyfs: cut-after-creations takes a count above 0"),
             },
             [] => {}
             _ => {
-                eprintln!("lossyfs: unknown command {line:?} (crash, cut-after-creations N, quit)")
+                eprintln!(
+                    "lossyfs: unknown command {line:?} (crash, cut, cut-after-creations N, quit)"
+                )
             }
         }
     }
@@ -172,6 +214,7 @@ fn run(args: &Args) -> Result<(), String> {
     report(&inner);
     if crash {
         let (files, bytes, names) = inner.durable.unsynced();
+        inner.durable.note_dropped();
         let torn = inner
             .durable
             .tear()
