@@ -63,8 +63,14 @@ fn output_items(job: &Job) -> BTreeMap<String, Value> {
 /// Compares the output with what the generator says, item by item, with a
 /// short report of what differs.
 fn assert_items(actual: &BTreeMap<String, Value>, expected: &BTreeMap<String, Value>) {
-    let missing: Vec<&String> = expected.keys().filter(|k| !actual.contains_key(*k)).collect();
-    let extra: Vec<&String> = actual.keys().filter(|k| !expected.contains_key(*k)).collect();
+    let missing: Vec<&String> = expected
+        .keys()
+        .filter(|k| !actual.contains_key(*k))
+        .collect();
+    let extra: Vec<&String> = actual
+        .keys()
+        .filter(|k| !expected.contains_key(*k))
+        .collect();
     let differ: Vec<String> = expected
         .iter()
         .filter_map(|(k, v)| {
@@ -138,7 +144,10 @@ fn every_item_is_written_once_with_its_detail_fields() {
     assert_eq!(status["pending"], 0);
     assert_eq!(status["detail_pending"], 0);
     assert_eq!(status["detail_failed"], missing);
-    assert_eq!(status["items_waiting"], missing, "their items wait: {status}");
+    assert_eq!(
+        status["items_waiting"], missing,
+        "their items wait: {status}"
+    );
     assert_eq!(status["detail_done"], 12 * 20 - missing);
     assert_eq!(status["failed_for_good"], missing);
     assert_eq!(status["detail_errors"][0]["reason"], "HTTP 404");
@@ -156,7 +165,9 @@ fn every_item_is_written_once_with_its_detail_fields() {
     assert_eq!(rows.len() as u64, missing);
     assert!(rows.iter().all(|r| r["stage"] == "detail"
         && r["reason"] == "HTTP 404"
-        && r["listing_page"].as_u64().is_some_and(|p| (1..=12).contains(&p))
+        && r["listing_page"]
+            .as_u64()
+            .is_some_and(|p| (1..=12).contains(&p))
         && r["url"].as_str().unwrap().contains("/bugs/wooyun-")));
     job.server.update(|site| site.detail_not_found = 0.0);
     let retried = job.exec(&["retry"]);
@@ -178,7 +189,13 @@ fn every_item_is_written_once_with_its_detail_fields() {
     }
     assert_items(&output_items(&job), &all);
     let status = job.status();
-    assert_eq!((status["items_waiting"].as_u64(), status["detail_failed"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(
+        (
+            status["items_waiting"].as_u64(),
+            status["detail_failed"].as_u64()
+        ),
+        (Some(0), Some(0))
+    );
     let store = Store::open_existing(&job.state_dir()).unwrap();
     assert_eq!(store.recount().unwrap(), store.counters());
 }
@@ -190,10 +207,15 @@ fn with_on_failure_write_an_item_is_written_with_its_reason() {
         detail_not_found: 0.1,
         ..Site::default()
     };
-    let job = Job::new(site).with("retries = 0").with(&detail_line("write"));
+    let job = Job::new(site)
+        .with("retries = 0")
+        .with(&detail_line("write"));
     job.run_with_failures();
     let items = output_items(&job);
-    let failed: Vec<&Value> = items.values().filter(|i| i.get("detail_error").is_some()).collect();
+    let failed: Vec<&Value> = items
+        .values()
+        .filter(|i| i.get("detail_error").is_some())
+        .collect();
     assert!(!failed.is_empty());
     let reason = failed[0]["detail_error"].as_str().unwrap().to_string();
     assert!(reason.starts_with("HTTP 404 from http://"), "{reason}");
@@ -226,7 +248,9 @@ fn a_detail_page_linked_twice_is_fetched_once_and_follow_fetches_only_new_items_
         .with(&detail_line("wait"));
     let child = job.spawn_run();
     let stats = || job.server.stats();
-    assert!(wait_until(Duration::from_secs(60), || stats().detail_requests() >= 80));
+    assert!(wait_until(Duration::from_secs(60), || stats()
+        .detail_requests()
+        >= 80));
     // Round 2 comes with three new reports on top.
     job.server.update(|site| site.new_on_top = 3);
     assert!(
@@ -241,7 +265,10 @@ fn a_detail_page_linked_twice_is_fetched_once_and_follow_fetches_only_new_items_
     let output = finish(child, Duration::from_secs(30));
     assert_success(&output);
     let counts = stats().detail_request_counts();
-    assert!(counts.values().all(|&n| n == 1), "a detail page fetched twice: {counts:?}");
+    assert!(
+        counts.values().all(|&n| n == 1),
+        "a detail page fetched twice: {counts:?}"
+    );
     assert_eq!(counts.len(), 83, "80 reports and the 3 new ones");
     let items = output_items(&job);
     assert_eq!(items.len(), 83);
@@ -267,7 +294,11 @@ fn detail_requests_share_the_concurrency_cap_and_the_rate_limit() {
     job.run_ok();
     let stats = job.server.stats();
     assert_eq!(stats.listing_requests() + stats.detail_requests(), 6 + 120);
-    assert!(stats.peak_concurrency() <= 5, "peak {}", stats.peak_concurrency());
+    assert!(
+        stats.peak_concurrency() <= 5,
+        "peak {}",
+        stats.peak_concurrency()
+    );
     let per_second = stats.peak_in_window(Duration::from_secs(1));
     assert!(per_second <= 40, "{per_second} requests in one second");
     assert_eq!(output_items(&job).len(), 120);
@@ -282,16 +313,25 @@ fn a_detail_link_to_another_host_is_refused_unless_its_host_is_listed() {
         link_prefix: format!("http://localhost:{}", details.addr().port()),
         ..Site::default()
     };
-    let job = Job::new(site).with("retries = 0").with(&detail_line("wait"));
+    let pattern = r#"pattern = '<a href="(?P<url>[^"]+)" title="(?P<title>[^"]*)"'"#;
+    let job = Job::new(site.clone())
+        .pattern(pattern)
+        .with("retries = 0")
+        .with(&detail_line("wait"));
     job.run_with_failures();
-    assert_eq!(details.stats().detail_requests(), 0, "nothing asked of the other host");
+    assert_eq!(
+        details.stats().detail_requests(),
+        0,
+        "nothing asked of the other host"
+    );
     let status = job.status();
     assert_eq!(status["detail_failed"], 40);
     assert_eq!(status["detail_errors"][0]["reason"], "other host");
     assert_eq!(status["items_waiting"], 40);
 
-    let listed = Job::new(job.site.clone())
-        .with(&detail_line("wait").replace(" }", ", hosts = [\"localhost\"] }"));
+    let listed = Job::new(site)
+        .pattern(pattern)
+        .with(&detail_line("wait").replace("on_failure", "hosts = [\"localhost\"], on_failure"));
     listed.run_ok();
     assert_eq!(details.stats().detail_requests(), 40);
     assert_eq!(output_items(&listed).len(), 40);
@@ -305,9 +345,7 @@ fn a_thousand_items_on_one_listing_page_keep_memory_bounded() {
         padding: 0,
         ..Site::default()
     };
-    let job = Job::new(site)
-        .concurrency(16)
-        .with(&detail_line("wait"));
+    let job = Job::new(site).concurrency(16).with(&detail_line("wait"));
     let child = job.spawn_run();
     let pid = child.id();
     let mut peak_kb = 0u64;
@@ -328,8 +366,14 @@ fn a_thousand_items_on_one_listing_page_keep_memory_bounded() {
     let output = finish(child, Duration::from_secs(60));
     assert_success(&output);
     assert_eq!(output_items(&job).len(), 2000);
-    eprintln!("1,000 items per listing page: peak RSS {} MiB", peak_kb / 1024);
-    assert!(peak_kb > 0 && peak_kb < 128 * 1024, "peak RSS {peak_kb} KiB");
+    eprintln!(
+        "1,000 items per listing page: peak RSS {} MiB",
+        peak_kb / 1024
+    );
+    assert!(
+        peak_kb > 0 && peak_kb < 128 * 1024,
+        "peak RSS {peak_kb} KiB"
+    );
 }
 
 #[test]
@@ -343,7 +387,11 @@ fn a_changed_detail_table_is_another_job() {
     let other = job.with(&detail_line("write"));
     let output = other.exec(&["run"]);
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
-    assert!(stderr(&output).contains("[detail] was"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("[detail] was"),
+        "{}",
+        stderr(&output)
+    );
     assert_eq!(stderr(&output).lines().count(), 1, "{}", stderr(&output));
 }
 
@@ -458,7 +506,11 @@ fn two_stage_crash_campaign() {
     assert_eq!(status["detail_failed"], missing, "{status}");
     assert_eq!(status["items_waiting"], missing, "{status}");
     let store = Store::open_existing(&job.state_dir()).unwrap();
-    assert_eq!(store.recount().unwrap(), store.counters(), "counters equal a recount");
+    assert_eq!(
+        store.recount().unwrap(),
+        store.counters(),
+        "counters equal a recount"
+    );
     let stats = job.server.stats();
     eprintln!(
         "two-stage crash campaign | listing pages {pages} | detail pages {} | requests {} | kills {kills} | items missing 0 | duplicated 0 | peak concurrency {}",
@@ -466,5 +518,8 @@ fn two_stage_crash_campaign() {
         stats.total(),
         stats.peak_concurrency()
     );
-    assert!(kills >= kills_wanted, "only {kills} kills landed (seed {seed})");
+    assert!(
+        kills >= kills_wanted,
+        "only {kills} kills landed (seed {seed})"
+    );
 }

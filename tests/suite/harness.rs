@@ -21,6 +21,8 @@ pub struct Job {
     pub concurrency: usize,
     /// Extra config lines.
     pub extra: Vec<String>,
+    /// A `pattern = ...` line instead of the example's.
+    pub pattern: Option<String>,
 }
 
 impl Job {
@@ -37,11 +39,18 @@ impl Job {
                 "backoff = \"20ms\"".into(),
                 "max_backoff = \"200ms\"".into(),
             ],
+            pattern: None,
         }
     }
 
     pub fn pages(mut self, pages: &str) -> Job {
         self.pages = pages.to_string();
+        self
+    }
+
+    /// Uses this `pattern = ...` line instead of the example's.
+    pub fn pattern(mut self, line: &str) -> Job {
+        self.pattern = Some(line.to_string());
         self
     }
 
@@ -75,10 +84,13 @@ impl Job {
     /// range, concurrency and extra lines.
     pub fn write_config(&self) -> PathBuf {
         let example = include_str!("../../data/wooyun.toml");
-        let pattern = example
-            .lines()
-            .find(|l| l.starts_with("pattern ="))
-            .expect("example has a pattern");
+        let pattern = match &self.pattern {
+            Some(line) => line.as_str(),
+            None => example
+                .lines()
+                .find(|l| l.starts_with("pattern ="))
+                .expect("example has a pattern"),
+        };
         let mut text = format!(
             "url = \"{}\"\npages = \"{}\"\n{pattern}\nconcurrency = {}\n",
             self.server.url_template(),

@@ -10,6 +10,7 @@ mod crash;
 mod crawl;
 mod daemon;
 mod damage;
+mod detail;
 mod errors;
 mod faults;
 mod follow;
