@@ -224,6 +224,10 @@ pub enum Command {
         /// The mirror's delay per page, in milliseconds.
         #[arg(long, default_value_t = 20)]
         latency_ms: u64,
+        /// Crawl the listing pages only (295 pages, about a second),
+        /// without following each report to its detail page.
+        #[arg(long)]
+        listing_only: bool,
     },
     /// Write NAME.toml here: a commented config with every key to edit.
     ///

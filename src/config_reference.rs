@@ -382,21 +382,33 @@ pub const WOOYUN_URL: &str = "\"http://127.0.0.1:8080/wooyun/bugs.php?page={page
 pub const WOOYUN_PAGES: &str = "\"1..=295\"";
 pub const WOOYUN_PATTERN: &str = r#"'<td>(?P<date>\d{4}-\d{2}-\d{2})</td>\s*<td><a href="(?P<url>/bugs/wooyun-\d{4}-\d+)"[^>]*>(?P<title>[^<]*)</a></td>\s*<td><a href="/whitehats/[^"]*">(?P<author>[^<]*)</a></td>'"#;
 
+/// The example job's `detail` value: the mirror's detail pages, with
+/// their tags and timeline as lists.
+pub fn wooyun_detail() -> String {
+    use crate::fixture::wooyun::{DETAIL_PATTERN, TAGS_PATTERN, TIMELINE_PATTERN};
+    format!(
+        "{{ link = \"url\", pattern = '{DETAIL_PATTERN}', collect = {{ tags = '{TAGS_PATTERN}', timeline = '{TIMELINE_PATTERN}' }}, on_failure = \"write\" }}"
+    )
+}
+
 /// What `data/wooyun.toml` must hold, byte for byte.
 pub fn wooyun_example() -> String {
+    let detail = wooyun_detail();
     template(&TemplateJob {
         header: vec![
             "Example job: the WooYun mirror that `pagecrawl demo` serves on 127.0.0.1.".into(),
             "Generated from src/config_reference.rs (a test keeps the two equal; to".into(),
             "regenerate: PAGECRAWL_BLESS=1 cargo test config_reference). Every key but".into(),
-            "url, pages, pattern and concurrency is commented out at its default, or an".into(),
-            "example where it has none. See README.md, \"Configuration\".".into(),
+            "url, pages, pattern, concurrency and detail is commented out at its default,".into(),
+            "or an example where it has none. See README.md, \"Configuration\" and".into(),
+            "\"Detail pages\".".into(),
         ],
         values: vec![
             ("url", WOOYUN_URL),
             ("pages", WOOYUN_PAGES),
             ("pattern", WOOYUN_PATTERN),
             ("concurrency", "8"),
+            ("detail", &detail),
         ],
     })
 }

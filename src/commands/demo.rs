@@ -13,9 +13,11 @@ use crate::fixture::{Server, Site};
 
 /// The example config shipped in `data/`; the demo points it at its mirror.
 const EXAMPLE_CONFIG: &str = include_str!("../../data/wooyun.toml");
+/// Share of the mirror's detail pages that answer 404 in the demo.
+const DEMO_NOT_FOUND: f64 = 0.005;
 const EXAMPLE_URL: &str = "http://127.0.0.1:8080/wooyun/bugs.php?page={page}";
 
-pub fn command(dir: Option<PathBuf>, latency_ms: u64) -> Result<Exit> {
+pub fn command(dir: Option<PathBuf>, latency_ms: u64, listing_only: bool) -> Result<Exit> {
     let dir = match dir {
         Some(dir) => dir,
         None => tempfile::Builder::new()
@@ -25,8 +27,13 @@ pub fn command(dir: Option<PathBuf>, latency_ms: u64) -> Result<Exit> {
             .keep(),
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // As a real mirror: some detail pages slow, some in GBK, a few gone.
     let site = Site {
         latency: Duration::from_millis(latency_ms),
+        slow_details: 0.05,
+        detail_slow_by: Duration::from_millis(latency_ms * 4),
+        gbk_details: 0.2,
+        detail_not_found: DEMO_NOT_FOUND,
         ..Site::default()
     };
     let server = Server::start(site).context("cannot start the demo mirror on 127.0.0.1")?;
@@ -39,7 +46,15 @@ pub fn command(dir: Option<PathBuf>, latency_ms: u64) -> Result<Exit> {
     // The mirror's port changes every time, and the job's URL is part of its
     // identity: each demo gets a state directory of its own.
     let config_path = dir.join("wooyun.toml");
-    let config_text = EXAMPLE_CONFIG.replace(EXAMPLE_URL, &server.url_template());
+    let mut config_text = EXAMPLE_CONFIG.replace(EXAMPLE_URL, &server.url_template());
+    if listing_only {
+        config_text = config_text
+            .lines()
+            .filter(|line| !line.starts_with("detail = "))
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n";
+    }
     std::fs::write(&config_path, &config_text)
         .with_context(|| format!("cannot write {}", config_path.display()))?;
     let config = Config::parse(&config_text, &config_path)?;
@@ -48,7 +63,17 @@ pub fn command(dir: Option<PathBuf>, latency_ms: u64) -> Result<Exit> {
         std::fs::remove_dir_all(&state_dir)
             .with_context(|| format!("cannot clear the old demo state {}", state_dir.display()))?;
     }
-    let exit = super::run::crawl(&config, &state_dir, None)?;
+    let mut exit = super::run::crawl(&config, &state_dir, None)?;
+    if exit == Exit::FailedPages && !listing_only {
+        // The mirror's planted 404s: what a real site has, not a failure
+        // of the demo.
+        eprintln!(
+            "pagecrawl demo: the mirror answers 404 for about {:.1}% of its detail pages on purpose; their items are written with detail_error (on_failure = \"write\"); see them with\n  pagecrawl queue --stage detail --state failed --state-dir {}",
+            DEMO_NOT_FOUND * 100.0,
+            state_dir.display()
+        );
+        exit = Exit::Success;
+    }
     eprintln!(
         "pagecrawl demo: config {}; look around with\n  pagecrawl status --state-dir {}\n  pagecrawl export --state-dir {} --format csv | head",
         config_path.display(),

@@ -64,7 +64,11 @@ pub fn dispatch(command: Command) -> Result<Exit> {
             json,
             pretty,
         } => try_page::command(&config, page, try_page::View::choose(json, pretty)),
-        Command::Demo { dir, latency_ms } => demo::command(dir, latency_ms),
+        Command::Demo {
+            dir,
+            latency_ms,
+            listing_only,
+        } => demo::command(dir, latency_ms, listing_only),
         Command::Init { name } => init::command(&name),
         Command::Completions { shell } => completions::completions(shell),
         Command::Man => completions::man(),

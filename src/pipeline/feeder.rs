@@ -174,7 +174,9 @@ pub(super) fn run(
             && !drained
             && details.is_idle()
             && !listing_may_go(&config, store, &in_flight, &details);
-        let blocked = waits_on_commits(drained, &retries, &in_flight, window) || held;
+        let blocked = waits_on_commits(drained, &retries, &in_flight, window)
+            || held
+            || details_run_low(&config, store, &in_flight, &details);
         shared.waiting_on_commits.store(blocked, Ordering::SeqCst);
         if !paused
             && config.pages.is_open()
@@ -379,31 +381,74 @@ fn settle(
 
 /// Whether another listing page may go out with `[detail]`: only while
 /// the detail pages queued and not yet handed out, with those the listing
-/// pages in flight will add, stay under two per connection, so that the
-/// server is kept busy with detail pages and few items wait. Until a
-/// listing page is done (nothing to estimate its items by) one at a time.
+/// pages in flight will add, stay under two per connection plus one
+/// listing page's worth, so that the server is kept busy with detail pages
+/// (the next listing page's arrive before these run out) and few items
+/// wait. Until a listing page is done (nothing to estimate its items by)
+/// one at a time.
 fn listing_may_go(
     config: &Config,
     store: &Store,
     in_flight: &HashSet<Task>,
     details: &DetailFeed,
 ) -> bool {
-    if config.detail.is_none() {
-        return true;
+    match detail_backlog(config, store, in_flight, details) {
+        None => true,
+        Some(backlog) if backlog.per_page == 0 => backlog.listing == 0,
+        Some(backlog) => {
+            backlog.unsent + backlog.listing * backlog.per_page
+                < 2 * config.concurrency as u64 + backlog.per_page
+        }
     }
+}
+
+/// Whether the detail pages queued run low while a listing page that will
+/// add more is in flight or waits in a commit group: then the commit stage
+/// should not wait for `commit_interval` (the connections would go idle).
+fn details_run_low(
+    config: &Config,
+    store: &Store,
+    in_flight: &HashSet<Task>,
+    details: &DetailFeed,
+) -> bool {
+    detail_backlog(config, store, in_flight, details)
+        .is_some_and(|b| b.listing > 0 && b.unsent < config.concurrency as u64)
+}
+
+/// The detail stage's queue as the feeder schedules by it.
+struct Backlog {
+    /// Detail pages pending and not handed out.
+    unsent: u64,
+    /// Listing pages out (fetched, parsed or waiting for their commit).
+    listing: u64,
+    /// Items per listing page so far (0 before one is done).
+    per_page: u64,
+}
+
+fn detail_backlog(
+    config: &Config,
+    store: &Store,
+    in_flight: &HashSet<Task>,
+    details: &DetailFeed,
+) -> Option<Backlog> {
+    config.detail.as_ref()?;
     let counters = store.counters();
     let listing = in_flight
         .iter()
         .filter(|t| matches!(t, Task::Page(_)))
         .count() as u64;
-    if counters.done == 0 {
-        return listing == 0;
-    }
-    let per_page = ((counters.items + counters.waiting) / counters.done).max(1);
+    let per_page = match counters.done {
+        0 => 0,
+        done => ((counters.items + counters.waiting) / done).max(1),
+    };
     let unsent = counters
         .detail_pending
         .saturating_sub(details.in_flight() as u64);
-    unsent + listing * per_page < 2 * config.concurrency as u64
+    Some(Backlog {
+        unsent,
+        listing,
+        per_page,
+    })
 }
 
 /// The detail pages the feeder streams from the state, in number order
