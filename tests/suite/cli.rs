@@ -95,8 +95,45 @@ fn the_demo_crawls_the_built_in_mirror() {
         "{}",
         stdout(&output)
     );
-    let bugs = read_jsonl_bugs(&dir.path().join("wooyun.state/items.jsonl"));
-    assert_same_items(&bugs, &pagecrawl::fixture::wooyun::expected(295, 20));
+    let path = dir.path().join("wooyun.state/items.jsonl");
+    // Both stages: the links are absolute, each item has its detail
+    // fields or, for the mirror's planted 404s, the reason.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut gone = 0;
+    for line in text.lines() {
+        let item: serde_json::Value = serde_json::from_str(line).unwrap();
+        match item.get("detail_error") {
+            Some(reason) => {
+                assert!(reason.as_str().unwrap().starts_with("HTTP 404"), "{line}");
+                gone += 1;
+            }
+            None => assert!(
+                item["vendor"].is_string()
+                    && item["tags"].is_array()
+                    && item["timeline"].is_array(),
+                "{line}"
+            ),
+        }
+    }
+    let expected = pagecrawl::fixture::wooyun::expected(295, 20);
+    let planted = expected
+        .iter()
+        .filter(|bug| pagecrawl::fixture::wooyun::detail_not_found(bug, 0.005))
+        .count();
+    assert!(planted > 0);
+    assert_eq!(gone, planted);
+    let origin = text
+        .split("/bugs/")
+        .next()
+        .unwrap()
+        .rsplit('"')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(origin.starts_with("http://127.0.0.1:"), "{origin}");
+    let relative = text.replace(&origin, "");
+    std::fs::write(&path, relative).unwrap();
+    assert_same_items(&read_jsonl_bugs(&path), &expected);
 }
 
 /// The example config's pattern, as the one-shot flag would take it.
