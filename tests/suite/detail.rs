@@ -523,3 +523,129 @@ fn two_stage_crash_campaign() {
         "only {kills} kills landed (seed {seed})"
     );
 }
+
+#[test]
+fn hostile_detail_pages_end_in_bounded_logged_outcomes() {
+    use pagecrawl::fixture::Hostile;
+    let bugs = wooyun::expected(2, 20);
+    let path = |i: usize| bugs[i].url.clone();
+    let hostile = vec![
+        (path(1), Hostile::Huge(3 << 20)),
+        (path(2), Hostile::EndlessChunked),
+        (path(3), Hostile::Drip),
+        (path(4), Hostile::RedirectLoop),
+        (
+            path(5),
+            Hostile::RedirectTo("http://127.0.0.2:9/bugs/x".into()),
+        ),
+        (path(6), Hostile::ContentType("image/png".into())),
+        (path(7), Hostile::GzipBomb(16 << 20)),
+        (path(8), Hostile::ControlCharacters),
+    ];
+    let site = Site {
+        pages: 2,
+        hostile_details: hostile,
+        ..Site::default()
+    };
+    let job = Job::new(site)
+        .concurrency(4)
+        .with("max_body_size = \"1MiB\"")
+        .with("request_timeout = \"2s\"")
+        .with("retries = 1")
+        .with(&detail_line("wait"));
+    let started = std::time::Instant::now();
+    let child = job.spawn_run();
+    let pid = child.id();
+    let mut peak_kb = 0u64;
+    let ended = wait_until(Duration::from_secs(60), || {
+        if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            if let Some(kb) = text
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                peak_kb = peak_kb.max(kb);
+            }
+        }
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.split_whitespace().nth(2) == Some("Z"))
+    });
+    assert!(ended, "every hostile detail page ended");
+    let output = finish(child, Duration::from_secs(30));
+    assert_finished_with_failures(&output);
+    assert!(started.elapsed() < Duration::from_secs(60));
+    assert!(
+        peak_kb < 150_000,
+        "memory stayed bounded: peak {peak_kb} KiB"
+    );
+    let queue = job.exec(&["queue", "--stage", "detail", "--state", "failed", "--json"]);
+    assert_success(&queue);
+    let rows: Vec<Value> = serde_json::from_slice(&queue.stdout).unwrap();
+    let origin = format!("http://{}", job.server.addr());
+    let reasons: BTreeMap<String, String> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["url"].as_str().unwrap().replace(&origin, ""),
+                r["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let expected: BTreeMap<String, String> = [
+        (1, "body too large"),
+        (2, "body too large"),
+        (3, "timeout"),
+        (4, "redirect"),
+        (5, "redirect"),
+        (6, "content type"),
+        (7, "body too large"),
+    ]
+    .into_iter()
+    .map(|(i, r)| (path(i), r.to_string()))
+    .collect();
+    assert_eq!(reasons, expected);
+    assert!(
+        stderr(&output).contains("redirect to another host (127.0.0.2:9) refused"),
+        "{}",
+        stderr(&output)
+    );
+    // The control characters reach the output only JSON-escaped, and the
+    // other 33 items are there with their details.
+    let items = output_items(&job);
+    assert_eq!(items.len(), 40 - 7);
+    let odd = &items[&format!("{origin}{}", path(8))];
+    assert!(odd["vendor"].as_str().unwrap().contains('\u{1b}'), "{odd}");
+    let raw = std::fs::read(job.output_path("items.jsonl")).unwrap();
+    assert!(!raw.contains(&0x1b), "an ESC byte in the output");
+}
+
+#[test]
+fn an_open_range_ends_on_empty_listing_pages_whatever_the_detail_pages_do() {
+    let site = Site {
+        pages: 5,
+        detail_not_found: 0.2,
+        ..Site::default()
+    };
+    let job = Job::new(site)
+        .pages("1..")
+        .with("retries = 0")
+        .with(&detail_line("write"));
+    job.run_with_failures();
+    let status = job.status();
+    assert_eq!(status["open_range_last_page"], 5, "{status}");
+    assert_eq!(
+        status["detail_done"].as_u64().unwrap() + status["detail_failed"].as_u64().unwrap(),
+        100
+    );
+    assert_eq!(output_items(&job).len(), 100);
+    // 404 detail pages did not count as empty listing pages: the range
+    // went on to its three empty listing pages (and at most the
+    // look-ahead, concurrency 8, past them).
+    let listing = job.server.stats().listing_requests();
+    assert!(
+        (5 + 3..=5 + 3 + 8).contains(&listing),
+        "{listing} listing requests"
+    );
+}
