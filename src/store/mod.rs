@@ -11,6 +11,7 @@ mod commit;
 mod follow;
 pub mod keys;
 mod open_end;
+pub mod postgres;
 mod ranges;
 pub mod records;
 mod repair;
