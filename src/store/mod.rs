@@ -12,6 +12,7 @@ pub mod detail;
 mod follow;
 pub mod keys;
 mod open_end;
+pub mod postgres;
 mod ranges;
 pub mod records;
 mod repair;

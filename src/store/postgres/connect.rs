@@ -1,0 +1,317 @@
+//! The `store = "postgres://..."` URL: parsed with the `postgres` crate's
+//! own parser, shown only without its password, and given a password the
+//! way libpq clients find one: the URL's, else `PGPASSWORD`, else the first
+//! matching line of the password file (`PGPASSFILE`, else `~/.pgpass`),
+//! which, as libpq does, is ignored when others may read it. The `postgres`
+//! crate reads none of these variables or files itself.
+//!
+//! TLS is not handled yet (issue 13 asks for it): connections use `NoTls`.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::UserError;
+use crate::util::shown;
+
+/// A parsed store URL.
+#[derive(Clone)]
+pub struct StoreUrl {
+    /// What connects (with its password, when one was found).
+    pub config: ::postgres::Config,
+    /// The URL as messages and `status` may show it: no password.
+    pub shown: String,
+}
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+/// Where a password may come from besides the URL (the process's
+/// environment in production; given explicitly by tests).
+#[derive(Debug, Default, Clone)]
+pub struct PasswordSources {
+    /// `PGPASSWORD`.
+    pub variable: Option<String>,
+    /// The password file to read (`PGPASSFILE`, else `~/.pgpass`).
+    pub file: Option<PathBuf>,
+}
+
+impl PasswordSources {
+    /// The sources libpq would use in this process.
+    pub fn from_environment() -> PasswordSources {
+        let file = std::env::var_os("PGPASSFILE")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".pgpass")));
+        PasswordSources {
+            variable: std::env::var("PGPASSWORD").ok(),
+            file,
+        }
+    }
+}
+
+/// Parses a `postgres://` (or `postgresql://`) store URL and finds its
+/// password. A URL that does not parse, or names no user, is a
+/// [`UserError::Config`] whose message never holds the password.
+pub fn parse_store_url(url: &str, sources: &PasswordSources) -> Result<StoreUrl, UserError> {
+    let shown_url = redacted(url);
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(UserError::Config(format!(
+            "store: '{}' is not a postgres:// URL: write store = \"postgres://USER@HOST/DB\"",
+            shown(&shown_url)
+        )));
+    }
+    let mut config: ::postgres::Config = url.parse().map_err(|error: ::postgres::Error| {
+        UserError::Config(format!(
+            "store: '{}' is not a valid PostgreSQL URL ({}): write store = \
+             \"postgres://USER@HOST[:PORT]/DB\"",
+            shown(&shown_url),
+            // The parser's messages name options, never their values.
+            error
+        ))
+    })?;
+    let Some(user) = config
+        .get_user()
+        .filter(|user| !user.is_empty())
+        .map(str::to_owned)
+    else {
+        return Err(UserError::Config(format!(
+            "store: '{}' names no user: write store = \"postgres://USER@HOST/DB\"",
+            shown(&shown_url)
+        )));
+    };
+    if config.get_password().is_none() {
+        if let Some(password) = sources.variable.clone() {
+            config.password(password);
+        } else if let Some(file) = &sources.file {
+            let host = match config.get_hosts().first() {
+                Some(::postgres::config::Host::Tcp(host)) => host.clone(),
+                // libpq matches a socket connection as "localhost".
+                _ => "localhost".to_owned(),
+            };
+            let port = config.get_ports().first().copied().unwrap_or(5432);
+            let dbname = config.get_dbname().unwrap_or(&user).to_owned();
+            if let Some(password) = password_from_file(file, &host, port, &dbname, &user) {
+                config.password(password);
+            }
+        }
+    }
+    Ok(StoreUrl {
+        config,
+        shown: shown_url,
+    })
+}
+
+/// The URL with any password replaced by `***`, whether or not it parses.
+pub fn redacted(url: &str) -> String {
+    let mut out = url.to_owned();
+    // The userinfo part: between "://" and the last '@' before the path.
+    if let Some(scheme_end) = url.find("://") {
+        let rest = &url[scheme_end + 3..];
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@') {
+            if let Some(colon) = rest[..at].find(':') {
+                let start = scheme_end + 3 + colon + 1;
+                out.replace_range(start..scheme_end + 3 + at, "***");
+            }
+        }
+    }
+    // A password given as a query option.
+    if let Some(query) = out.find('?') {
+        let (head, tail) = out.split_at(query + 1);
+        let options: Vec<String> = tail
+            .split('&')
+            .map(|option| match option.split_once('=') {
+                Some(("password", _)) => "password=***".to_owned(),
+                _ => option.to_owned(),
+            })
+            .collect();
+        out = format!("{head}{}", options.join("&"));
+    }
+    out
+}
+
+/// The password of the first line of a `.pgpass` file matching the
+/// connection, or `None`; a file others can read or write is ignored, as
+/// libpq ignores it (with a warning).
+fn password_from_file(
+    file: &Path,
+    host: &str,
+    port: u16,
+    dbname: &str,
+    user: &str,
+) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let metadata = std::fs::metadata(file).ok()?;
+    if metadata.permissions().mode() & 0o077 != 0 {
+        log::warn!(
+            "password file {} has group or world access; permissions should be u=rw (0600) \
+             or less: ignored",
+            file.display()
+        );
+        return None;
+    }
+    let text = std::fs::read_to_string(file).ok()?;
+    pgpass_lookup(&text, host, port, dbname, user)
+}
+
+/// The `.pgpass` rule: lines of `host:port:database:user:password`, `*`
+/// matching anything, `\:` and `\\` escaping, `#` starting a comment; the
+/// first matching line wins.
+pub fn pgpass_lookup(
+    text: &str,
+    host: &str,
+    port: u16,
+    dbname: &str,
+    user: &str,
+) -> Option<String> {
+    let port = port.to_string();
+    let wanted = [host, port.as_str(), dbname, user];
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let fields = pgpass_fields(line);
+            if fields.len() < 5 {
+                return None;
+            }
+            let matches = fields[..4]
+                .iter()
+                .zip(wanted)
+                .all(|(field, value)| field == "*" || field == value);
+            matches.then(|| fields[4].clone())
+        })
+}
+
+/// Splits one line on unescaped colons into at most five fields (the
+/// password may hold colons of its own, escaped or not).
+fn pgpass_fields(line: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(next) = chars.next() {
+                    fields.last_mut().expect("one field").push(next);
+                }
+            }
+            ':' if fields.len() < 5 => fields.push(String::new()),
+            _ => fields.last_mut().expect("one field").push(c),
+        }
+    }
+    fields
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixture::postgres::Postgres;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn pgpass_lines_match_as_libpq_matches_them() {
+        let text = "# comment\n\
+                    other:5432:*:alice:wrong\n\
+                    db.example:*:crawl:alice:pa\\:ss\\\\word\n\
+                    *:*:*:*:fallback:with:colons\n";
+        let lookup = |host, port, db, user| pgpass_lookup(text, host, port, db, user);
+        assert_eq!(
+            lookup("db.example", 6543, "crawl", "alice").as_deref(),
+            Some("pa:ss\\word")
+        );
+        assert_eq!(
+            lookup("other", 5432, "x", "alice").as_deref(),
+            Some("wrong")
+        );
+        assert_eq!(
+            lookup("other", 5433, "x", "alice").as_deref(),
+            Some("fallback:with:colons")
+        );
+        assert_eq!(pgpass_lookup("short:line\n", "h", 1, "d", "u"), None);
+    }
+
+    #[test]
+    fn a_password_is_never_shown_in_urls_or_errors() {
+        let cases = [
+            (
+                "postgres://alice:s3cret@db/crawl",
+                "postgres://alice:***@db/crawl",
+            ),
+            (
+                "postgres://alice:s3cr@t@db/crawl",
+                "postgres://alice:***@db/crawl",
+            ),
+            (
+                "postgres://alice@db/crawl?password=s3cret&sslmode=disable",
+                "postgres://alice@db/crawl?password=***&sslmode=disable",
+            ),
+            ("postgres://db/crawl", "postgres://db/crawl"),
+        ];
+        for (url, expected) in cases {
+            assert_eq!(redacted(url), expected);
+        }
+        let sources = PasswordSources::default();
+        for bad in [
+            "postgres://alice:s3cret@db:notaport/crawl",
+            "postgres://:s3cret@db/crawl",
+            "mysql://alice:s3cret@db/crawl",
+        ] {
+            let error = parse_store_url(bad, &sources).unwrap_err();
+            let message = error.to_string();
+            assert!(!message.contains("s3cret"), "{message}");
+            assert!(message.starts_with("store: "), "{message}");
+            assert_eq!(error.exit(), crate::exit_code::Exit::Usage);
+        }
+        let parsed = parse_store_url("postgres://alice:s3cret@db/crawl", &sources).unwrap();
+        assert!(!format!("{parsed:?}").contains("s3cret"));
+        assert!(!format!("{:?}", parsed.config).contains("s3cret"));
+    }
+
+    #[test]
+    fn the_password_comes_from_the_url_the_variable_or_a_private_pgpass() {
+        let Some(server) = Postgres::for_test("the_password_comes_from") else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let pgpass = dir.path().join("pgpass");
+        std::fs::write(
+            &pgpass,
+            format!(
+                "127.0.0.1:{}:postgres:postgres:{}\n",
+                server.port(),
+                server.password()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let connects = |url: &str, sources: &PasswordSources| {
+            let store = parse_store_url(url, sources).unwrap();
+            store.config.connect(::postgres::NoTls).is_ok()
+        };
+        let url = server.url();
+        let none = PasswordSources::default();
+        let file = PasswordSources {
+            variable: None,
+            file: Some(pgpass.clone()),
+        };
+        let variable = PasswordSources {
+            variable: Some(server.password().to_owned()),
+            file: None,
+        };
+        let with_password =
+            url.replacen("postgres@", &format!("postgres:{}@", server.password()), 1);
+        assert!(!connects(&url, &none), "connected without a password");
+        assert!(connects(&with_password, &none));
+        assert!(connects(&url, &variable));
+        assert!(connects(&url, &file));
+        // The URL's password comes first, then the variable, then the file.
+        let wrong_variable = PasswordSources {
+            variable: Some("wrong".into()),
+            file: Some(pgpass.clone()),
+        };
+        assert!(!connects(&url, &wrong_variable));
+        assert!(connects(&with_password, &wrong_variable));
+        // A file others can read is ignored.
+        std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(!connects(&url, &file), "a world-readable .pgpass was used");
+    }
+}
