@@ -186,6 +186,10 @@ mod tests {
         assert_eq!(parse_detail_summary(detail), Some((5900, 2, 1, 3)));
         assert_eq!(parse_detail_summary(line), None);
         assert_eq!(parse_detail_summary("detail pages: 5 done"), None);
+        assert_eq!(
+            parse_detail_summary("detail pages: 1 done, 2 pending, 3 failed; 4 items, 5 more"),
+            None
+        );
     }
 
     #[test]
