@@ -172,7 +172,9 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     if repeat > 1 {
         println!("pagecrawl rows: medians of {repeat} runs; peers: one run each.");
     }
-    print_table(&table);
+    if !table.is_empty() {
+        print_table(&table);
+    }
     if !ratios.is_empty() {
         println!();
         println!("| scenario | pagecrawl pages/s ÷ peer pages/s |");
