@@ -76,13 +76,38 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         peers,
     };
     let (crawls, scale) = scenarios(args.quick);
-    let wanted = |name: ScenarioName| args.only.is_empty() || args.only.contains(&name);
+    // The two-stage CPU-bound run is compared with the one-stage one of the
+    // same run, so selecting it selects that one too.
+    let wanted = |name: ScenarioName| {
+        args.only.is_empty()
+            || args.only.contains(&name)
+            || (name == ScenarioName::Cpu && args.only.contains(&ScenarioName::DetailCpu))
+    };
     print_header(&ctx, args, repeat);
+    if wanted(ScenarioName::DetailCpu)
+        && !args.only.is_empty()
+        && !args.only.contains(&ScenarioName::Cpu)
+    {
+        println!("(cpu runs too: detailcpu's CPU per request is compared with it)");
+    }
 
     let mut table: Vec<Row> = Vec::new();
     let mut ratios: Vec<(String, String, f64)> = Vec::new();
     for crawl in crawls.iter().filter(|c| wanted(c.name)) {
-        let server = ServerProcess::start(ctx.engine, crawl.latency_ms, crawl.pages, ctx.padding)?;
+        if crawl.detail && ctx.engine != Engine::Fast {
+            println!(
+                "scenario skipped: {} (detail pages are served by the fast server only; leave out --server fixture)",
+                crawl.label
+            );
+            continue;
+        }
+        let server = ServerProcess::start_serving(
+            ctx.engine,
+            crawl.latency_ms,
+            crawl.pages,
+            ctx.padding,
+            crawl.detail,
+        )?;
         let mut runs = Vec::new();
         for run in 0..repeat {
             server.reset();
@@ -95,6 +120,14 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         let ours = median_row(&runs);
         table.push(ours.clone());
         for &(peer, ref python) in &ctx.peers {
+            if crawl.detail && !peer.two_stage() {
+                println!(
+                    "peer skipped for {}: {} (no two-stage mode)",
+                    crawl.label,
+                    peer.name()
+                );
+                continue;
+            }
             server.reset();
             let row = peer_once(&ctx, &server, crawl, peer, python)?;
             if ctx.verbose || !row.ok {
@@ -139,7 +172,9 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     if repeat > 1 {
         println!("pagecrawl rows: medians of {repeat} runs; peers: one run each.");
     }
-    print_table(&table);
+    if !table.is_empty() {
+        print_table(&table);
+    }
     if !ratios.is_empty() {
         println!();
         println!("| scenario | pagecrawl pages/s ÷ peer pages/s |");

@@ -73,19 +73,25 @@ fn build_command(exe: &Path) -> String {
     }
 }
 
-/// The config the benchmark gives pagecrawl.
+/// The config the benchmark gives pagecrawl: `extra` lines (such as the
+/// two-stage scenarios' `detail` table), then the `--config-line` ones.
 pub fn write_config(
     ctx: &Bench,
     dir: &Path,
     url: &str,
     pages: &str,
     concurrency: usize,
+    extra: &[&str],
 ) -> Result<PathBuf> {
     let mut text = format!(
         "url = \"{url}\"\npages = \"{pages}\"\n{}\nconcurrency = {concurrency}\n",
         pattern_line()
     );
-    for line in &ctx.config_lines {
+    for line in extra
+        .iter()
+        .copied()
+        .chain(ctx.config_lines.iter().map(String::as_str))
+    {
         text.push_str(line);
         text.push('\n');
     }
@@ -144,6 +150,23 @@ pub fn parse_summary(stdout: &str) -> Option<(u64, u64, u64)> {
     ))
 }
 
+/// The numbers in pagecrawl's detail line: (done, pending, failed, items
+/// waiting).
+pub fn parse_detail_summary(stdout: &str) -> Option<(u64, u64, u64, u64)> {
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("detail pages:"))?;
+    let numbers: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|w| !w.is_empty())
+        .map(|w| w.parse().ok())
+        .collect::<Option<_>>()?;
+    match numbers[..] {
+        [done, pending, failed, waiting] => Some((done, pending, failed, waiting)),
+        _ => None,
+    }
+}
+
 pub fn count_lines(path: &Path) -> u64 {
     fs::read(path).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count() as u64)
 }
@@ -158,6 +181,15 @@ mod tests {
             "finished: 295 pages done, 0 failed, 5900 items in 0.91 s (324.2 pages/s); output: x";
         assert_eq!(parse_summary(line), Some((295, 0, 5900)));
         assert!(pattern_text().starts_with("<td>(?P<date>"));
+        let detail =
+            "detail pages: 5900 done, 2 pending, 1 failed; 3 items wait for their detail page";
+        assert_eq!(parse_detail_summary(detail), Some((5900, 2, 1, 3)));
+        assert_eq!(parse_detail_summary(line), None);
+        assert_eq!(parse_detail_summary("detail pages: 5 done"), None);
+        assert_eq!(
+            parse_detail_summary("detail pages: 1 done, 2 pending, 3 failed; 4 items, 5 more"),
+            None
+        );
     }
 
     #[test]

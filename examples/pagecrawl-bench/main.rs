@@ -28,6 +28,7 @@
 //! with what it does.
 
 mod bench;
+mod detail_pages;
 mod job;
 mod measure;
 mod parts;
@@ -154,6 +155,10 @@ struct ServeArgs {
     /// Exit after this long whatever happens.
     #[arg(long, default_value_t = 3_600)]
     max_seconds: u64,
+    /// Also serve a detail page for each listed item, at its link (fast
+    /// engine only).
+    #[arg(long)]
+    detail: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -177,6 +182,11 @@ enum ScenarioName {
     Latency64,
     Cpu,
     Scale,
+    /// Two stages: listing pages and each item's detail page, 50 ms, c=16.
+    Detail16,
+    /// Two stages, CPU-bound (no latency); compared with `cpu`.
+    #[value(name = "detailcpu")]
+    DetailCpu,
 }
 
 fn main() -> std::process::ExitCode {

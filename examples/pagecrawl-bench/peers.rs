@@ -1,6 +1,8 @@
 //! The Python peers kept in bench/ (threads + requests, and Scrapy): finding
 //! an interpreter that has them, and one run of a peer on the benchmark's
-//! server.
+//! server. For the two-stage scenarios Scrapy follows each item to its
+//! detail page (`response.follow` with `cb_kwargs`); the threads peer has
+//! no such mode and is not run there.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -10,6 +12,7 @@ use anyhow::Result;
 use pagecrawl::fixture::wooyun::PER_PAGE;
 
 use crate::bench::Bench;
+use crate::detail_pages::{self, detail_pattern, tags_pattern};
 use crate::job::{count_lines, fresh_dir, pattern_text};
 use crate::measure::measure;
 use crate::report::Row;
@@ -37,6 +40,11 @@ impl Peer {
             Peer::Threads => "peer_threads.py",
             Peer::Scrapy => "peer_scrapy.py",
         }
+    }
+
+    /// Whether it can crawl detail pages too.
+    pub fn two_stage(self) -> bool {
+        self == Peer::Scrapy
     }
 
     pub fn module(self) -> &'static str {
@@ -101,6 +109,13 @@ pub fn peer_once(
         .arg("--out")
         .arg(&out)
         .env("PYTHONDONTWRITEBYTECODE", "1");
+    if crawl.detail {
+        command
+            .arg("--detail-pattern")
+            .arg(detail_pattern())
+            .arg("--tags-pattern")
+            .arg(tags_pattern());
+    }
     let spawned_ns = unix_ns();
     let usage = measure(command, &dir.join("run"), ctx.limit, |_, _| {})?;
     let items = count_lines(&out);
@@ -108,7 +123,16 @@ pub fn peer_once(
     let expected_items = crawl.pages * PER_PAGE as u64;
     let stats = server.stats();
     let mut check = server_check(stats, crawl.pages) + &timing(stats, spawned_ns, usage.wall);
-    let ok = usage.ok() && done == crawl.pages && items == expected_items;
+    // The peer counts every 200 response, detail pages included.
+    let mut ok = usage.ok() && done == crawl.requests() && items == expected_items;
+    if crawl.detail {
+        let verdict = detail_pages::check_output(&out, expected_items);
+        ok &= verdict.is_ok();
+        check = match verdict {
+            Ok(()) => format!("{expected_items} items with their detail fields; {check}"),
+            Err(problem) => format!("{problem}; {check}"),
+        };
+    }
     if !ok {
         check = format!(
             "FAILED: {}; {done} pages, {items} items (want {expected_items}); {check}",
@@ -121,7 +145,7 @@ pub fn peer_once(
     Ok(Row {
         scenario: crawl.label.to_string(),
         client: peer.name().into(),
-        pages: crawl.pages,
+        pages: crawl.requests(),
         concurrency: crawl.concurrency,
         latency_ms: crawl.latency_ms,
         wall: usage.wall,

@@ -59,6 +59,7 @@ pub fn profile(
         &server.url_template(),
         &format!("1..={pages}"),
         concurrency,
+        &[],
     )?;
     let state = out.join("state");
     if state.exists() {

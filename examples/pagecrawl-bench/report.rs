@@ -7,7 +7,7 @@ use std::thread;
 use std::time::Duration;
 
 use crate::bench::Bench;
-use crate::scenarios::{Scale, ScaleResult};
+use crate::scenarios::{Scale, ScaleResult, ONE_STAGE_CPU, TWO_STAGE_CPU, TWO_STAGE_LATENCY};
 use crate::BenchArgs;
 
 /// One row of the table.
@@ -32,17 +32,31 @@ impl Row {
         self.pages as f64 / self.wall.as_secs_f64().max(1e-9)
     }
 
+    /// The ideal wall time over the real one; `None` without latency. For
+    /// a two-stage row `pages` counts both stages' requests, so the ideal is
+    /// (listing + detail pages) · L / C.
     pub fn efficiency(&self) -> Option<f64> {
         (self.latency_ms > 0).then(|| {
-            let ideal =
-                self.pages as f64 * self.latency_ms as f64 / 1000.0 / self.concurrency as f64;
-            ideal / self.wall.as_secs_f64().max(1e-9)
+            ideal_seconds(self.pages, self.latency_ms, self.concurrency)
+                / self.wall.as_secs_f64().max(1e-9)
         })
     }
 
     pub fn cpu_ms_per_page(&self) -> f64 {
         self.cpu.as_secs_f64() * 1000.0 / self.pages.max(1) as f64
     }
+}
+
+/// The shortest a crawl of `requests` can take when each one waits
+/// `latency_ms` on the server and `concurrency` run at once: N · L / C.
+pub fn ideal_seconds(requests: u64, latency_ms: u64, concurrency: usize) -> f64 {
+    requests as f64 * latency_ms as f64 / 1000.0 / concurrency.max(1) as f64
+}
+
+/// The two-stage run's CPU per request over the one-stage run's CPU per
+/// page (issue 12's target: at most 1.2).
+pub fn cpu_ratio(two_stage: &Row, one_stage: &Row) -> f64 {
+    two_stage.cpu_ms_per_page() / one_stage.cpu_ms_per_page().max(1e-9)
 }
 
 pub fn median<T: Copy + PartialOrd>(values: &mut [T]) -> T {
@@ -277,7 +291,28 @@ pub fn print_targets(
             ));
         }
     }
-    if let Some(row) = ours("CPU-bound") {
+    if let Some(e) = ours(TWO_STAGE_LATENCY).and_then(Row::efficiency) {
+        lines.push((
+            format!(
+                "{TWO_STAGE_LATENCY} efficiency ≥ 0.95 (ideal (listing + detail pages) · L / C)"
+            ),
+            format!("{e:.2}"),
+            e >= 0.95,
+        ));
+    }
+    if let (Some(two), Some(one)) = (ours(TWO_STAGE_CPU), ours(ONE_STAGE_CPU)) {
+        let ratio = cpu_ratio(two, one);
+        lines.push((
+            format!("{TWO_STAGE_CPU} CPU per request ≤ 1.2× one-stage CPU-bound's"),
+            format!(
+                "{ratio:.2}× ({:.3} vs {:.3} ms)",
+                two.cpu_ms_per_page(),
+                one.cpu_ms_per_page()
+            ),
+            ratio <= 1.2,
+        ));
+    }
+    if let Some(row) = ours(ONE_STAGE_CPU) {
         let cpu = row.cpu_ms_per_page();
         lines.push((
             "CPU-bound CPU ≤ 0.10 ms/page".into(),
@@ -343,7 +378,7 @@ pub fn print_targets(
     }
     println!();
     println!(
-        "targets of issue 5{}:",
+        "targets of issues 5 and 12{}:",
         if quick {
             " (--quick uses smaller sizes: indicative only)"
         } else {
@@ -355,5 +390,46 @@ pub fn print_targets(
             "  {} {what}: {value}",
             if met { "met    " } else { "NOT MET" }
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(pages: u64, latency_ms: u64, concurrency: usize, wall_ms: u64, cpu_ms: u64) -> Row {
+        Row {
+            scenario: "s".into(),
+            client: "pagecrawl".into(),
+            pages,
+            concurrency,
+            latency_ms,
+            wall: Duration::from_millis(wall_ms),
+            cpu: Duration::from_millis(cpu_ms),
+            sys: Duration::ZERO,
+            peak_rss_kib: 0,
+            check: String::new(),
+            ok: true,
+        }
+    }
+
+    #[test]
+    fn efficiency_is_the_ideal_of_both_stages_over_the_wall_time() {
+        // (295 + 5,900) · 50 ms / 16 = 19.359375 s.
+        assert!((ideal_seconds(6_195, 50, 16) - 19.359_375).abs() < 1e-9);
+        let e = row(6_195, 50, 16, 20_378, 0).efficiency().unwrap();
+        assert!((e - 0.95).abs() < 0.001, "{e}");
+        assert_eq!(row(6_195, 0, 16, 1_000, 0).efficiency(), None);
+        assert!(
+            (ideal_seconds(100, 10, 0) - 1.0).abs() < 1e-9,
+            "no division by 0"
+        );
+    }
+
+    #[test]
+    fn the_cpu_ratio_compares_per_request_figures() {
+        let one = row(20_000, 0, 8, 5_000, 8_000); // 0.4 ms a page
+        let two = row(21_000, 0, 8, 5_000, 10_080); // 0.48 ms a request
+        assert!((cpu_ratio(&two, &one) - 1.2).abs() < 1e-9);
     }
 }

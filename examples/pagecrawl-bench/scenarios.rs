@@ -1,6 +1,7 @@
 //! The scenarios pagecrawl runs: latency-bound, CPU-bound (one crawl each,
-//! checked against the server's count) and scale (a million pages pending:
-//! `enqueue`, start-up, `status`).
+//! checked against the server's count), two-stage (listing pages and each
+//! item's detail page, the output checked item by item) and scale (a
+//! million pages pending: `enqueue`, start-up, `status`).
 
 use std::fs;
 use std::time::{Duration, Instant};
@@ -9,7 +10,10 @@ use anyhow::{bail, Result};
 use pagecrawl::fixture::wooyun::PER_PAGE;
 
 use crate::bench::Bench;
-use crate::job::{count_lines, fresh_dir, pagecrawl_command, parse_summary, write_config};
+use crate::detail_pages::{self, DETAIL_LINE};
+use crate::job::{
+    count_lines, fresh_dir, pagecrawl_command, parse_detail_summary, parse_summary, write_config,
+};
 use crate::measure::{children_cpu, measure, terminate, Usage};
 use crate::report::Row;
 use crate::server::unix_ns;
@@ -24,6 +28,20 @@ pub struct Crawl {
     pub pages: u64,
     pub concurrency: usize,
     pub latency_ms: u64,
+    /// Two stages: every listed item's detail page is fetched too.
+    pub detail: bool,
+}
+
+impl Crawl {
+    /// Items the listing pages hold (and, with `detail`, detail pages).
+    pub fn items(&self) -> u64 {
+        self.pages * PER_PAGE as u64
+    }
+
+    /// Requests a complete crawl makes: listing pages, and detail pages.
+    pub fn requests(&self) -> u64 {
+        self.pages + if self.detail { self.items() } else { 0 }
+    }
 }
 
 /// The scale scenario.
@@ -34,8 +52,17 @@ pub struct Scale {
     pub concurrency: usize,
 }
 
+/// The two-stage scenarios' labels (the targets look their rows up).
+pub const TWO_STAGE_LATENCY: &str = "two-stage c=16";
+pub const TWO_STAGE_CPU: &str = "two-stage CPU-bound";
+/// The one-stage CPU-bound scenario's label.
+pub const ONE_STAGE_CPU: &str = "CPU-bound";
+
 pub fn scenarios(quick: bool) -> (Vec<Crawl>, Scale) {
     let (latency_pages, cpu_pages) = if quick { (640, 500) } else { (2_000, 20_000) };
+    // The WooYun mirror's 295 listing pages (5,900 detail pages); for the
+    // CPU-bound two-stage run, about as many requests as the one-stage one.
+    let (detail_pages, detail_cpu_pages) = if quick { (32, 25) } else { (295, 1_000) };
     let crawls = vec![
         Crawl {
             name: ScenarioName::Latency16,
@@ -43,6 +70,7 @@ pub fn scenarios(quick: bool) -> (Vec<Crawl>, Scale) {
             pages: latency_pages,
             concurrency: 16,
             latency_ms: 50,
+            detail: false,
         },
         Crawl {
             name: ScenarioName::Latency64,
@@ -50,13 +78,31 @@ pub fn scenarios(quick: bool) -> (Vec<Crawl>, Scale) {
             pages: latency_pages,
             concurrency: 64,
             latency_ms: 50,
+            detail: false,
         },
         Crawl {
             name: ScenarioName::Cpu,
-            label: "CPU-bound",
+            label: ONE_STAGE_CPU,
             pages: cpu_pages,
             concurrency: 8,
             latency_ms: 0,
+            detail: false,
+        },
+        Crawl {
+            name: ScenarioName::Detail16,
+            label: TWO_STAGE_LATENCY,
+            pages: detail_pages,
+            concurrency: 16,
+            latency_ms: 50,
+            detail: true,
+        },
+        Crawl {
+            name: ScenarioName::DetailCpu,
+            label: TWO_STAGE_CPU,
+            pages: detail_cpu_pages,
+            concurrency: 8,
+            latency_ms: 0,
+            detail: true,
         },
     ];
     let scale = if quick {
@@ -78,7 +124,7 @@ pub fn scenarios(quick: bool) -> (Vec<Crawl>, Scale) {
 pub fn server_check(stats: Option<ServerStats>, expected: u64) -> String {
     match stats {
         Some(s) => format!(
-            "{} pages{}{}, peak {} at once",
+            "{} pages{}{}{}, peak {} at once",
             s.requests,
             if s.repeats > 0 || s.requests != expected {
                 format!(" ({} repeated)", s.repeats)
@@ -87,6 +133,14 @@ pub fn server_check(stats: Option<ServerStats>, expected: u64) -> String {
             },
             if s.other > 0 {
                 format!(" + {} other", s.other)
+            } else {
+                String::new()
+            },
+            if s.detail_requests > 0 {
+                format!(
+                    " + {} detail pages ({} repeated)",
+                    s.detail_requests, s.detail_repeats
+                )
             } else {
                 String::new()
             },
@@ -120,6 +174,7 @@ pub fn crawl_once(ctx: &Bench, server: &ServerProcess, crawl: &Crawl, run: usize
         &server.url_template(),
         &format!("1..={}", crawl.pages),
         crawl.concurrency,
+        if crawl.detail { &[DETAIL_LINE] } else { &[] },
     )?;
     let state = dir.join("state");
     let mut command = pagecrawl_command(ctx, &["run", "--config"]);
@@ -129,9 +184,27 @@ pub fn crawl_once(ctx: &Bench, server: &ServerProcess, crawl: &Crawl, run: usize
     let stats = server.stats();
     let items = count_lines(&state.join("items.jsonl"));
     let (done, failed, reported_items) = parse_summary(&usage.stdout).unwrap_or_default();
-    let expected_items = crawl.pages * PER_PAGE as u64;
+    let expected_items = crawl.items();
     let mut check = server_check(stats, crawl.pages) + &timing(stats, spawned_ns, usage.wall);
-    let ok = usage.ok() && done == crawl.pages && failed == 0 && items == expected_items;
+    let mut ok = usage.ok() && done == crawl.pages && failed == 0 && items == expected_items;
+    if crawl.detail {
+        // Every detail page done, none failed, no item left waiting, and
+        // every item written once with its detail page's fields.
+        let (detail_done, detail_pending, detail_failed, waiting) =
+            parse_detail_summary(&usage.stdout).unwrap_or((0, 0, 0, u64::MAX));
+        let verdict = detail_pages::check_output(&state.join("items.jsonl"), expected_items);
+        ok &= detail_done == expected_items
+            && detail_pending == 0
+            && detail_failed == 0
+            && waiting == 0
+            && verdict.is_ok();
+        check = match verdict {
+            Ok(()) => format!("{expected_items} items with their detail fields; {check}"),
+            Err(problem) => format!(
+                "{problem}; detail pages {detail_done} done, {detail_pending} pending, {detail_failed} failed, {waiting} items waiting; {check}"
+            ),
+        };
+    }
     if !ok {
         check = format!(
             "FAILED: {}; {done} done, {failed} failed, {items} items in the output (want {expected_items}, summary says {reported_items}); {check}",
@@ -148,7 +221,7 @@ pub fn crawl_once(ctx: &Bench, server: &ServerProcess, crawl: &Crawl, run: usize
     Ok(Row {
         scenario: crawl.label.to_string(),
         client: "pagecrawl".into(),
-        pages: crawl.pages,
+        pages: crawl.requests(),
         concurrency: crawl.concurrency,
         latency_ms: crawl.latency_ms,
         wall: usage.wall,
@@ -182,7 +255,14 @@ pub fn scale_once(ctx: &Bench, scale: &Scale, run: usize) -> Result<ScaleResult>
     let dir = fresh_dir(ctx, &format!("scale-{run}"))?;
     let server = ServerProcess::start(Engine::Fast, 0, scale.enqueue, ctx.padding)?;
     // A state exists only after a first `run`: one page of a one-page job.
-    let config = write_config(ctx, &dir, &server.url_template(), "1", scale.concurrency)?;
+    let config = write_config(
+        ctx,
+        &dir,
+        &server.url_template(),
+        "1",
+        scale.concurrency,
+        &[],
+    )?;
     let state = dir.join("state");
     let state_arg = state.to_string_lossy().to_string();
     let config_arg = config.to_string_lossy().to_string();
@@ -316,4 +396,26 @@ pub fn scale_once(ctx: &Bench, scale: &Scale, run: usize) -> Result<ScaleResult>
         live_status,
         pending_after,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_stage_scenarios_count_both_stages_requests() {
+        let (crawls, _) = scenarios(false);
+        let find = |name| crawls.iter().find(|c| c.name == name).unwrap();
+        let detail = find(ScenarioName::Detail16);
+        assert_eq!(
+            (detail.pages, detail.items(), detail.requests()),
+            (295, 5_900, 6_195)
+        );
+        assert_eq!((detail.concurrency, detail.latency_ms), (16, 50));
+        let cpu = find(ScenarioName::DetailCpu);
+        assert!(cpu.detail && cpu.latency_ms == 0);
+        assert_eq!(find(ScenarioName::Cpu).requests(), 20_000);
+        let (quick, _) = scenarios(true);
+        assert!(quick.iter().all(|c| c.requests() < 1_000));
+    }
 }

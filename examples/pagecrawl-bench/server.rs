@@ -13,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use pagecrawl::fixture::wooyun::{self, PER_PAGE};
 use pagecrawl::fixture::{page_body, Server, Site};
 
+use crate::detail_pages;
 use crate::{Engine, ServeArgs};
 
 /// Where the listing pages are on the benchmark server.
@@ -38,6 +39,49 @@ pub struct Pages {
     /// back to back, when they fit the budget: then a request costs one
     /// `write` and no rendering.
     pub prerendered: Option<(Vec<u8>, Vec<usize>)>,
+    /// The detail pages of the listed items (`serve --detail`), or none:
+    /// then their links answer 404, as before the two-stage scenarios.
+    pub details: Option<DetailPages>,
+}
+
+/// Whole keep-alive responses of the detail pages of every listed item,
+/// back to back, in listing order (5,900 of ~4 KB take ~25 MB).
+pub struct DetailPages {
+    pub items: u64,
+    pub bytes: Vec<u8>,
+    pub ends: Vec<usize>,
+}
+
+impl DetailPages {
+    /// Renders the detail pages of the first `items` listed bugs.
+    pub fn new(items: u64) -> Result<DetailPages> {
+        if items > detail_pages::MAX_ITEMS {
+            bail!(
+                "detail pages are served for at most {} items, not {items}",
+                detail_pages::MAX_ITEMS
+            );
+        }
+        let mut bytes = Vec::new();
+        let mut ends = Vec::with_capacity(items as usize);
+        for (index, bug) in detail_pages::listed_bugs(items).iter().enumerate() {
+            let body = detail_pages::render(index as u64, bug);
+            bytes.extend_from_slice(&response("200 OK", HTML, body.as_bytes(), false));
+            ends.push(bytes.len());
+        }
+        Ok(DetailPages { items, bytes, ends })
+    }
+
+    /// The listing position of the item whose detail page is at `target`.
+    pub fn index_of(&self, target: &str) -> Option<u64> {
+        detail_pages::index_of(target, self.items)
+    }
+
+    /// The keep-alive response for the item at `index` (< `items`).
+    pub fn response(&self, index: u64) -> &[u8] {
+        let index = index as usize;
+        let start = if index == 0 { 0 } else { self.ends[index - 1] };
+        &self.bytes[start..self.ends[index]]
+    }
 }
 
 impl Pages {
@@ -52,6 +96,7 @@ impl Pages {
             total,
             padding_block: block,
             prerendered: None,
+            details: None,
         };
         let site = Site {
             pages: total,
@@ -119,10 +164,15 @@ pub struct Counters {
     pub first_ns: AtomicU64,
     pub last_ns: AtomicU64,
     pub seen: Vec<AtomicU32>,
+    /// Detail page requests, and those for a detail page requested before.
+    pub detail_requests: AtomicU64,
+    pub detail_repeats: AtomicU64,
+    pub detail_seen: Vec<AtomicU32>,
 }
 
 impl Counters {
-    pub fn new(pages: u64) -> Counters {
+    /// Counters for `pages` listing pages and `details` detail pages.
+    pub fn new(pages: u64, details: u64) -> Counters {
         Counters {
             requests: AtomicU64::new(0),
             repeats: AtomicU64::new(0),
@@ -132,6 +182,9 @@ impl Counters {
             first_ns: AtomicU64::new(0),
             last_ns: AtomicU64::new(0),
             seen: (0..=pages + 1).map(|_| AtomicU32::new(0)).collect(),
+            detail_requests: AtomicU64::new(0),
+            detail_repeats: AtomicU64::new(0),
+            detail_seen: (0..details).map(|_| AtomicU32::new(0)).collect(),
         }
     }
 
@@ -142,34 +195,34 @@ impl Counters {
             &self.other,
             &self.first_ns,
             &self.last_ns,
+            &self.detail_requests,
+            &self.detail_repeats,
         ] {
             counter.store(0, Ordering::SeqCst);
         }
         self.peak
             .store(self.active.load(Ordering::SeqCst), Ordering::SeqCst);
-        for seen in &self.seen {
+        for seen in self.seen.iter().chain(&self.detail_seen) {
             seen.store(0, Ordering::Relaxed);
         }
     }
 
     pub fn json(&self) -> String {
         format!(
-            "{{\"requests\":{},\"repeats\":{},\"other\":{},\"peak\":{},\"first_ns\":{},\"last_ns\":{}}}",
+            "{{\"requests\":{},\"repeats\":{},\"other\":{},\"peak\":{},\"first_ns\":{},\"last_ns\":{},\"detail_requests\":{},\"detail_repeats\":{}}}",
             self.requests.load(Ordering::SeqCst),
             self.repeats.load(Ordering::SeqCst),
             self.other.load(Ordering::SeqCst),
             self.peak.load(Ordering::SeqCst),
             self.first_ns.load(Ordering::SeqCst),
             self.last_ns.load(Ordering::SeqCst),
+            self.detail_requests.load(Ordering::SeqCst),
+            self.detail_repeats.load(Ordering::SeqCst),
         )
     }
 
     /// Counts a page request; returns a guard that ends it.
     pub fn begin(&self, page: u64) -> Active<'_> {
-        let now = unix_ns();
-        let _ = self
-            .first_ns
-            .compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst);
         self.requests.fetch_add(1, Ordering::SeqCst);
         let slot = usize::try_from(page)
             .unwrap_or(usize::MAX)
@@ -177,6 +230,25 @@ impl Counters {
         if self.seen[slot].fetch_add(1, Ordering::Relaxed) > 0 && slot < self.seen.len() - 1 {
             self.repeats.fetch_add(1, Ordering::SeqCst);
         }
+        self.start()
+    }
+
+    /// Counts a request for the detail page of the item at `index`.
+    pub fn begin_detail(&self, index: u64) -> Active<'_> {
+        self.detail_requests.fetch_add(1, Ordering::SeqCst);
+        if self.detail_seen[index as usize].fetch_add(1, Ordering::Relaxed) > 0 {
+            self.detail_repeats.fetch_add(1, Ordering::SeqCst);
+        }
+        self.start()
+    }
+
+    /// A request of either stage begins: the clock and the requests in
+    /// flight, which count both.
+    fn start(&self) -> Active<'_> {
+        let now = unix_ns();
+        let _ = self
+            .first_ns
+            .compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst);
         let now_active = self.active.fetch_add(1, Ordering::SeqCst) + 1;
         self.peak.fetch_max(now_active, Ordering::SeqCst);
         Active(self)
@@ -205,6 +277,9 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
     let latency = Duration::from_millis(args.latency_ms);
     // Held until the process exits.
     let _fixture;
+    if args.detail && args.engine != Engine::Fast {
+        bail!("detail pages are served by the fast engine only (--engine fast)");
+    }
     let addr = match args.engine {
         Engine::Fixture => {
             let server = Server::start(Site {
@@ -219,8 +294,17 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
             addr
         }
         Engine::Fast => {
-            let pages = Arc::new(Pages::new(args.pages, args.padding)?);
-            let counters = Arc::new(Counters::new(args.pages));
+            let mut pages = Pages::new(args.pages, args.padding)?;
+            let items = if args.detail {
+                args.pages * PER_PAGE as u64
+            } else {
+                0
+            };
+            if args.detail {
+                pages.details = Some(DetailPages::new(items)?);
+            }
+            let pages = Arc::new(pages);
+            let counters = Arc::new(Counters::new(args.pages, items));
             let listener = TcpListener::bind("127.0.0.1:0").context("cannot listen")?;
             let addr = listener.local_addr()?;
             thread::Builder::new()
@@ -269,6 +353,24 @@ pub fn serve_connection(stream: TcpStream, pages: &Pages, counters: &Counters, l
                 thread::sleep(latency);
             }
             writer.write_all(&pages.response(page, close))
+        } else if let Some((details, index)) = pages
+            .details
+            .as_ref()
+            .and_then(|d| Some((d, d.index_of(&target)?)))
+        {
+            let _active = counters.begin_detail(index);
+            if !latency.is_zero() {
+                thread::sleep(latency);
+            }
+            if close {
+                let body = detail_pages::render(
+                    index,
+                    &detail_pages::listed_bugs(index + 1)[index as usize],
+                );
+                writer.write_all(&response("200 OK", HTML, body.as_bytes(), true))
+            } else {
+                writer.write_all(details.response(index))
+            }
         } else if target == "/__bench/stats" {
             let json = counters.json().into_bytes();
             writer.write_all(&response("200 OK", "application/json", &json, close))
@@ -359,5 +461,48 @@ mod tests {
         let pages = Pages::new(300, padding_for(20_000)).unwrap();
         let size = pages.body(7).len();
         assert!((18_000..22_000).contains(&size), "{size}");
+    }
+
+    #[test]
+    fn detail_responses_are_the_rendered_pages_of_their_items() {
+        let details = DetailPages::new(45).unwrap();
+        let bugs = detail_pages::listed_bugs(45);
+        for index in [0, 1, 20, 44] {
+            let bug = &bugs[index as usize];
+            assert_eq!(details.index_of(&bug.url), Some(index));
+            let body = detail_pages::render(index, bug);
+            assert_eq!(
+                details.response(index),
+                &response("200 OK", HTML, body.as_bytes(), false)[..]
+            );
+        }
+        assert_eq!(details.index_of(&detail_pages::link(45)), None);
+        assert!(DetailPages::new(detail_pages::MAX_ITEMS + 1).is_err());
+    }
+
+    #[test]
+    fn detail_requests_are_counted_apart_and_in_flight_with_listing_ones() {
+        let counters = Counters::new(3, 60);
+        let listing = counters.begin(1);
+        let first = counters.begin_detail(5);
+        drop(first);
+        let again = counters.begin_detail(5);
+        let json: serde_json::Value = serde_json::from_str(&counters.json()).unwrap();
+        assert_eq!(json["requests"], 1);
+        assert_eq!(json["detail_requests"], 2);
+        assert_eq!(json["detail_repeats"], 1);
+        assert_eq!(json["peak"], 2);
+        drop((listing, again));
+        counters.reset();
+        let json: serde_json::Value = serde_json::from_str(&counters.json()).unwrap();
+        assert_eq!(
+            (
+                json["detail_requests"].as_u64(),
+                json["detail_repeats"].as_u64()
+            ),
+            (Some(0), Some(0))
+        );
+        drop(counters.begin_detail(5));
+        assert_eq!(counters.detail_repeats.load(Ordering::SeqCst), 0);
     }
 }

@@ -31,6 +31,9 @@ pub struct ServerStats {
     pub peak: u64,
     pub first_ns: u64,
     pub last_ns: u64,
+    /// Detail page requests (`serve --detail`), and repeated ones.
+    pub detail_requests: u64,
+    pub detail_repeats: u64,
 }
 
 impl ServerProcess {
@@ -40,9 +43,26 @@ impl ServerProcess {
         pages: u64,
         padding: usize,
     ) -> Result<ServerProcess> {
+        ServerProcess::start_serving(engine, latency_ms, pages, padding, false)
+    }
+
+    /// `start`, and with `detail` a detail page for every listed item.
+    pub fn start_serving(
+        engine: Engine,
+        latency_ms: u64,
+        pages: u64,
+        padding: usize,
+        detail: bool,
+    ) -> Result<ServerProcess> {
         let exe = std::env::current_exe().context("cannot find this binary")?;
-        let mut child = Command::new(exe)
-            .args(["serve", "--engine"])
+        let mut command = Command::new(exe);
+        if detail {
+            command.arg("serve").arg("--detail");
+        } else {
+            command.arg("serve");
+        }
+        let mut child = command
+            .arg("--engine")
             .arg(match engine {
                 Engine::Fast => "fast",
                 Engine::Fixture => "fixture",
@@ -97,6 +117,8 @@ impl ServerProcess {
             peak: field("peak"),
             first_ns: field("first_ns"),
             last_ns: field("last_ns"),
+            detail_requests: field("detail_requests"),
+            detail_repeats: field("detail_repeats"),
         })
     }
 
