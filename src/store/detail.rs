@@ -112,16 +112,6 @@ pub struct DetailCommit {
     pub next_id: u64,
 }
 
-impl DetailCommit {
-    pub fn is_empty(&self) -> bool {
-        *self
-            == DetailCommit {
-                next_id: self.next_id,
-                ..DetailCommit::default()
-            }
-    }
-}
-
 fn decode<T: for<'a> Deserialize<'a> + Default>(bytes: &[u8]) -> T {
     serde_json::from_slice(bytes).unwrap_or_default()
 }
