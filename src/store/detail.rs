@@ -567,4 +567,33 @@ mod tests {
         );
         assert_eq!(recount(&store), (1, 1, 0, 1));
     }
+
+    #[test]
+    fn detail_pages_are_read_a_batch_at_a_time_from_a_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let commit = DetailCommit {
+            created: (0..5).map(|id| (id, format!("http://x/d/{id}"))).collect(),
+            next_id: 5,
+            ..DetailCommit::default()
+        };
+        store
+            .commit_known(&[], &[], &commit, (0, Fingerprint(1)), None)
+            .unwrap();
+        let ids =
+            |rows: Vec<(u64, DetailTask)>| rows.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
+        assert_eq!(ids(store.detail_pending_after(None, 2).unwrap()), [0, 1]);
+        assert_eq!(ids(store.detail_pending_after(Some(1), 2).unwrap()), [2, 3]);
+        assert_eq!(ids(store.detail_pending_after(Some(3), 10).unwrap()), [4]);
+        assert!(store.detail_pending_after(Some(4), 10).unwrap().is_empty());
+        assert!(store
+            .detail_pending_after(Some(u64::MAX), 10)
+            .unwrap()
+            .is_empty());
+        let listed = store
+            .list_details(crate::store::StateFilter::Pending, Some(2), 10)
+            .unwrap();
+        assert_eq!(listed.iter().map(|r| r.0).collect::<Vec<_>>(), [3, 4]);
+        assert_eq!(store.counters().detail_next, 5);
+    }
 }
