@@ -56,6 +56,11 @@ pub struct Detail {
     /// Lists, in name order: each regex's group named as the list, over
     /// every match on the detail page.
     pub collect: Vec<(String, Regex)>,
+    /// `pattern` and the lists' patterns on the crawler's extraction
+    /// engines (the fast paths listing patterns get), with, for each list,
+    /// the index of its group among its pattern's named groups.
+    pub extractor: crate::extract::Extractor,
+    pub list_extractors: Vec<(crate::extract::Extractor, usize)>,
     /// Hosts besides the listing's that detail links may point to
     /// (lowercase).
     pub hosts: Vec<String>,
@@ -129,6 +134,7 @@ pub(super) fn validate(raw: RawDetail, fields: &[String]) -> Result<Detail, Refu
         ));
     }
     let mut collect = Vec::with_capacity(raw.collect.len());
+    let mut list_extractors = Vec::with_capacity(raw.collect.len());
     for (name, text) in &raw.collect {
         if name == "page" || taken.contains(&name.as_str()) {
             return Err(("detail.collect", clash(name)));
@@ -150,6 +156,8 @@ pub(super) fn validate(raw: RawDetail, fields: &[String]) -> Result<Detail, Refu
                 ),
             ));
         }
+        let index = groups.iter().position(|g| g == name).unwrap_or(0);
+        list_extractors.push((crate::extract::Extractor::new(regex.clone()), index));
         collect.push((name.clone(), regex));
     }
     if raw.hosts.len() > MAX_HOSTS {
@@ -179,6 +187,8 @@ pub(super) fn validate(raw: RawDetail, fields: &[String]) -> Result<Detail, Refu
     }
     Ok(Detail {
         link,
+        extractor: crate::extract::Extractor::new(pattern.clone()),
+        list_extractors,
         pattern,
         fields: detail_fields,
         collect,

@@ -144,47 +144,42 @@ impl Parser {
     }
 }
 
-/// A detail page's values: each field of the pattern from the first match
-/// in which its group takes part, and each list over every match of its
-/// pattern, HTML-unescaped and trimmed as listing fields are; `None` when
-/// the pattern matches nothing on the page.
+/// A detail page's values: each field of the pattern is the first
+/// non-empty value its group takes over the pattern's matches (with one
+/// match, that match's), and each list the non-empty values of its group over
+/// every match of its pattern, HTML-unescaped and trimmed as listing fields are
+/// (the same extraction engines); `None` when the pattern matches nothing
+/// on the page.
 pub(crate) fn detail_values(
     detail: &crate::config::detail::Detail,
     text: &str,
 ) -> Option<crate::store::DetailValues> {
-    let names: Vec<&str> = detail.fields.iter().map(String::as_str).collect();
-    let mut fields: Vec<Option<String>> = vec![None; names.len()];
+    let mut fields: Vec<String> = vec![String::new(); detail.fields.len()];
     let mut matched = false;
-    for captures in detail.pattern.captures_iter(text) {
+    detail.extractor.for_each(text, |values| {
         matched = true;
-        for (slot, name) in fields.iter_mut().zip(&names) {
-            if slot.is_none() {
-                if let Some(value) = captures.name(name) {
-                    *slot = Some(crate::extract::clean(value.as_str()));
-                }
+        for (slot, value) in fields.iter_mut().zip(values) {
+            if slot.is_empty() && !value.is_empty() {
+                *slot = value.to_string();
             }
         }
-        if fields.iter().all(Option::is_some) {
-            break;
-        }
-    }
+    });
     if !matched {
         return None;
     }
     let lists = detail
-        .collect
+        .list_extractors
         .iter()
-        .map(|(name, regex)| {
-            regex
-                .captures_iter(text)
-                .filter_map(|c| c.name(name).map(|m| crate::extract::clean(m.as_str())))
-                .collect()
+        .map(|(extractor, index)| {
+            let mut list = Vec::new();
+            extractor.for_each(text, |values| match values.get(*index) {
+                Some(value) if !value.is_empty() => list.push(value.to_string()),
+                _ => {}
+            });
+            list
         })
         .collect();
-    Some(crate::store::DetailValues {
-        fields: fields.into_iter().map(Option::unwrap_or_default).collect(),
-        lists,
-    })
+    Some(crate::store::DetailValues { fields, lists })
 }
 
 /// A link as the page wrote it, resolved against the page's URL as a
