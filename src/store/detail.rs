@@ -463,7 +463,14 @@ mod tests {
                     ..DetailFailed::default()
                 },
             )],
-            waiting_added: vec![item(0, 0), item(0, 1), item(1, 2)],
+            waiting_added: vec![
+                item(0, 0),
+                item(0, 1),
+                WaitingItem {
+                    page: 2,
+                    ..item(1, 2)
+                },
+            ],
             next_id: 2,
             ..DetailCommit::default()
         };
@@ -494,7 +501,11 @@ mod tests {
         assert_eq!(store.waiting_for(0).unwrap(), vec![item(0, 0), item(0, 1)]);
         assert_eq!(
             store.pages_with_waiting_items().unwrap(),
-            HashSet::from([1])
+            HashSet::from([1, 2])
+        );
+        assert_eq!(
+            store.detail_reasons().unwrap(),
+            [("other host".to_string(), 1)]
         );
         let (id, state) = store.detail_by_url("http://x/d/0").unwrap().unwrap();
         assert!(matches!(state, DetailState::Pending(_)) && id == 0);
@@ -504,7 +515,7 @@ mod tests {
         assert_eq!(listed.len(), 1);
         assert_eq!(
             listed[0].2,
-            Some((1, 2)),
+            Some((2, 2)),
             "a failed detail page names its item"
         );
 
@@ -566,6 +577,7 @@ mod tests {
             "http://elsewhere/d"
         );
         assert_eq!(recount(&store), (1, 1, 0, 1));
+        assert!(store.detail_reasons().unwrap().is_empty());
     }
 
     #[test]
