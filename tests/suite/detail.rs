@@ -133,6 +133,11 @@ fn every_item_is_written_once_with_its_detail_fields() {
         .count() as u64;
     assert!(missing > 0, "the site has 404 detail pages");
     assert!(
+        !stdout(&output).contains("already in the output"),
+        "no key, so no item is a duplicate: {}",
+        stdout(&output)
+    );
+    assert!(
         stdout(&output).contains(&format!("{missing} detail pages failed for good")),
         "{}",
         stdout(&output)

@@ -40,7 +40,12 @@ fn retry_after_is_honoured_and_5xx_are_retried() {
         2,
         "a truncated body is retried"
     );
-    assert_eq!(job.status()["retries"], 5);
+    // 5 retries, or 4 when page 7's reset came on a kept-alive connection
+    // (a request lost there before any byte of its answer is resent once
+    // without spending a retry; whether the connection was reused depends
+    // on timing). Flaky before, when it asserted 5.
+    let retries = job.status()["retries"].as_u64().unwrap();
+    assert!((4..=5).contains(&retries), "{retries} retries");
 }
 
 #[test]
