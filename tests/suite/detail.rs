@@ -155,6 +155,11 @@ fn every_item_is_written_once_with_its_detail_fields() {
     );
     assert_eq!(status["detail_done"], 12 * 20 - missing);
     assert_eq!(status["failed_for_good"], missing);
+    assert_eq!(
+        status["items"],
+        12 * 20 - missing,
+        "items counts what was written"
+    );
     assert_eq!(status["detail_errors"][0]["reason"], "HTTP 404");
     // Each detail page was asked for once (no faults here), each listing
     // page once.
