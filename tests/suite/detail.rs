@@ -240,7 +240,35 @@ fn with_on_failure_write_an_item_is_written_with_its_reason() {
         }
     }
     assert_items(&normalised, &expected_items(&job, Some("failed")));
-    assert_eq!(job.status()["items_waiting"], 0);
+    let status = job.status();
+    assert_eq!(status["items_waiting"], 0);
+    assert_eq!(
+        status["items"], 100,
+        "items counts those written with their reason"
+    );
+
+    // Re-crawled (no key: every item again), each item's detail page is
+    // known: done ones are merged, failed ones written with their reason,
+    // at once and without a request.
+    assert_success(&job.exec(&["enqueue", "1..=5"]));
+    job.run_with_failures();
+    let text = std::fs::read_to_string(job.output_path("items.jsonl")).unwrap();
+    assert_eq!(text.lines().count(), 200);
+    let failures = text
+        .lines()
+        .filter(|l| l.contains("\"detail_error\""))
+        .count();
+    assert_eq!(failures, 2 * failed.len());
+    let status = job.status();
+    assert_eq!(
+        (status["items"].as_u64(), status["items_waiting"].as_u64()),
+        (Some(200), Some(0))
+    );
+    assert_eq!(
+        job.server.stats().detail_requests(),
+        100,
+        "no detail page fetched twice"
+    );
 }
 
 #[test]
