@@ -132,9 +132,9 @@ pub fn render_merged(
                     for (name, value) in detail.fields.iter().zip(&got.fields) {
                         field(out, name, value);
                     }
-                    for ((name, _), list) in detail.collect.iter().zip(&got.lists) {
+                    for (field, list) in detail.collect.iter().zip(&got.lists) {
                         out.push(b',');
-                        write_json_string(out, name);
+                        write_json_string(out, &field.name);
                         out.push(b':');
                         let _ = serde_json::to_writer(&mut *out, list);
                     }

@@ -13,8 +13,6 @@ use crate::fixture::{Server, Site};
 
 /// The example config shipped in `data/`; the demo points it at its mirror.
 const EXAMPLE_CONFIG: &str = include_str!("../../data/wooyun.toml");
-/// Share of the mirror's detail pages that answer 404 in the demo.
-const DEMO_NOT_FOUND: f64 = 0.005;
 const EXAMPLE_URL: &str = "http://127.0.0.1:8080/wooyun/bugs.php?page={page}";
 
 pub fn command(dir: Option<PathBuf>, latency_ms: u64, listing_only: bool) -> Result<Exit> {
@@ -28,14 +26,8 @@ pub fn command(dir: Option<PathBuf>, latency_ms: u64, listing_only: bool) -> Res
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     // As a real mirror: some detail pages slow, some in GBK, a few gone.
-    let site = Site {
-        latency: Duration::from_millis(latency_ms),
-        slow_details: 0.05,
-        detail_slow_by: Duration::from_millis(latency_ms * 4),
-        gbk_details: 0.2,
-        detail_not_found: DEMO_NOT_FOUND,
-        ..Site::default()
-    };
+    let site = Site::demo_mirror(Duration::from_millis(latency_ms));
+    let not_found = site.detail_not_found;
     let server = Server::start(site).context("cannot start the demo mirror on 127.0.0.1")?;
     eprintln!(
         "pagecrawl demo: serving a WooYun-style mirror ({} pages of {} bug reports, {latency_ms} ms per page) at http://{}/wooyun/",
@@ -69,7 +61,7 @@ pub fn command(dir: Option<PathBuf>, latency_ms: u64, listing_only: bool) -> Res
         // of the demo.
         eprintln!(
             "pagecrawl demo: the mirror answers 404 for about {:.1}% of its detail pages on purpose; their items are written with detail_error (on_failure = \"write\"); see them with\n  pagecrawl queue --stage detail --state failed --state-dir {}",
-            DEMO_NOT_FOUND * 100.0,
+            not_found * 100.0,
             state_dir.display()
         );
         exit = Exit::Success;

@@ -118,40 +118,17 @@ pub fn render(s: &Status) -> String {
     }
     line("retries", s.retries.to_string());
     if !s.errors.is_empty() {
-        let mut errors = format!(
-            "{} page{} failed:\n",
-            s.failed,
-            if s.failed == 1 { "" } else { "s" }
-        );
-        for error in s.errors.iter().take(TOP_ERRORS) {
-            errors.push_str(&format!("  {} × {}\n", error.pages, error.reason));
-        }
-        if s.errors.len() > TOP_ERRORS {
-            errors.push_str(&format!(
-                "  ... and {} other reasons\n",
-                s.errors.len() - TOP_ERRORS
-            ));
-        }
-        errors.push_str(&format!(
-            "list them: pagecrawl queue --state failed --state-dir {}; retry: pagecrawl retry --state-dir {}",
-            s.state_dir, s.state_dir
-        ));
-        line("errors", errors);
+        line("errors", errors_block(s, "page", s.failed, &s.errors, ""));
     }
     if !s.detail_errors.is_empty() {
-        let mut errors = format!(
-            "{} detail page{} failed:\n",
+        let block = errors_block(
+            s,
+            "detail page",
             s.detail_failed,
-            if s.detail_failed == 1 { "" } else { "s" }
+            &s.detail_errors,
+            "--stage detail ",
         );
-        for error in s.detail_errors.iter().take(TOP_ERRORS) {
-            errors.push_str(&format!("  {} × {}\n", error.pages, error.reason));
-        }
-        errors.push_str(&format!(
-            "list them: pagecrawl queue --stage detail --state failed --state-dir {}; retry: pagecrawl retry --state-dir {}",
-            s.state_dir, s.state_dir
-        ));
-        line("errors", errors);
+        line("errors", block);
     }
     if let Some(output) = &s.output {
         line("output", format!("{output} ({} bytes)", s.output_bytes));
@@ -211,6 +188,36 @@ fn pages_line(s: &Status) -> String {
             pages
         }
     }
+}
+
+/// The failure reasons of one stage (`what`: page, detail page), the most
+/// common first, and how to list and retry them (`stage`: the `queue`
+/// flag that lists that stage).
+fn errors_block(
+    s: &Status,
+    what: &str,
+    failed: u64,
+    errors: &[crate::control::ops::ErrorCount],
+    stage: &str,
+) -> String {
+    let mut block = format!(
+        "{failed} {what}{} failed:\n",
+        if failed == 1 { "" } else { "s" }
+    );
+    for error in errors.iter().take(TOP_ERRORS) {
+        block.push_str(&format!("  {} × {}\n", error.pages, error.reason));
+    }
+    if errors.len() > TOP_ERRORS {
+        block.push_str(&format!(
+            "  ... and {} other reasons\n",
+            errors.len() - TOP_ERRORS
+        ));
+    }
+    block.push_str(&format!(
+        "list them: pagecrawl queue {stage}--state failed --state-dir {}; retry: pagecrawl retry --state-dir {}",
+        s.state_dir, s.state_dir
+    ));
+    block
 }
 
 /// Follow mode: the round, and when the next one starts (known while a

@@ -196,7 +196,8 @@ fn try_details(
                                 format!("  {name:<12} {}\n", printable(value)).as_bytes(),
                             );
                         }
-                        for ((name, _), list) in detail.collect.iter().zip(&values.lists) {
+                        for (field, list) in detail.collect.iter().zip(&values.lists) {
+                            let name = &field.name;
                             let list: Vec<String> =
                                 list.iter().map(|v| printable(v).into_owned()).collect();
                             out.extend_from_slice(

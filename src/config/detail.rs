@@ -45,6 +45,16 @@ pub enum OnFailure {
     Write,
 }
 
+/// One `collect` entry: a field whose value is a list.
+#[derive(Debug, Clone)]
+pub struct List {
+    pub name: String,
+    /// Its pattern, on the crawler's extraction engines.
+    pub extractor: crate::extract::Extractor,
+    /// The index of the group named `name` among the pattern's named groups.
+    pub group: usize,
+}
+
 /// A validated `[detail]` table.
 #[derive(Debug, Clone)]
 pub struct Detail {
@@ -53,14 +63,12 @@ pub struct Detail {
     pub pattern: Regex,
     /// Named groups of `pattern`, in pattern order.
     pub fields: Vec<String>,
-    /// Lists, in name order: each regex's group named as the list, over
-    /// every match on the detail page.
-    pub collect: Vec<(String, Regex)>,
-    /// `pattern` and the lists' patterns on the crawler's extraction
-    /// engines (the fast paths listing patterns get), with, for each list,
-    /// the index of its group among its pattern's named groups.
+    /// Lists, in name order: each list's values are its pattern's group
+    /// named as the list, over every match on the detail page.
+    pub collect: Vec<List>,
+    /// `pattern` on the crawler's extraction engines (the fast paths
+    /// listing patterns get).
     pub extractor: crate::extract::Extractor,
-    pub list_extractors: Vec<(crate::extract::Extractor, usize)>,
     /// Hosts besides the listing's that detail links may point to
     /// (lowercase).
     pub hosts: Vec<String>,
@@ -76,7 +84,7 @@ impl Detail {
         self.fields
             .iter()
             .map(String::as_str)
-            .chain(self.collect.iter().map(|(name, _)| name.as_str()))
+            .chain(self.collect.iter().map(|list| list.name.as_str()))
             .chain((self.on_failure == OnFailure::Write).then_some(ERROR_FIELD))
     }
 
@@ -134,7 +142,6 @@ pub(super) fn validate(raw: RawDetail, fields: &[String]) -> Result<Detail, Refu
         ));
     }
     let mut collect = Vec::with_capacity(raw.collect.len());
-    let mut list_extractors = Vec::with_capacity(raw.collect.len());
     for (name, text) in &raw.collect {
         if name == "page" || taken.contains(&name.as_str()) {
             return Err(("detail.collect", clash(name)));
@@ -156,9 +163,11 @@ pub(super) fn validate(raw: RawDetail, fields: &[String]) -> Result<Detail, Refu
                 ),
             ));
         }
-        let index = groups.iter().position(|g| g == name).unwrap_or(0);
-        list_extractors.push((crate::extract::Extractor::new(regex.clone()), index));
-        collect.push((name.clone(), regex));
+        collect.push(List {
+            name: name.clone(),
+            group: groups.iter().position(|g| g == name).unwrap_or(0),
+            extractor: crate::extract::Extractor::new(regex),
+        });
     }
     if raw.hosts.len() > MAX_HOSTS {
         return Err((
@@ -188,7 +197,6 @@ pub(super) fn validate(raw: RawDetail, fields: &[String]) -> Result<Detail, Refu
     Ok(Detail {
         link,
         extractor: crate::extract::Extractor::new(pattern.clone()),
-        list_extractors,
         pattern,
         fields: detail_fields,
         collect,

@@ -474,19 +474,7 @@ impl<'a> Details<'a> {
         url: &str,
         values: DetailValues,
     ) -> Result<()> {
-        for item in self.store.waiting_for(id)? {
-            self.write(
-                output,
-                detail,
-                item.page,
-                &item.values,
-                Merge::Values(&values),
-            )?;
-            self.commit
-                .waiting_written
-                .push((id, item.page, item.index));
-            self.commit.items_written += 1;
-        }
+        self.write_waiting(output, detail, id, Merge::Values(&values))?;
         self.by_id.insert(id, Known::Done(values.clone()));
         self.commit.settled.push(DetailSettle::Done {
             id,
@@ -514,14 +502,20 @@ impl<'a> Details<'a> {
         if detail.on_failure != OnFailure::Write {
             return Ok(());
         }
+        self.write_waiting(output, detail, id, Merge::Failed(&failed.detail))
+    }
+
+    /// Writes the items waiting for detail page `id`, each merged with
+    /// `merge`, and records them written.
+    fn write_waiting(
+        &mut self,
+        output: &mut OutputFile,
+        detail: &Detail,
+        id: u64,
+        merge: Merge<'_>,
+    ) -> Result<()> {
         for item in self.store.waiting_for(id)? {
-            self.write(
-                output,
-                detail,
-                item.page,
-                &item.values,
-                Merge::Failed(&failed.detail),
-            )?;
+            self.write(output, detail, item.page, &item.values, merge)?;
             self.commit
                 .waiting_written
                 .push((id, item.page, item.index));

@@ -433,10 +433,8 @@ fn detail_backlog(
 ) -> Option<Backlog> {
     config.detail.as_ref()?;
     let counters = store.counters();
-    let listing = in_flight
-        .iter()
-        .filter(|t| matches!(t, Task::Page(_)))
-        .count() as u64;
+    // Every detail task in flight has its URL in the feed (retries too).
+    let listing = in_flight.len().saturating_sub(details.in_flight()) as u64;
     let per_page = match counters.done {
         0 => 0,
         done => ((counters.items + counters.waiting) / done).max(1),

@@ -168,14 +168,16 @@ pub(crate) fn detail_values(
         return None;
     }
     let lists = detail
-        .list_extractors
+        .collect
         .iter()
-        .map(|(extractor, index)| {
+        .map(|field| {
             let mut list = Vec::new();
-            extractor.for_each(text, |values| match values.get(*index) {
-                Some(value) if !value.is_empty() => list.push(value.to_string()),
-                _ => {}
-            });
+            field
+                .extractor
+                .for_each(text, |values| match values.get(field.group) {
+                    Some(value) if !value.is_empty() => list.push(value.to_string()),
+                    _ => {}
+                });
             list
         })
         .collect();

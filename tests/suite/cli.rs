@@ -118,7 +118,11 @@ fn the_demo_crawls_the_built_in_mirror() {
     let expected = pagecrawl::fixture::wooyun::expected(295, 20);
     let planted = expected
         .iter()
-        .filter(|bug| pagecrawl::fixture::wooyun::detail_not_found(bug, 0.005))
+        .filter(|bug| {
+            let share =
+                pagecrawl::fixture::Site::demo_mirror(std::time::Duration::ZERO).detail_not_found;
+            pagecrawl::fixture::wooyun::detail_not_found(bug, share)
+        })
         .count();
     assert!(planted > 0);
     assert_eq!(gone, planted);

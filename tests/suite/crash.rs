@@ -138,14 +138,7 @@ fn sigterm_stops_gracefully_and_the_next_run_completes() {
 fn crash_campaign() {
     let full = std::env::var("PAGECRAWL_CAMPAIGN").is_ok_and(|v| v == "full");
     let (pages, kills_wanted) = if full { (3000, 20) } else { (600, 6) };
-    let seed: u64 = std::env::var("PAGECRAWL_CAMPAIGN_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        });
+    let seed = campaign_seed();
     eprintln!(
         "crash campaign: seed {seed} (replay with PAGECRAWL_CAMPAIGN_SEED={seed}), {pages} pages"
     );
@@ -157,31 +150,7 @@ fn crash_campaign() {
         .concurrency(8)
         .with("request_timeout = \"1s\"")
         .with("commit_every = 16");
-    let mut rng = fastrand::Rng::with_seed(seed);
-    let mut kills = 0;
-    let mut attempts = 0;
-    while kills < kills_wanted && attempts < kills_wanted * 3 {
-        attempts += 1;
-        let mut child = job.spawn_run();
-        // A third of the kills land in the first 60 ms: opening the state,
-        // truncating the output, the first requests.
-        let delay = if rng.u8(0..3) == 0 {
-            rng.u64(0..60)
-        } else {
-            rng.u64(60..400)
-        };
-        let exited = wait_until(Duration::from_millis(delay), || {
-            child.try_wait().ok().flatten().is_some()
-        });
-        if !exited {
-            signal(&child, "KILL");
-            kills += 1;
-        }
-        let _ = child.wait();
-        if exited {
-            break;
-        }
-    }
+    let kills = kill_at_random_moments(&job, seed, kills_wanted, 400);
     job.run_with_failures();
 
     let mut expected = job.expected_bugs(1..=pages);

@@ -384,24 +384,9 @@ fn a_thousand_items_on_one_listing_page_keep_memory_bounded() {
         ..Site::default()
     };
     let job = Job::new(site).concurrency(16).with(&detail_line("wait"));
-    let child = job.spawn_run();
-    let pid = child.id();
-    let mut peak_kb = 0u64;
-    let finished = wait_until(Duration::from_secs(120), || {
-        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-            if let Some(kb) = status
-                .lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-            {
-                peak_kb = peak_kb.max(kb);
-            }
-        }
-        job.server.stats().detail_requests() >= 2000
-    });
+    let (output, peak_kb) = run_watching_memory(&job);
+    let finished = job.server.stats().detail_requests() >= 2000;
     assert!(finished);
-    let output = finish(child, Duration::from_secs(60));
     assert_success(&output);
     assert_eq!(output_items(&job).len(), 2000);
     eprintln!(
@@ -472,14 +457,7 @@ fn try_shows_items_merged_with_their_detail_pages() {
 fn two_stage_crash_campaign() {
     let full = std::env::var("PAGECRAWL_CAMPAIGN").is_ok_and(|v| v == "full");
     let (pages, kills_wanted) = if full { (60, 20) } else { (20, 6) };
-    let seed: u64 = std::env::var("PAGECRAWL_CAMPAIGN_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        });
+    let seed = campaign_seed();
     eprintln!("two-stage crash campaign: seed {seed} (PAGECRAWL_CAMPAIGN_SEED={seed}), {pages} listing pages");
     let site = Site {
         pages,
@@ -507,29 +485,7 @@ fn two_stage_crash_campaign() {
         .with("request_timeout = \"1s\"")
         .with("commit_every = 16")
         .with(&detail_line("wait"));
-    let mut rng = fastrand::Rng::with_seed(seed);
-    let mut kills = 0;
-    let mut attempts = 0;
-    while kills < kills_wanted && attempts < kills_wanted * 3 {
-        attempts += 1;
-        let mut child = job.spawn_run();
-        let delay = if rng.u8(0..3) == 0 {
-            rng.u64(0..60)
-        } else {
-            rng.u64(60..500)
-        };
-        let exited = wait_until(Duration::from_millis(delay), || {
-            child.try_wait().ok().flatten().is_some()
-        });
-        if !exited {
-            signal(&child, "KILL");
-            kills += 1;
-        }
-        let _ = child.wait();
-        if exited {
-            break;
-        }
-    }
+    let kills = kill_at_random_moments(&job, seed, kills_wanted, 500);
     job.run_with_failures();
     assert_items(&output_items(&job), &expected_items(&job, None));
     let status = job.status();
@@ -592,26 +548,9 @@ fn hostile_detail_pages_end_in_bounded_logged_outcomes() {
         .with("retries = 1")
         .with(&detail_line("wait"));
     let started = std::time::Instant::now();
-    let child = job.spawn_run();
-    let pid = child.id();
-    let mut peak_kb = 0u64;
-    let ended = wait_until(Duration::from_secs(60), || {
-        if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-            if let Some(kb) = text
-                .lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-            {
-                peak_kb = peak_kb.max(kb);
-            }
-        }
-        !std::path::Path::new(&format!("/proc/{pid}")).exists()
-            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .is_ok_and(|s| s.split_whitespace().nth(2) == Some("Z"))
-    });
+    let (output, peak_kb) = run_watching_memory(&job);
+    let ended = started.elapsed() < Duration::from_secs(60);
     assert!(ended, "every hostile detail page ended");
-    let output = finish(child, Duration::from_secs(30));
     assert_finished_with_failures(&output);
     assert!(started.elapsed() < Duration::from_secs(60));
     assert!(

@@ -413,3 +413,76 @@ pub fn assert_same_items(actual: &[Bug], expected: &[Bug]) {
         expected.len()
     );
 }
+
+/// Runs `pagecrawl run` to completion while sampling its peak resident
+/// memory (`VmHWM`, KiB) every 20 ms.
+pub fn run_watching_memory(job: &Job) -> (std::process::Output, u64) {
+    let child = job.spawn_run();
+    let status_path = format!("/proc/{}/status", child.id());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let watcher = std::thread::spawn(move || {
+        let mut peak_kb = 0;
+        while rx.try_recv().is_err() {
+            if let Ok(text) = std::fs::read_to_string(&status_path) {
+                if let Some(kb) = text
+                    .lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse::<u64>().ok())
+                {
+                    peak_kb = peak_kb.max(kb);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        peak_kb
+    });
+    let output = finish(child, COMMAND_TIMEOUT);
+    let _ = tx.send(());
+    (output, watcher.join().unwrap_or(0))
+}
+
+/// A campaign's seed: `PAGECRAWL_CAMPAIGN_SEED` to replay one, else the
+/// clock.
+pub fn campaign_seed() -> u64 {
+    std::env::var("PAGECRAWL_CAMPAIGN_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        })
+}
+
+/// Starts `run` again and again, each time SIGKILLing it after a delay
+/// drawn from `seed` (a third of them in the first 60 ms: opening the
+/// state, truncating the output, the first requests; the rest up to
+/// `late_ms`), until `wanted` kills landed or a run finished first.
+/// Returns the kills.
+pub fn kill_at_random_moments(job: &Job, seed: u64, wanted: u32, late_ms: u64) -> u32 {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut kills = 0;
+    let mut attempts = 0;
+    while kills < wanted && attempts < wanted * 3 {
+        attempts += 1;
+        let mut child = job.spawn_run();
+        let delay = if rng.u8(0..3) == 0 {
+            rng.u64(0..60)
+        } else {
+            rng.u64(60..late_ms)
+        };
+        let exited = wait_until(Duration::from_millis(delay), || {
+            child.try_wait().ok().flatten().is_some()
+        });
+        if !exited {
+            signal(&child, "KILL");
+            kills += 1;
+        }
+        let _ = child.wait();
+        if exited {
+            break;
+        }
+    }
+    kills
+}

@@ -8,33 +8,6 @@ use pagecrawl::store::Store;
 
 use crate::harness::*;
 
-/// Peak resident memory of a running child, polled until it exits.
-fn run_watching_memory(job: &Job) -> (std::process::Output, u64) {
-    let child = job.spawn_run();
-    let status_path = format!("/proc/{}/status", child.id());
-    let (tx, rx) = std::sync::mpsc::channel();
-    let watcher = std::thread::spawn(move || {
-        let mut peak_kb = 0;
-        while rx.try_recv().is_err() {
-            if let Ok(text) = std::fs::read_to_string(&status_path) {
-                if let Some(kb) = text
-                    .lines()
-                    .find(|l| l.starts_with("VmHWM:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|v| v.parse::<u64>().ok())
-                {
-                    peak_kb = peak_kb.max(kb);
-                }
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        peak_kb
-    });
-    let output = finish(child, COMMAND_TIMEOUT);
-    let _ = tx.send(());
-    (output, watcher.join().unwrap_or(0))
-}
-
 fn failed_reasons(job: &Job) -> Vec<(u64, String)> {
     let queue = job.exec(&["queue", "--state", "failed", "--json"]);
     assert_success(&queue);
