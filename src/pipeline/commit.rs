@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
+use super::fetch::Origin;
 use super::{retry_delay, Parsed, Settled, Shared, Task};
 use crate::config::detail::{Detail, OnFailure};
 use crate::output::{csv_header, render_merged, Damage, Merge, OutputFile};
@@ -411,8 +412,8 @@ struct Details<'a> {
     store: &'a Store,
     format: crate::output::Format,
     fields: Vec<String>,
-    /// The listing's URL template, for the listing's own host.
-    listing_url: String,
+    /// The listing's own host: detail links elsewhere need `[detail] hosts`.
+    listing: Option<Origin>,
     commit: DetailCommit,
     /// Detail pages settled or created in this group, by number and URL.
     by_id: HashMap<u64, Known>,
@@ -426,7 +427,7 @@ impl<'a> Details<'a> {
             store,
             format: config.format,
             fields: config.fields.clone(),
-            listing_url: config.url.clone(),
+            listing: Origin::of(&config.url),
             commit: DetailCommit {
                 next_id: store.counters().detail_next,
                 ..DetailCommit::default()
@@ -579,7 +580,10 @@ impl<'a> Details<'a> {
         self.commit.next_id += 1;
         let refusal = if link.is_empty() {
             Some(("no link", "the item's link field is empty".to_string()))
-        } else if !super::fetch::same_host(link, &self.listing_url)
+        } else if !self
+            .listing
+            .as_ref()
+            .is_some_and(|origin| origin.holds(link))
             && !other_host_allowed(detail, link)
         {
             Some((

@@ -397,7 +397,7 @@ fn listing_may_go(
         Some(backlog) if backlog.per_page == 0 => backlog.listing == 0,
         Some(backlog) => {
             backlog.unsent + backlog.listing * backlog.per_page
-                < 2 * config.concurrency as u64 + backlog.per_page
+                < (2 * config.concurrency + config.commit_every) as u64 + backlog.per_page
         }
     }
 }

@@ -21,6 +21,8 @@ use crate::http::FetchError;
 /// take no work until a reload raises it, and end with the others.
 pub(super) fn run(index: usize, work: Receiver<Work>, fetched: Sender<Fetched>, shared: &Shared) {
     let done = || shared.stopping() || shared.feeder_ended.load(Ordering::SeqCst);
+    // The listing's URL is part of the job's identity: a reload keeps it.
+    let listing = Origin::of(&shared.config().url);
     while shared.gate.stand_by(index, done) {
         let Ok(Work {
             task,
@@ -52,8 +54,8 @@ pub(super) fn run(index: usize, work: Receiver<Work>, fetched: Sender<Fetched>, 
             };
             // robots.txt is the listing site's: a detail page on another
             // host (`[detail] hosts`) is not under its rules.
-            let robots_apply =
-                matches!(task, Task::Page(_)) || same_host(&url, &shared.config().url);
+            let robots_apply = matches!(task, Task::Page(_))
+                || listing.as_ref().is_some_and(|origin| origin.holds(&url));
             let allowed =
                 !robots_apply || shared.robots.allows(&crate::robots::path_and_query(&url));
             let fetched = if allowed {
@@ -103,15 +105,73 @@ pub(super) fn run(index: usize, work: Receiver<Work>, fetched: Sender<Fetched>, 
     }
 }
 
-/// Whether two URLs name the same host (and scheme and port).
-pub(super) fn same_host(a: &str, b: &str) -> bool {
-    let origin = |text: &str| {
+/// A URL's scheme, host (lowercase) and port: what "the same host" means
+/// for robots.txt and for detail links.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Origin {
+    scheme: String,
+    host: String,
+    port: Option<u16>,
+    /// `scheme://host[:port]` as the `url` crate writes it: the start of
+    /// every URL it resolved on this origin (detail links are resolved).
+    prefix: String,
+}
+
+impl Origin {
+    /// The origin of `text` (a URL, or the listing's URL template).
+    pub(super) fn of(text: &str) -> Option<Origin> {
         let url = url::Url::parse(&text.replace("{page}", "1")).ok()?;
-        Some((
-            url.scheme().to_string(),
-            url.host_str()?.to_ascii_lowercase(),
-            url.port_or_known_default(),
-        ))
-    };
-    matches!((origin(a), origin(b)), (Some(x), Some(y)) if x == y)
+        Some(Origin {
+            scheme: url.scheme().to_string(),
+            host: url.host_str()?.to_ascii_lowercase(),
+            port: url.port_or_known_default(),
+            prefix: url.origin().ascii_serialization(),
+        })
+    }
+
+    /// Whether `url` is on this origin: a URL written the way the `url`
+    /// crate writes one is known by its start, without being parsed; any
+    /// other is parsed.
+    pub(super) fn holds(&self, url: &str) -> bool {
+        let fast = url
+            .strip_prefix(self.prefix.as_str())
+            .is_some_and(|rest| rest.starts_with('/'));
+        fast || Origin::of(url).is_some_and(|other| other.same(self))
+    }
+
+    fn same(&self, other: &Origin) -> bool {
+        (&self.scheme, &self.host, self.port) == (&other.scheme, &other.host, other.port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Origin;
+
+    #[test]
+    fn an_origin_holds_its_own_urls_however_they_are_written() {
+        let listing = Origin::of("http://Example.com/bugs.php?page={page}").unwrap();
+        for url in [
+            "http://example.com/bugs/1",
+            "http://EXAMPLE.com/x",
+            "http://example.com:80/x",
+            "http://user@example.com/x",
+        ] {
+            assert!(listing.holds(url), "{url}");
+        }
+        for url in [
+            "http://example.com.evil.net/x",
+            "http://example.com:8080/x",
+            "https://example.com/x",
+            "http://other.example.com/x",
+            "not a url",
+            "",
+        ] {
+            assert!(!listing.holds(url), "{url}");
+        }
+        let port = Origin::of("http://127.0.0.1:8080/p={page}").unwrap();
+        assert!(port.holds("http://127.0.0.1:8080/d"));
+        assert!(!port.holds("http://127.0.0.1/d"));
+        assert!(!port.holds("http://127.0.0.1:80801/d"));
+    }
 }

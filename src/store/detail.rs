@@ -347,24 +347,19 @@ impl Store {
             );
             next.waiting += 1;
         }
-        for &(detail, page, index) in &details.waiting_written {
-            let key = waiting_key(detail, page, index);
-            if self.tree.contains_key(key)? {
-                batch.remove(&key[..]);
-                next.waiting -= 1;
-            }
-        }
-        let mut seen = HashSet::new();
+        // The detail pages whose result this batch records.
+        let mut recorded = HashSet::new();
         for settle in &details.settled {
             let id = match settle {
                 DetailSettle::Done { id, .. }
                 | DetailSettle::Retry { id, .. }
                 | DetailSettle::Failed { id, .. } => *id,
             };
-            if !seen.insert(id) || !self.detail_is_pending(id)? {
+            if recorded.contains(&id) || !self.detail_is_pending(id)? {
                 log::warn!("detail page {id} was already settled; recording it once");
                 continue;
             }
+            recorded.insert(id);
             match settle {
                 DetailSettle::Done { done, .. } => {
                     batch.remove(&page_key(DETAIL_PENDING, id)[..]);
@@ -391,6 +386,15 @@ impl Store {
                     next.detail_pending -= 1;
                     next.detail_failed += 1;
                 }
+            }
+        }
+        // Read from the tree in this group by the commit stage (the only
+        // writer) for a detail page settled in it: there until this batch,
+        // unless that page's result was recorded already.
+        for &(detail, page, index) in &details.waiting_written {
+            if recorded.contains(&detail) {
+                batch.remove(&waiting_key(detail, page, index)[..]);
+                next.waiting -= 1;
             }
         }
         next.items += details.items_written;
