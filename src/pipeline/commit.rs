@@ -164,14 +164,20 @@ fn flush(
                 }
                 pending.push(state);
             }
-            Some(Task::Detail(id))
-                if !tasks_in_group.insert(Task::Detail(id)) || !store.detail_is_pending(id)? =>
-            {
-                log::warn!("detail page {id} was already settled; its second result is dropped");
-                notices.push(Settled::Finished(Task::Detail(id)));
-                continue;
+            Some(Task::Detail(id)) => {
+                let waiting = match tasks_in_group.insert(Task::Detail(id)) {
+                    true => store.waiting_if_pending(id)?,
+                    false => None,
+                };
+                let Some(waiting) = waiting else {
+                    log::warn!(
+                        "detail page {id} was already settled; its second result is dropped"
+                    );
+                    notices.push(Settled::Finished(Task::Detail(id)));
+                    continue;
+                };
+                details.waiting.insert(id, waiting);
             }
-            Some(Task::Detail(_)) => {}
             None => {}
         }
         match message {
@@ -418,6 +424,9 @@ struct Details<'a> {
     /// Detail pages settled or created in this group, by number and URL.
     by_id: HashMap<u64, Known>,
     by_url: HashMap<String, u64>,
+    /// The items waiting for each detail page settled in this group, as
+    /// read when its result was found to be new.
+    waiting: HashMap<u64, Vec<WaitingItem>>,
     buffer: Vec<u8>,
 }
 
@@ -434,6 +443,7 @@ impl<'a> Details<'a> {
             },
             by_id: HashMap::new(),
             by_url: HashMap::new(),
+            waiting: HashMap::new(),
             buffer: Vec::new(),
         }
     }
@@ -515,7 +525,7 @@ impl<'a> Details<'a> {
         id: u64,
         merge: Merge<'_>,
     ) -> Result<()> {
-        for item in self.store.waiting_for(id)? {
+        for item in self.waiting.remove(&id).unwrap_or_default() {
             self.write(output, detail, item.page, &item.values, merge)?;
             self.commit
                 .waiting_written

@@ -397,7 +397,7 @@ fn listing_may_go(
         Some(backlog) if backlog.per_page == 0 => backlog.listing == 0,
         Some(backlog) => {
             backlog.unsent + backlog.listing * backlog.per_page
-                < (2 * config.concurrency + config.commit_every) as u64 + backlog.per_page
+                < (2 * config.concurrency + 2 * config.commit_every) as u64 + backlog.per_page
         }
     }
 }
@@ -482,14 +482,16 @@ impl DetailFeed {
                     url: Some(url),
                 }));
             }
-            let batch = store.detail_pending_after(self.cursor, SCAN_BATCH)?;
+            // Past the pages done or failed too, so that the next scan
+            // does not walk them again.
+            let (batch, scanned) = store.detail_pending_scan(self.cursor, SCAN_BATCH)?;
+            self.cursor = scanned;
             self.idle = batch.is_empty();
             if batch.is_empty() {
                 return Ok(None);
             }
             let now_wall = now_ms();
             for (id, task) in batch {
-                self.cursor = Some(id);
                 let key = Task::Detail(id);
                 if in_flight.contains(&key) {
                     continue;

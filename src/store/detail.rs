@@ -1,25 +1,28 @@
-//! The detail stage's state (`[detail]`): detail pages pending, done and
-//! failed, each with a number of its own; the number of each detail URL
-//! (so two items that link to one page fetch it once); and the items
-//! waiting for their detail page.
+//! The detail stage's state (`[detail]`): one record per detail page, under
+//! a number of its own, that says whether it is pending, done or failed and
+//! holds the items waiting for it; and the number of each detail URL (so
+//! two items that link to one page fetch it once).
 //!
-//! A listing page's items are recorded (waiting, or written when their
-//! detail page is done already) in the same batch that records the
-//! listing page done, and their new detail pages are queued in that batch
-//! too; a detail page's items are written and their waiting records
-//! removed in the batch that records the detail page done. So a listing
-//! page is never fetched again for its details, and after `kill -9` the
-//! detail pages that were in flight are simply pending.
+//! A listing page's items are recorded (waiting in their detail page's
+//! record, or written when that page is done already) in the same batch
+//! that records the listing page done, and their new detail pages are
+//! queued in that batch too; a detail page's items are written, and its
+//! record becomes a done one without them, in the batch that records it
+//! done. So a listing page is never fetched again for its details, and
+//! after `kill -9` the detail pages that were in flight are simply pending.
+//!
+//! One record that changes state in place, not a key per state and a key
+//! per waiting item: a detail page then costs the tree one new key and one
+//! overwrite instead of four new keys and two removals, and sled splits a
+//! leaf every few new keys and merges one as keys go (issue 12's CPU
+//! target; see the README's Performance section).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use super::keys::{
-    named_key, page_key, waiting_key, waiting_of, DETAIL_DONE, DETAIL_FAILED, DETAIL_PENDING,
-    DETAIL_URL, META, WAITING,
-};
+use super::keys::{named_key, page_key, page_of, DETAIL, DETAIL_URL, META};
 use super::{Store, COUNTERS_KEY};
 use crate::util::now_ms;
 
@@ -103,7 +106,8 @@ pub struct DetailCommit {
     pub refused: Vec<(u64, DetailFailed)>,
     /// Items now waiting for their detail page.
     pub waiting_added: Vec<WaitingItem>,
-    /// Waiting items now written: (detail, page, index).
+    /// Waiting items now written: (detail, page, index). For a detail
+    /// page settled done in the same commit, every item that waited for it.
     pub waiting_written: Vec<(u64, u64, u32)>,
     pub settled: Vec<DetailSettle>,
     /// Items written from detail pages (merged, or with their failure).
@@ -120,6 +124,109 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
+/// The first byte of a detail record: its state.
+const PENDING_TAG: u8 = b'p';
+const DONE_TAG: u8 = b'd';
+const FAILED_TAG: u8 = b'f';
+
+/// An item waiting in its detail page's record: (listing page, index on
+/// it, the listing's values).
+type Waiting = (u64, u32, Vec<String>);
+
+/// A detail page's record as the tree holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Record {
+    Pending(DetailTask, Vec<Waiting>),
+    Done(DetailDone),
+    /// With `on_failure = "wait"`, its items still wait (for `retry`).
+    Failed(DetailFailed, Vec<Waiting>),
+}
+
+impl Record {
+    /// The state byte, the state's JSON, and (pending and failed) a line
+    /// feed and the waiting items' JSON: the feeder and `queue` read the
+    /// state without decoding the items.
+    fn encode(&self) -> Vec<u8> {
+        let (tag, mut bytes, waiting) = match self {
+            Record::Pending(task, waiting) => (PENDING_TAG, encode(task), Some(waiting)),
+            Record::Done(done) => (DONE_TAG, encode(done), None),
+            Record::Failed(failed, waiting) => (FAILED_TAG, encode(failed), Some(waiting)),
+        };
+        bytes.insert(0, tag);
+        if let Some(waiting) = waiting.filter(|w| !w.is_empty()) {
+            bytes.push(b'\n');
+            bytes.extend(encode(waiting));
+        }
+        bytes
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Record> {
+        let (&tag, rest) = bytes.split_first()?;
+        // Compact JSON holds no raw line feed: the first one ends the state.
+        let (state, waiting) = match memchr::memchr(b'\n', rest) {
+            Some(at) => (&rest[..at], decode(&rest[at + 1..])),
+            None => (rest, Vec::new()),
+        };
+        match tag {
+            PENDING_TAG => Some(Record::Pending(decode(state), waiting)),
+            DONE_TAG => Some(Record::Done(decode(state))),
+            FAILED_TAG => Some(Record::Failed(decode(state), waiting)),
+            _ => None,
+        }
+    }
+
+    /// The state alone, as the commands show it.
+    fn state(bytes: &[u8]) -> Option<DetailState> {
+        let (&tag, rest) = bytes.split_first()?;
+        let state = rest.split(|&b| b == b'\n').next().unwrap_or_default();
+        match tag {
+            PENDING_TAG => Some(DetailState::Pending(decode(state))),
+            DONE_TAG => Some(DetailState::Done(decode(state))),
+            FAILED_TAG => Some(DetailState::Failed(decode(state))),
+            _ => None,
+        }
+    }
+
+    fn into_waiting(self) -> Vec<Waiting> {
+        match self {
+            Record::Pending(_, waiting) | Record::Failed(_, waiting) => waiting,
+            Record::Done(_) => Vec::new(),
+        }
+    }
+
+    fn waiting(&self) -> &[Waiting] {
+        match self {
+            Record::Pending(_, waiting) | Record::Failed(_, waiting) => waiting,
+            Record::Done(_) => &[],
+        }
+    }
+}
+
+fn waiting_items(id: u64, record: Record) -> Vec<WaitingItem> {
+    record
+        .into_waiting()
+        .into_iter()
+        .map(|(page, index, values)| WaitingItem {
+            detail: id,
+            page,
+            index,
+            values,
+        })
+        .collect()
+}
+
+fn tag_of(bytes: &[u8]) -> Option<u8> {
+    bytes.first().copied()
+}
+
+fn filter_tag(filter: super::StateFilter) -> u8 {
+    match filter {
+        super::StateFilter::Pending => PENDING_TAG,
+        super::StateFilter::Done => DONE_TAG,
+        super::StateFilter::Failed => FAILED_TAG,
+    }
+}
+
 impl Store {
     /// The number and state of the detail page at `url`, if one was queued.
     pub fn detail_by_url(&self, url: &str) -> Result<Option<(u64, DetailState)>> {
@@ -132,21 +239,26 @@ impl Store {
 
     /// The state of detail page `id`.
     pub fn detail_state(&self, id: u64) -> Result<Option<DetailState>> {
-        if let Some(v) = self.tree.get(page_key(DETAIL_PENDING, id))? {
-            return Ok(Some(DetailState::Pending(decode(&v))));
-        }
-        if let Some(v) = self.tree.get(page_key(DETAIL_DONE, id))? {
-            return Ok(Some(DetailState::Done(decode(&v))));
-        }
-        if let Some(v) = self.tree.get(page_key(DETAIL_FAILED, id))? {
-            return Ok(Some(DetailState::Failed(decode(&v))));
-        }
-        Ok(None)
+        Ok(self
+            .tree
+            .get(page_key(DETAIL, id))?
+            .and_then(|v| Record::state(&v)))
+    }
+
+    fn record(&self, id: u64) -> Result<Option<Record>> {
+        Ok(self
+            .tree
+            .get(page_key(DETAIL, id))?
+            .and_then(|v| Record::decode(&v)))
     }
 
     /// Whether detail page `id` is pending (so its result may be recorded).
     pub fn detail_is_pending(&self, id: u64) -> Result<bool> {
-        Ok(self.tree.contains_key(page_key(DETAIL_PENDING, id))?)
+        Ok(self
+            .tree
+            .get(page_key(DETAIL, id))?
+            .and_then(|v| tag_of(&v))
+            == Some(PENDING_TAG))
     }
 
     /// Up to `limit` pending detail pages after `after`, in number order.
@@ -155,32 +267,43 @@ impl Store {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<(u64, DetailTask)>> {
-        self.details_after(DETAIL_PENDING, after, limit)
+        Ok(self.detail_pending_scan(after, limit)?.0)
     }
 
-    fn details_after<T: for<'a> Deserialize<'a> + Default>(
+    /// [`Store::detail_pending_after`], and the last number the scan went
+    /// past (pending or not): where the next scan may start.
+    pub fn detail_pending_scan(
         &self,
-        prefix: u8,
         after: Option<u64>,
         limit: usize,
-    ) -> Result<Vec<(u64, T)>> {
+    ) -> Result<(Vec<(u64, DetailTask)>, Option<u64>)> {
+        let mut last = after;
+        let mut out = Vec::new();
+        for entry in self.detail_range(after) {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, value) = entry?;
+            let Some(id) = page_of(&key) else { continue };
+            last = Some(id);
+            if tag_of(&value) == Some(PENDING_TAG) {
+                if let Some(DetailState::Pending(task)) = Record::state(&value) {
+                    out.push((id, task));
+                }
+            }
+        }
+        Ok((out, last))
+    }
+
+    /// The detail records after `after` (from the first if `None`).
+    fn detail_range(&self, after: Option<u64>) -> sled::Iter {
         let from = match after {
-            Some(u64::MAX) => return Ok(Vec::new()),
+            Some(u64::MAX) => return self.tree.range(page_key(DETAIL, 1)..page_key(DETAIL, 1)),
             Some(id) => id + 1,
             None => 0,
         };
-        let mut out = Vec::new();
-        for entry in self
-            .tree
-            .range(page_key(prefix, from)..=page_key(prefix, u64::MAX))
-            .take(limit)
-        {
-            let (key, value) = entry?;
-            if let Some(id) = super::keys::page_of(&key) {
-                out.push((id, decode(&value)));
-            }
-        }
-        Ok(out)
+        self.tree
+            .range(page_key(DETAIL, from)..=page_key(DETAIL, u64::MAX))
     }
 
     /// Up to `limit` detail pages in one state after `after`, in number
@@ -191,33 +314,25 @@ impl Store {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<DetailRow>> {
-        let states: Vec<(u64, DetailState)> = match filter {
-            super::StateFilter::Pending => self
-                .details_after::<DetailTask>(DETAIL_PENDING, after, limit)?
-                .into_iter()
-                .map(|(id, v)| (id, DetailState::Pending(v)))
-                .collect(),
-            super::StateFilter::Done => self
-                .details_after::<DetailDone>(DETAIL_DONE, after, limit)?
-                .into_iter()
-                .map(|(id, v)| (id, DetailState::Done(v)))
-                .collect(),
-            super::StateFilter::Failed => self
-                .details_after::<DetailFailed>(DETAIL_FAILED, after, limit)?
-                .into_iter()
-                .map(|(id, v)| (id, DetailState::Failed(v)))
-                .collect(),
-        };
-        let mut rows = Vec::with_capacity(states.len());
-        for (id, state) in states {
-            let first = self
-                .tree
-                .scan_prefix(waiting_prefix(id))
-                .keys()
-                .next()
-                .transpose()?
-                .and_then(|key| waiting_of(&key))
-                .map(|(_, page, index)| (page, index));
+        let tag = filter_tag(filter);
+        let mut rows = Vec::new();
+        for entry in self.detail_range(after) {
+            if rows.len() >= limit {
+                break;
+            }
+            let (key, value) = entry?;
+            let Some(id) = page_of(&key) else { continue };
+            if tag_of(&value) != Some(tag) {
+                continue;
+            }
+            let (Some(state), Some(record)) = (Record::state(&value), Record::decode(&value))
+            else {
+                continue;
+            };
+            let first = record
+                .waiting()
+                .first()
+                .map(|(page, index, _)| (*page, *index));
             rows.push((id, state, first));
         }
         Ok(rows)
@@ -225,29 +340,32 @@ impl Store {
 
     /// The items waiting for detail page `id`.
     pub fn waiting_for(&self, id: u64) -> Result<Vec<WaitingItem>> {
-        let mut items = Vec::new();
-        for entry in self.tree.scan_prefix(waiting_prefix(id)) {
-            let (key, value) = entry?;
-            let Some((detail, page, index)) = waiting_of(&key) else {
-                continue;
-            };
-            items.push(WaitingItem {
-                detail,
-                page,
-                index,
-                values: decode(&value),
-            });
-        }
-        Ok(items)
+        Ok(self
+            .record(id)?
+            .map(|record| waiting_items(id, record))
+            .unwrap_or_default())
+    }
+
+    /// The items waiting for detail page `id` if it is pending (one read:
+    /// the commit stage's check that a result may be recorded).
+    pub fn waiting_if_pending(&self, id: u64) -> Result<Option<Vec<WaitingItem>>> {
+        Ok(match self.record(id)? {
+            Some(record @ Record::Pending(..)) => Some(waiting_items(id, record)),
+            _ => None,
+        })
     }
 
     /// The listing pages that have items waiting for a detail page (their
     /// items may lie past the checkpoint after a crash).
     pub fn pages_with_waiting_items(&self) -> Result<HashSet<u64>> {
         let mut pages = HashSet::new();
-        for key in self.tree.scan_prefix([WAITING]).keys() {
-            if let Some((_, page, _)) = waiting_of(&key?) {
-                pages.insert(page);
+        for value in self.tree.scan_prefix([DETAIL]).values() {
+            let value = value?;
+            if tag_of(&value) == Some(DONE_TAG) {
+                continue;
+            }
+            if let Some(record) = Record::decode(&value) {
+                pages.extend(record.waiting().iter().map(|(page, _, _)| *page));
             }
         }
         Ok(pages)
@@ -256,41 +374,71 @@ impl Store {
     /// Failure reasons of detail pages with their counts, most common first.
     pub fn detail_reasons(&self) -> Result<Vec<(String, u64)>> {
         let mut counts: std::collections::HashMap<String, u64> = Default::default();
-        for value in self.tree.scan_prefix([DETAIL_FAILED]).values() {
-            let failed: DetailFailed = decode(&value?);
-            *counts.entry(failed.kind).or_default() += 1;
+        for value in self.tree.scan_prefix([DETAIL]).values() {
+            let value = value?;
+            if tag_of(&value) != Some(FAILED_TAG) {
+                continue;
+            }
+            if let Some(DetailState::Failed(failed)) = Record::state(&value) {
+                *counts.entry(failed.kind).or_default() += 1;
+            }
         }
         let mut reasons: Vec<_> = counts.into_iter().collect();
         reasons.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         Ok(reasons)
     }
 
+    /// Detail pages by state and the items waiting, counted from the
+    /// records (slow; for `recount`).
+    pub(super) fn recount_details(&self) -> Result<(u64, u64, u64, u64)> {
+        let (mut pending, mut done, mut failed, mut waiting) = (0, 0, 0, 0);
+        for value in self.tree.scan_prefix([DETAIL]).values() {
+            match Record::decode(&value?) {
+                Some(Record::Pending(_, w)) => {
+                    pending += 1;
+                    waiting += w.len() as u64;
+                }
+                Some(Record::Done(_)) => done += 1,
+                Some(Record::Failed(_, w)) => {
+                    failed += 1;
+                    waiting += w.len() as u64;
+                }
+                None => {}
+            }
+        }
+        Ok((pending, done, failed, waiting))
+    }
+
     /// Puts failed detail pages back to pending (all of them, or those
-    /// numbered in `only`), in one batch; returns how many moved and the
-    /// numbers asked for that were not failed.
+    /// numbered in `only`), their waiting items with them, in one batch;
+    /// returns how many moved and the numbers asked for that were not
+    /// failed.
     pub fn retry_details(&self, only: Option<&[u64]>) -> Result<(u64, Vec<u64>)> {
         let mut counters = self.lock();
         let mut next = *counters;
         let mut batch = sled::Batch::default();
         let mut moved = 0;
         let mut not_failed = Vec::new();
-        let mut requeue = |id: u64, value: &[u8], batch: &mut sled::Batch| {
-            let failed: DetailFailed = decode(value);
-            batch.remove(&page_key(DETAIL_FAILED, id)[..]);
+        let mut requeue = |id: u64, value: &[u8], batch: &mut sled::Batch| -> bool {
+            let Some(Record::Failed(failed, waiting)) = Record::decode(value) else {
+                return false;
+            };
+            let task = DetailTask {
+                url: failed.url,
+                ..DetailTask::default()
+            };
             batch.insert(
-                &page_key(DETAIL_PENDING, id)[..],
-                encode(&DetailTask {
-                    url: failed.url,
-                    ..DetailTask::default()
-                }),
+                &page_key(DETAIL, id)[..],
+                Record::Pending(task, waiting).encode(),
             );
             moved += 1;
+            true
         };
         match only {
             None => {
-                for entry in self.tree.scan_prefix([DETAIL_FAILED]) {
+                for entry in self.tree.scan_prefix([DETAIL]) {
                     let (key, value) = entry?;
-                    if let Some(id) = super::keys::page_of(&key) {
+                    if let Some(id) = page_of(&key) {
                         requeue(id, &value, &mut batch);
                     }
                 }
@@ -298,9 +446,9 @@ impl Store {
             Some(ids) => {
                 let mut seen = HashSet::new();
                 for &id in ids.iter().filter(|&&id| seen.insert(id)) {
-                    match self.tree.get(page_key(DETAIL_FAILED, id))? {
-                        Some(value) => requeue(id, &value, &mut batch),
-                        None => not_failed.push(id),
+                    let value = self.tree.get(page_key(DETAIL, id))?;
+                    if !value.is_some_and(|value| requeue(id, &value, &mut batch)) {
+                        not_failed.push(id);
                     }
                 }
             }
@@ -313,10 +461,36 @@ impl Store {
         Ok((moved, not_failed))
     }
 
+    /// The items still waiting for detail page `id` once those in `written`
+    /// are: from the record as this group left it, or as the tree holds it.
+    fn still_waiting(
+        &self,
+        touched: &mut HashMap<u64, Record>,
+        id: u64,
+        written: &HashSet<(u64, u32)>,
+        next: &mut super::Counters,
+    ) -> Result<Vec<Waiting>> {
+        let waiting = match touched.remove(&id) {
+            Some(record) => record.into_waiting(),
+            None => self
+                .record(id)?
+                .map(Record::into_waiting)
+                .unwrap_or_default(),
+        };
+        let before = waiting.len() as u64;
+        let waiting: Vec<Waiting> = waiting
+            .into_iter()
+            .filter(|(page, index, _)| !written.contains(&(*page, *index)))
+            .collect();
+        next.waiting -= before - waiting.len() as u64;
+        Ok(waiting)
+    }
+
     /// Adds the detail stage's part of a commit group to `batch` and
-    /// `next`. Detail pages that are no longer pending are skipped (their
-    /// result was recorded already); the caller checked that before
-    /// writing their items.
+    /// `next`: each detail record it changes is written once, with every
+    /// change of the group. Detail pages that are no longer pending are
+    /// skipped (their result was recorded already); the caller checked
+    /// that before writing their items.
     pub(super) fn plan_details(
         &self,
         batch: &mut sled::Batch,
@@ -324,28 +498,25 @@ impl Store {
         details: &DetailCommit,
     ) -> Result<()> {
         let now = now_ms();
+        let mut touched: HashMap<u64, Record> = HashMap::new();
         for (id, url) in &details.created {
-            batch.insert(
-                &page_key(DETAIL_PENDING, *id)[..],
-                encode(&DetailTask {
-                    url: url.clone(),
-                    ..DetailTask::default()
-                }),
-            );
+            let task = DetailTask {
+                url: url.clone(),
+                ..DetailTask::default()
+            };
+            touched.insert(*id, Record::Pending(task, Vec::new()));
             batch.insert(named_key(DETAIL_URL, url), &id.to_be_bytes());
             next.detail_pending += 1;
         }
         for (id, failed) in &details.refused {
-            batch.insert(&page_key(DETAIL_FAILED, *id)[..], encode(failed));
+            touched.insert(*id, Record::Failed(failed.clone(), Vec::new()));
             batch.insert(named_key(DETAIL_URL, &failed.url), &id.to_be_bytes());
             next.detail_failed += 1;
         }
-        for item in &details.waiting_added {
-            batch.insert(
-                &waiting_key(item.detail, item.page, item.index)[..],
-                encode(&item.values),
-            );
-            next.waiting += 1;
+        // Items written in this group, by their detail page.
+        let mut written: HashMap<u64, HashSet<(u64, u32)>> = HashMap::new();
+        for &(detail, page, index) in &details.waiting_written {
+            written.entry(detail).or_default().insert((page, index));
         }
         // The detail pages whose result this batch records.
         let mut recorded = HashSet::new();
@@ -355,47 +526,76 @@ impl Store {
                 | DetailSettle::Retry { id, .. }
                 | DetailSettle::Failed { id, .. } => *id,
             };
-            if recorded.contains(&id) || !self.detail_is_pending(id)? {
+            let pending = !recorded.contains(&id)
+                && match touched.get(&id) {
+                    Some(record) => matches!(record, Record::Pending(..)),
+                    None => self.detail_is_pending(id)?,
+                };
+            if !pending {
                 log::warn!("detail page {id} was already settled; recording it once");
                 continue;
             }
             recorded.insert(id);
-            match settle {
+            // The items written with this result leave the record.
+            let mine = written.remove(&id).unwrap_or_default();
+            let record = match settle {
                 DetailSettle::Done { done, .. } => {
-                    batch.remove(&page_key(DETAIL_PENDING, id)[..]);
-                    let done = DetailDone {
-                        at_ms: now,
-                        ..done.clone()
-                    };
-                    batch.insert(&page_key(DETAIL_DONE, id)[..], encode(&done));
+                    // Every item waiting for it is in `mine` (see
+                    // `DetailCommit::waiting_written`): the old record need
+                    // not be read.
+                    next.waiting -= mine.len() as u64;
                     next.detail_pending -= 1;
                     next.detail_done += 1;
                     next.bytes += done.bytes;
+                    Record::Done(DetailDone {
+                        at_ms: now,
+                        ..done.clone()
+                    })
                 }
                 DetailSettle::Retry { task, .. } => {
-                    batch.insert(&page_key(DETAIL_PENDING, id)[..], encode(task));
+                    let waiting = self.still_waiting(&mut touched, id, &mine, next)?;
                     next.retries += 1;
+                    Record::Pending(task.clone(), waiting)
                 }
                 DetailSettle::Failed { failed, .. } => {
-                    batch.remove(&page_key(DETAIL_PENDING, id)[..]);
+                    let waiting = self.still_waiting(&mut touched, id, &mine, next)?;
+                    next.detail_pending -= 1;
+                    next.detail_failed += 1;
                     let failed = DetailFailed {
                         at_ms: now,
                         ..failed.clone()
                     };
-                    batch.insert(&page_key(DETAIL_FAILED, id)[..], encode(&failed));
-                    next.detail_pending -= 1;
-                    next.detail_failed += 1;
+                    Record::Failed(failed, waiting)
                 }
+            };
+            touched.insert(id, record);
+        }
+        for item in &details.waiting_added {
+            let record = match touched.entry(item.detail) {
+                std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+                std::collections::hash_map::Entry::Vacant(entry) => {
+                    match self.record(item.detail)? {
+                        Some(record) => entry.insert(record),
+                        None => anyhow::bail!(
+                            "internal error: an item waits for detail page {} that is not queued",
+                            item.detail
+                        ),
+                    }
+                }
+            };
+            match record {
+                Record::Pending(_, waiting) | Record::Failed(_, waiting) => {
+                    waiting.push((item.page, item.index, item.values.clone()));
+                    next.waiting += 1;
+                }
+                Record::Done(_) => anyhow::bail!(
+                    "internal error: an item waits for detail page {} that is done",
+                    item.detail
+                ),
             }
         }
-        // Read from the tree in this group by the commit stage (the only
-        // writer) for a detail page settled in it: there until this batch,
-        // unless that page's result was recorded already.
-        for &(detail, page, index) in &details.waiting_written {
-            if recorded.contains(&detail) {
-                batch.remove(&waiting_key(detail, page, index)[..]);
-                next.waiting -= 1;
-            }
+        for (id, record) in touched {
+            batch.insert(&page_key(DETAIL, id)[..], record.encode());
         }
         next.items += details.items_written;
         next.detail_next = next.detail_next.max(details.next_id);
@@ -403,8 +603,44 @@ impl Store {
     }
 }
 
-fn waiting_prefix(id: u64) -> [u8; 9] {
-    page_key(WAITING, id)
+impl Store {
+    /// Moves the detail pages of a layout version 1 state (a key per state
+    /// and one per waiting item) to their records, and marks the state
+    /// version 2, in one batch: a crash leaves the old layout or the new.
+    pub(super) fn migrate_v1(&self) -> Result<()> {
+        use super::keys::v1;
+        let _counters = self.lock();
+        let mut batch = sled::Batch::default();
+        for prefix in [v1::DETAIL_PENDING, v1::DETAIL_DONE, v1::DETAIL_FAILED] {
+            for entry in self.tree.scan_prefix([prefix]) {
+                let (key, value) = entry?;
+                batch.remove(key.clone());
+                let Some(id) = page_of(&key) else { continue };
+                let mut waiting = Vec::new();
+                for entry in self.tree.scan_prefix(page_key(v1::WAITING, id)) {
+                    let (key, value) = entry?;
+                    if let Some((_, page, index)) = v1::waiting_of(&key) {
+                        waiting.push((page, index, decode(&value)));
+                    }
+                }
+                let record = match prefix {
+                    v1::DETAIL_PENDING => Record::Pending(decode(&value), waiting),
+                    v1::DETAIL_DONE => Record::Done(decode(&value)),
+                    _ => Record::Failed(decode(&value), waiting),
+                };
+                batch.insert(&page_key(DETAIL, id)[..], record.encode());
+            }
+        }
+        for key in self.tree.scan_prefix([v1::WAITING]).keys() {
+            batch.remove(key?);
+        }
+        batch.insert(
+            named_key(META, super::SCHEMA_KEY),
+            &super::SCHEMA_VERSION.to_be_bytes(),
+        );
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
 }
 
 /// Reads a detail record for messages that need its URL.
@@ -611,5 +847,150 @@ mod tests {
             .unwrap();
         assert_eq!(listed.iter().map(|r| r.0).collect::<Vec<_>>(), [3, 4]);
         assert_eq!(store.counters().detail_next, 5);
+    }
+
+    #[test]
+    fn a_layout_version_1_state_moves_to_the_records_at_open_nothing_lost() {
+        use crate::store::keys::v1;
+        let dir = tempfile::tempdir().unwrap();
+        let counters = {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .set_job(
+                    &crate::store::tests::job(),
+                    &PageRange::Closed { start: 1, end: 2 },
+                    Fingerprint(1),
+                )
+                .unwrap();
+            // The old layout, as version 1 wrote it.
+            let tree = &store.tree;
+            let old = |prefix, id| page_key(prefix, id);
+            let wait = |detail: u64, page: u64, index: u32| {
+                let mut key = vec![v1::WAITING];
+                key.extend(detail.to_be_bytes());
+                key.extend(page.to_be_bytes());
+                key.extend(index.to_be_bytes());
+                key
+            };
+            let task = DetailTask {
+                url: "http://x/d/0".into(),
+                attempts: 2,
+                ..DetailTask::default()
+            };
+            tree.insert(old(v1::DETAIL_PENDING, 0), encode(&task))
+                .unwrap();
+            let done = DetailDone {
+                url: "http://x/d/1".into(),
+                values: DetailValues {
+                    fields: vec!["v".into()],
+                    lists: vec![],
+                },
+                ..DetailDone::default()
+            };
+            tree.insert(old(v1::DETAIL_DONE, 1), encode(&done)).unwrap();
+            let failed = DetailFailed {
+                url: "http://x/d/2".into(),
+                kind: "HTTP 404".into(),
+                ..DetailFailed::default()
+            };
+            tree.insert(old(v1::DETAIL_FAILED, 2), encode(&failed))
+                .unwrap();
+            tree.insert(wait(0, 1, 3), encode(&vec!["a"])).unwrap();
+            tree.insert(wait(0, 2, 0), encode(&vec!["b"])).unwrap();
+            tree.insert(wait(2, 2, 1), encode(&vec!["c"])).unwrap();
+            tree.insert(
+                named_key(META, crate::store::SCHEMA_KEY),
+                &1u64.to_be_bytes(),
+            )
+            .unwrap();
+            store.counters()
+        };
+        let store = Store::open(dir.path()).unwrap();
+        assert!(
+            store.tree.iter().keys().all(|k| !matches!(
+                k.unwrap()[0],
+                v1::DETAIL_PENDING | v1::DETAIL_DONE | v1::DETAIL_FAILED | v1::WAITING
+            )),
+            "no key of the old layout is left"
+        );
+        assert_eq!(recount(&store), (1, 1, 1, 3));
+        assert_eq!(store.counters(), counters, "the counters are unchanged");
+        let waiting = |id| {
+            store
+                .waiting_for(id)
+                .unwrap()
+                .into_iter()
+                .map(|w| (w.page, w.index, w.values))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            waiting(0),
+            [(1, 3, vec!["a".to_string()]), (2, 0, vec!["b".to_string()])]
+        );
+        assert_eq!(waiting(2), [(2, 1, vec!["c".to_string()])]);
+        assert_eq!(store.detail_pending_after(None, 9).unwrap(), [(0, task())]);
+        assert!(
+            matches!(store.detail_state(1).unwrap(), Some(DetailState::Done(d)) if d.values.fields == ["v"])
+        );
+        assert_eq!(
+            store.detail_reasons().unwrap(),
+            [("HTTP 404".to_string(), 1)]
+        );
+        drop(store);
+        // Opened again: version 2, nothing moved twice.
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(recount(&store), (1, 1, 1, 3));
+        let schema = store
+            .tree
+            .get(named_key(META, crate::store::SCHEMA_KEY))
+            .unwrap()
+            .unwrap();
+        assert_eq!(schema.as_ref(), crate::store::SCHEMA_VERSION.to_be_bytes());
+
+        fn task() -> DetailTask {
+            DetailTask {
+                url: "http://x/d/0".into(),
+                attempts: 2,
+                ..DetailTask::default()
+            }
+        }
+    }
+
+    #[test]
+    fn a_scan_goes_past_done_pages_so_the_next_one_does_not_walk_them_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let commit = DetailCommit {
+            created: (0..4).map(|id| (id, format!("http://x/d/{id}"))).collect(),
+            next_id: 4,
+            ..DetailCommit::default()
+        };
+        store
+            .commit_known(&[], &[], &commit, (0, Fingerprint(1)), None)
+            .unwrap();
+        let done = |id: u64| DetailSettle::Done {
+            id,
+            done: DetailDone {
+                url: format!("http://x/d/{id}"),
+                ..DetailDone::default()
+            },
+        };
+        let settle = DetailCommit {
+            settled: vec![done(2), done(3)],
+            next_id: 4,
+            ..DetailCommit::default()
+        };
+        store
+            .commit_known(&[], &[], &settle, (0, Fingerprint(1)), None)
+            .unwrap();
+        let (rows, last) = store.detail_pending_scan(Some(1), 10).unwrap();
+        assert!(rows.is_empty());
+        assert_eq!(last, Some(3), "the cursor moves past the done pages");
+        let (rows, last) = store.detail_pending_scan(None, 1).unwrap();
+        assert_eq!((rows.len(), last), (1, Some(0)));
+        assert_eq!(
+            store.detail_pending_scan(Some(3), 10).unwrap(),
+            (vec![], Some(3))
+        );
     }
 }

@@ -23,40 +23,31 @@ pub const LAZY: u8 = b'q';
 /// page that wrote it.
 pub const ITEM_KEY: u8 = b'k';
 
-/// Detail pages waiting to be fetched: prefix + detail number, value a
-/// [`super::detail::DetailTask`] (JSON).
-pub const DETAIL_PENDING: u8 = b'P';
-/// Detail pages fetched and parsed: prefix + number, value a
-/// [`super::detail::DetailDone`] (JSON, with the values merged into items).
-pub const DETAIL_DONE: u8 = b'D';
-/// Detail pages failed for good: prefix + number, value a
-/// [`super::detail::DetailFailed`] (JSON).
-pub const DETAIL_FAILED: u8 = b'F';
+/// Detail pages: prefix + detail number, value the page's record (its
+/// state, and the items waiting for it; see `super::detail`).
+pub const DETAIL: u8 = b'T';
 /// A detail page's number by its URL: prefix + URL, value the number.
 pub const DETAIL_URL: u8 = b'u';
-/// Items waiting for their detail page: prefix + detail number + page +
-/// index on the page (big-endian), value the listing's values (JSON).
-pub const WAITING: u8 = b'w';
 
-/// The key of a waiting item.
-pub fn waiting_key(detail: u64, page: u64, index: u32) -> [u8; 21] {
-    let mut key = [0u8; 21];
-    key[0] = WAITING;
-    key[1..9].copy_from_slice(&detail.to_be_bytes());
-    key[9..17].copy_from_slice(&page.to_be_bytes());
-    key[17..].copy_from_slice(&index.to_be_bytes());
-    key
-}
+/// The keyspaces of detail pages in layout version 1, one per state, and
+/// of the items waiting for them (a key each: prefix + detail number +
+/// page + index, big-endian); read only to move them to [`DETAIL`].
+pub mod v1 {
+    pub const DETAIL_PENDING: u8 = b'P';
+    pub const DETAIL_DONE: u8 = b'D';
+    pub const DETAIL_FAILED: u8 = b'F';
+    pub const WAITING: u8 = b'w';
 
-/// The detail number, page and index of a waiting item's key.
-pub fn waiting_of(key: &[u8]) -> Option<(u64, u64, u32)> {
-    if key.len() != 21 {
-        return None;
+    /// The detail number, page and index of a waiting item's key.
+    pub fn waiting_of(key: &[u8]) -> Option<(u64, u64, u32)> {
+        if key.len() != 21 || key[0] != WAITING {
+            return None;
+        }
+        let detail = u64::from_be_bytes(key[1..9].try_into().ok()?);
+        let page = u64::from_be_bytes(key[9..17].try_into().ok()?);
+        let index = u32::from_be_bytes(key[17..].try_into().ok()?);
+        Some((detail, page, index))
     }
-    let detail = u64::from_be_bytes(key[1..9].try_into().ok()?);
-    let page = u64::from_be_bytes(key[9..17].try_into().ok()?);
-    let index = u32::from_be_bytes(key[17..].try_into().ok()?);
-    Some((detail, page, index))
 }
 
 /// The key of `page` in the keyspace `prefix`.

@@ -33,7 +33,7 @@ pub use records::{Counters, Done, Failed, Fingerprint, OutputIdentity, Pending};
 pub use repair::{Rebuild, Rebuilt};
 
 /// Bumped when the on-disk layout changes incompatibly.
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
 /// sled's page cache. Deliberately small: the queue is streamed, never
 /// loaded, and a crawler should not grow with its queue.
 const CACHE_BYTES: u64 = 16 << 20;
@@ -257,6 +257,8 @@ impl Store {
         match schema {
             // A fresh database gets its version with its job (`set_job`).
             None | Some(SCHEMA_VERSION) => {}
+            // Version 1 kept detail pages a key per state (moved below).
+            Some(1) => {}
             Some(other) => {
                 return Err(UserError::Usage(format!(
                     "the state in {} has layout version {other}, this pagecrawl reads version {SCHEMA_VERSION}; \
@@ -270,7 +272,7 @@ impl Store {
             .get(named_key(META, COUNTERS_KEY))?
             .map(|v| Counters::decode(&v))
             .unwrap_or_default();
-        Ok(Store {
+        let store = Store {
             dir: dir.to_path_buf(),
             db,
             tree,
@@ -278,7 +280,17 @@ impl Store {
             // Read after `sync_opened`: durable.
             committed: Box::new(Mutex::new(counters)),
             durable: Box::new(Mutex::new(durable)),
-        })
+        };
+        if schema == Some(1) {
+            store.migrate_v1().with_context(|| {
+                format!(
+                    "cannot move the state in {} to layout version {SCHEMA_VERSION}",
+                    dir.display()
+                )
+            })?;
+            store.flush()?;
+        }
+        Ok(store)
     }
 
     pub fn dir(&self) -> &Path {
@@ -565,11 +577,12 @@ impl Store {
         counted.pending = self.tree.scan_prefix([PENDING]).count() as u64 + self.count_lazy()?;
         counted.done = self.tree.scan_prefix([DONE]).count() as u64;
         counted.failed = self.tree.scan_prefix([FAILED]).count() as u64;
-        let count = |prefix: u8| self.tree.scan_prefix([prefix]).count() as u64;
-        counted.detail_pending = count(keys::DETAIL_PENDING);
-        counted.detail_done = count(keys::DETAIL_DONE);
-        counted.detail_failed = count(keys::DETAIL_FAILED);
-        counted.waiting = count(keys::WAITING);
+        (
+            counted.detail_pending,
+            counted.detail_done,
+            counted.detail_failed,
+            counted.waiting,
+        ) = self.recount_details()?;
         Ok(counted)
     }
 
