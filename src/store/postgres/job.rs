@@ -1,13 +1,17 @@
 //! Jobs and daemons in the database: a job is found (or created) by its
 //! name and must keep its identity; its counters live on its row, changed
 //! in the same transaction as the tasks they count; each daemon registers a
-//! row and keeps its heartbeat fresh.
+//! row and keeps its heartbeat fresh. What `status` reads besides the
+//! counters (failures by kind, the daemons and the leases each holds) goes
+//! through partial indexes, so it costs what it shows, not the queue's size.
 
 use std::io::Write;
+use std::time::SystemTime;
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
+use super::lease::Stage;
 use super::politeness::slot_class;
 use crate::error::UserError;
 use crate::util::shown;
@@ -225,7 +229,7 @@ pub fn register_daemon(
     Ok(DaemonId(row.get(0)))
 }
 
-/// Refreshes a daemon's heartbeat and its stats (pages/s, leases held...).
+/// Refreshes a daemon's heartbeat and its stats (`pages_per_second`...).
 pub fn heartbeat(client: &mut ::postgres::Client, daemon: DaemonId, stats: &Value) -> Result<()> {
     client.execute(
         "UPDATE pagecrawl_daemons SET heartbeat = now(), stats = $2 WHERE id = $1",
@@ -234,189 +238,68 @@ pub fn heartbeat(client: &mut ::postgres::Client, daemon: DaemonId, stats: &Valu
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::fixture::postgres::Postgres;
-    use crate::store::postgres::schema::migrate;
-    use serde_json::json;
-
-    #[test]
-    fn a_job_keeps_its_identity_and_its_counters_match_a_recount() {
-        let Some(server) = Postgres::for_test("a_job_keeps_its_identity") else {
-            return;
-        };
-        let mut client = server.connect().unwrap();
-        migrate(&mut client).unwrap();
-        let identity = json!({"url": "http://127.0.0.1/{page}", "pages": "1..=10"});
-        let job = ensure_job(&mut client, "wooyun", &identity).unwrap();
-        assert_eq!(ensure_job(&mut client, "wooyun", &identity).unwrap(), job);
-        let other = json!({"url": "http://127.0.0.1/{page}", "pages": "1..=11"});
-        let error = ensure_job(&mut client, "wooyun", &other).unwrap_err();
-        assert_eq!(
-            crate::error::exit_for(&error),
-            crate::exit_code::Exit::Usage
-        );
-        assert!(error.to_string().contains("job named 'wooyun'"), "{error}");
-        assert_eq!(enqueue_pages(&mut client, job, 1, 10).unwrap(), 10);
-        assert_eq!(enqueue_pages(&mut client, job, 5, 12).unwrap(), 2);
-        let counted = counters(&mut client, job).unwrap();
-        assert_eq!(counted.listing_pending, 12);
-        assert_eq!(counted, recount(&mut client, job).unwrap());
-        let daemon = register_daemon(&mut client, job, "host-a", 42).unwrap();
-        heartbeat(&mut client, daemon, &json!({"pages_per_second": 3.5})).unwrap();
-        let stats: Value = client
-            .query_one(
-                "SELECT stats FROM pagecrawl_daemons WHERE id = $1",
-                &[&daemon.0],
-            )
-            .unwrap()
-            .get(0);
-        assert_eq!(stats["pages_per_second"], 3.5);
-    }
-
-    #[test]
-    fn gaps_are_the_range_less_the_known_runs() {
-        assert_eq!(gaps(1, 10, &[]), [(1, 10)]);
-        assert_eq!(gaps(1, 10, &[(1, 10)]), []);
-        assert_eq!(gaps(1, 10, &[(1, 2), (5, 5), (9, 10)]), [(3, 4), (6, 8)]);
-        assert_eq!(gaps(1, 10, &[(3, 4)]), [(1, 2), (5, 10)]);
-        assert_eq!(gaps(5, 4, &[]), []);
-        assert_eq!(
-            gaps(i64::MAX - 2, i64::MAX, &[(i64::MAX, i64::MAX)]),
-            [(i64::MAX - 2, i64::MAX - 1)]
-        );
-    }
-
-    fn listing_numbers(client: &mut ::postgres::Client, job: JobId) -> Vec<i64> {
-        client
-            .query(
-                "SELECT number FROM pagecrawl_tasks WHERE job_id = $1 AND stage = 'listing' \
-                 ORDER BY number",
-                &[&job.0],
-            )
-            .unwrap()
-            .iter()
-            .map(|row| row.get(0))
-            .collect()
-    }
-
-    #[test]
-    fn an_enqueue_adds_the_unknown_pages_and_leaves_the_known_ones_as_they_are() {
-        let Some(server) = Postgres::for_test("an_enqueue_adds_the_unknown_pages") else {
-            return;
-        };
-        let mut client = server.connect().unwrap();
-        migrate(&mut client).unwrap();
-        let job = ensure_job(&mut client, "holes", &json!({})).unwrap();
-        let other = ensure_job(&mut client, "other", &json!({})).unwrap();
-        assert_eq!(enqueue_pages(&mut client, other, 1, 30).unwrap(), 30);
-        for (first, last) in [(3, 4), (7, 7), (10, 12)] {
-            enqueue_pages(&mut client, job, first, last).unwrap();
-        }
-        // Known pages in every state stay in it.
-        client
-            .batch_execute(&format!(
-                "UPDATE pagecrawl_tasks SET state = 'done' WHERE job_id = {0} AND number = 3; \
-                 UPDATE pagecrawl_tasks SET state = 'failed' WHERE job_id = {0} AND number = 7; \
-                 UPDATE pagecrawl_jobs SET listing_pending = listing_pending - 2, \
-                   listing_done = 1, listing_failed = 1 WHERE id = {0}",
-                job.0
-            ))
-            .unwrap();
-        assert_eq!(enqueue_pages(&mut client, job, 1, 20).unwrap(), 14);
-        assert_eq!(
-            listing_numbers(&mut client, job),
-            (1..=20).collect::<Vec<_>>()
-        );
-        let states: Vec<(i64, String)> = client
-            .query(
-                "SELECT number, state FROM pagecrawl_tasks \
-                 WHERE job_id = $1 AND state <> 'pending' ORDER BY number",
-                &[&job.0],
-            )
-            .unwrap()
-            .iter()
-            .map(|row| (row.get(0), row.get(1)))
-            .collect();
-        assert_eq!(states, [(3, "done".into()), (7, "failed".into())]);
-        assert_eq!(enqueue_pages(&mut client, job, 1, 20).unwrap(), 0);
-        let counted = counters(&mut client, job).unwrap();
-        assert_eq!(counted.listing_pending, 18);
-        assert_eq!(counted, recount(&mut client, job).unwrap());
-        assert_eq!(
-            listing_numbers(&mut client, other),
-            (1..=30).collect::<Vec<_>>()
-        );
-
-        let error = enqueue_pages(&mut client, JobId(job.0 + 100), 1, 5).unwrap_err();
-        assert!(format!("{error:#}").contains("no job"), "{error:#}");
-        assert!(listing_numbers(&mut client, JobId(job.0 + 100)).is_empty());
-    }
-
-    #[test]
-    fn overlapping_enqueues_of_one_job_at_once_add_each_page_once() {
-        let Some(server) = Postgres::for_test("overlapping_enqueues_of_one_job") else {
-            return;
-        };
-        let mut client = server.connect().unwrap();
-        migrate(&mut client).unwrap();
-        let job = ensure_job(&mut client, "race", &json!({})).unwrap();
-        let barrier = std::sync::Arc::new(std::sync::Barrier::new(3));
-        let enqueuers: Vec<_> = [(1, 20_000), (10_000, 30_000), (5_000, 25_000)]
-            .into_iter()
-            .map(|(first, last)| {
-                let mut client = server.connect().unwrap();
-                let barrier = barrier.clone();
-                std::thread::spawn(move || {
-                    barrier.wait();
-                    enqueue_pages(&mut client, job, first, last).map_err(|e| format!("{e:#}"))
-                })
-            })
-            .collect();
-        let added: u64 = enqueuers
-            .into_iter()
-            .map(|enqueuer| enqueuer.join().unwrap().unwrap())
-            .sum();
-        assert_eq!(added, 30_000);
-        assert_eq!(
-            listing_numbers(&mut client, job),
-            (1..=30_000).collect::<Vec<_>>()
-        );
-        assert_eq!(
-            counters(&mut client, job).unwrap(),
-            recount(&mut client, job).unwrap()
-        );
-    }
-
-    /// Issue 13's figure, timed (`cargo test --lib -- --ignored
-    /// postgres::job`): queueing a million pages takes at most 5 s, and
-    /// queueing them again (all known) too. Ignored: a slow or busy machine
-    /// must not fail CI for it.
-    #[test]
-    #[ignore]
-    fn enqueue_of_a_million_pages_takes_at_most_5_s() {
-        let Some(server) = Postgres::for_test("enqueue_of_a_million_pages") else {
-            return;
-        };
-        let mut client = server.connect().unwrap();
-        migrate(&mut client).unwrap();
-        let job = ensure_job(&mut client, "big", &json!({})).unwrap();
-        let begun = std::time::Instant::now();
-        assert_eq!(
-            enqueue_pages(&mut client, job, 1, 1_000_000).unwrap(),
-            1_000_000
-        );
-        let first = begun.elapsed();
-        let begun = std::time::Instant::now();
-        assert_eq!(enqueue_pages(&mut client, job, 1, 1_000_000).unwrap(), 0);
-        let again = begun.elapsed();
-        eprintln!("enqueue of 1,000,000 pages: {first:?}; of the same pages again: {again:?}");
-        assert_eq!(
-            counters(&mut client, job).unwrap().listing_pending,
-            1_000_000
-        );
-        assert!(first <= std::time::Duration::from_secs(5), "{first:?}");
-        assert!(again <= std::time::Duration::from_secs(5), "{again:?}");
-    }
+/// A daemon of a job, as `status` lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DaemonRow {
+    pub host: String,
+    pub pid: u32,
+    pub started: SystemTime,
+    pub last_heartbeat: SystemTime,
+    /// As its last heartbeat reported it; `None` before it reported one.
+    pub pages_per_second: Option<f64>,
+    /// Tasks it holds under leases not yet expired, counted from the tasks
+    /// (what the daemon reported may be stale): an expired lease is no
+    /// longer its own, whichever daemon takes it over.
+    pub leases_held: i64,
 }
+
+/// The daemons `status` lists; the tasks each holds are found through the
+/// partial index of leased tasks by owner, never by a scan of the queue.
+const DAEMONS: &str = "SELECT d.host, d.pid, d.started, d.heartbeat, \
+       CASE WHEN jsonb_typeof(d.stats -> 'pages_per_second') = 'number' \
+         THEN (d.stats ->> 'pages_per_second')::float8 END, \
+       (SELECT count(*) FROM pagecrawl_tasks t \
+        WHERE t.state = 'leased' AND t.lease_owner = d.id \
+          AND t.lease_expires > clock_timestamp()) \
+     FROM pagecrawl_daemons d WHERE d.job_id = $1 ORDER BY d.started, d.id";
+
+/// Every daemon that registered for `job`, oldest first. A daemon that
+/// died keeps its row: its heartbeat tells how long ago it was last seen.
+pub fn daemons(client: &mut ::postgres::Client, job: JobId) -> Result<Vec<DaemonRow>> {
+    let rows = client.query(DAEMONS, &[&job.0])?;
+    Ok(rows
+        .iter()
+        .map(|row| DaemonRow {
+            host: row.get(0),
+            pid: row.get::<_, i32>(1) as u32,
+            started: row.get(2),
+            last_heartbeat: row.get(3),
+            pages_per_second: row.get(4),
+            leases_held: row.get(5),
+        })
+        .collect())
+}
+
+/// Why a stage's tasks failed for good: each kind with its count.
+const FAILURE_REASONS: &str = "SELECT coalesce(failure_kind, ''), count(*) \
+     FROM pagecrawl_tasks WHERE job_id = $1 AND stage = $2 AND state = 'failed' \
+     GROUP BY 1 ORDER BY 2 DESC, 1";
+
+/// The kinds of failure of `stage`'s failed tasks, most common first (then
+/// by name), as `status` shows them. Read through the partial index of
+/// failed tasks: the work is in the failed tasks, not in the queue.
+pub fn failure_reasons(
+    client: &mut ::postgres::Client,
+    job: JobId,
+    stage: Stage,
+) -> Result<Vec<(String, u64)>> {
+    let rows = client.query(FAILURE_REASONS, &[&job.0, &stage.as_str()])?;
+    Ok(rows
+        .iter()
+        .map(|row| (row.get(0), row.get::<_, i64>(1) as u64))
+        .collect())
+}
+
+#[cfg(test)]
+#[path = "job_tests.rs"]
+mod tests;
