@@ -12,10 +12,10 @@
 //! after `kill -9` the detail pages that were in flight are simply pending.
 //!
 //! One record that changes state in place, not a key per state and a key
-//! per waiting item: a detail page then costs the tree one new key and one
-//! overwrite instead of four new keys and two removals, and sled splits a
-//! leaf every few new keys and merges one as keys go (issue 12's CPU
-//! target; see the README's Performance section).
+//! per waiting item: a detail page then costs the tree one new key (and its
+//! URL's) and one overwrite instead of four new keys and two removals, and
+//! sled splits a leaf every few new keys and merges one as keys go (issue
+//! 12's CPU target; see the README's Performance section).
 
 use std::collections::{HashMap, HashSet};
 
@@ -160,31 +160,54 @@ impl Record {
         bytes
     }
 
-    fn decode(bytes: &[u8]) -> Option<Record> {
+    /// The state byte, the state's JSON and the waiting items' JSON (empty
+    /// when none) of an encoded record.
+    fn parts(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
         let (&tag, rest) = bytes.split_first()?;
         // Compact JSON holds no raw line feed: the first one ends the state.
-        let (state, waiting) = match memchr::memchr(b'\n', rest) {
-            Some(at) => (&rest[..at], decode(&rest[at + 1..])),
-            None => (rest, Vec::new()),
+        Some(match memchr::memchr(b'\n', rest) {
+            Some(at) => (tag, &rest[..at], &rest[at + 1..]),
+            None => (tag, rest, &[]),
+        })
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Record> {
+        let (tag, state, waiting) = Record::parts(bytes)?;
+        let waiting = || match waiting {
+            [] => Vec::new(),
+            json => decode(json),
         };
         match tag {
-            PENDING_TAG => Some(Record::Pending(decode(state), waiting)),
+            PENDING_TAG => Some(Record::Pending(decode(state), waiting())),
             DONE_TAG => Some(Record::Done(decode(state))),
-            FAILED_TAG => Some(Record::Failed(decode(state), waiting)),
+            FAILED_TAG => Some(Record::Failed(decode(state), waiting())),
             _ => None,
         }
     }
 
     /// The state alone, as the commands show it.
     fn state(bytes: &[u8]) -> Option<DetailState> {
-        let (&tag, rest) = bytes.split_first()?;
-        let state = rest.split(|&b| b == b'\n').next().unwrap_or_default();
+        let (tag, state, _) = Record::parts(bytes)?;
         match tag {
             PENDING_TAG => Some(DetailState::Pending(decode(state))),
             DONE_TAG => Some(DetailState::Done(decode(state))),
             FAILED_TAG => Some(DetailState::Failed(decode(state))),
             _ => None,
         }
+    }
+
+    /// The state, and the first item waiting (listing page, index).
+    fn into_row(self) -> (DetailState, Option<(u64, u32)>) {
+        let first = self
+            .waiting()
+            .first()
+            .map(|(page, index, _)| (*page, *index));
+        let state = match self {
+            Record::Pending(task, _) => DetailState::Pending(task),
+            Record::Done(done) => DetailState::Done(done),
+            Record::Failed(failed, _) => DetailState::Failed(failed),
+        };
+        (state, first)
     }
 
     fn into_waiting(self) -> Vec<Waiting> {
@@ -325,15 +348,10 @@ impl Store {
             if tag_of(&value) != Some(tag) {
                 continue;
             }
-            let (Some(state), Some(record)) = (Record::state(&value), Record::decode(&value))
-            else {
-                continue;
-            };
-            let first = record
-                .waiting()
-                .first()
-                .map(|(page, index, _)| (*page, *index));
-            rows.push((id, state, first));
+            if let Some(record) = Record::decode(&value) {
+                let (state, first) = record.into_row();
+                rows.push((id, state, first));
+            }
         }
         Ok(rows)
     }
