@@ -84,6 +84,9 @@ pub struct WaitingItem {
     pub values: Vec<String>,
 }
 
+/// Pending detail pages with their numbers, in number order.
+pub type PendingDetails = Vec<(u64, DetailTask)>;
+
 /// A detail page as `queue` lists it: its number, state, and the first
 /// item waiting for it (listing page, index there).
 pub type DetailRow = (u64, DetailState, Option<(u64, u32)>);
@@ -285,11 +288,7 @@ impl Store {
     }
 
     /// Up to `limit` pending detail pages after `after`, in number order.
-    pub fn detail_pending_after(
-        &self,
-        after: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<(u64, DetailTask)>> {
+    pub fn detail_pending_after(&self, after: Option<u64>, limit: usize) -> Result<PendingDetails> {
         Ok(self.detail_pending_scan(after, limit)?.0)
     }
 
@@ -299,7 +298,7 @@ impl Store {
         &self,
         after: Option<u64>,
         limit: usize,
-    ) -> Result<(Vec<(u64, DetailTask)>, Option<u64>)> {
+    ) -> Result<(PendingDetails, Option<u64>)> {
         let mut last = after;
         let mut out = Vec::new();
         for entry in self.detail_range(after) {
