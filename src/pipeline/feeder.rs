@@ -459,6 +459,9 @@ struct DetailFeed {
     urls: HashMap<u64, Arc<str>>,
     /// The last scan from the cursor found nothing.
     idle: bool,
+    /// A scan from the first record found nothing pending (the cursor
+    /// then stands past every record, not at the start).
+    swept: bool,
 }
 
 impl DetailFeed {
@@ -484,10 +487,12 @@ impl DetailFeed {
             }
             // Past the pages done or failed too, so that the next scan
             // does not walk them again.
+            let from_start = self.cursor.is_none();
             let (batch, scanned) = store.detail_pending_scan(self.cursor, SCAN_BATCH)?;
             self.cursor = scanned;
             self.idle = batch.is_empty();
             if batch.is_empty() {
+                self.swept |= from_start;
                 return Ok(None);
             }
             let now_wall = now_ms();
@@ -535,15 +540,71 @@ impl DetailFeed {
     fn rescan(&mut self) {
         self.cursor = None;
         self.fresh.clear();
+        self.swept = false;
     }
 
     /// Starts the scan over from the first detail page; false when it
     /// already scanned from there and found nothing (wait, not spin).
     fn rescan_if_idle(&mut self) -> bool {
-        if self.cursor.is_none() {
+        if self.swept {
             return false;
         }
         self.rescan();
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{DetailCommit, DetailSettle, Fingerprint};
+
+    #[test]
+    fn a_sweep_that_finds_no_detail_page_pending_is_not_started_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let created = DetailCommit {
+            created: (0..3).map(|id| (id, format!("http://x/d/{id}"))).collect(),
+            next_id: 3,
+            ..DetailCommit::default()
+        };
+        store
+            .commit_known(&[], &[], &created, (0, Fingerprint(1)), None)
+            .unwrap();
+        let mut feed = DetailFeed::default();
+        let (mut in_flight, mut retries) = (HashSet::new(), RetryHeap::new());
+        let mut sent = Vec::new();
+        while let Some(work) = feed.next(&store, &mut in_flight, &mut retries).unwrap() {
+            sent.push(work.task);
+        }
+        assert_eq!(sent, (0..3).map(Task::Detail).collect::<Vec<_>>());
+        let done = DetailCommit {
+            settled: (0..3)
+                .map(|id| DetailSettle::Done {
+                    id,
+                    done: Default::default(),
+                })
+                .collect(),
+            next_id: 3,
+            ..DetailCommit::default()
+        };
+        store
+            .commit_known(&[], &[], &done, (0, Fingerprint(1)), None)
+            .unwrap();
+        // A scan from past the cursor found nothing: look from the first.
+        assert!(feed.rescan_if_idle());
+        in_flight.clear();
+        assert!(feed
+            .next(&store, &mut in_flight, &mut retries)
+            .unwrap()
+            .is_none());
+        // That scan, from the first record, found none pending either:
+        // the feeder must not start it again (it would spin).
+        assert!(!feed.rescan_if_idle());
+        feed.rescan();
+        assert!(
+            feed.rescan_if_idle(),
+            "a rescan asked for starts a new sweep"
+        );
     }
 }

@@ -288,6 +288,7 @@ impl Store {
     }
 
     /// Up to `limit` pending detail pages after `after`, in number order.
+    #[cfg(test)]
     pub fn detail_pending_after(&self, after: Option<u64>, limit: usize) -> Result<PendingDetails> {
         Ok(self.detail_pending_scan(after, limit)?.0)
     }
@@ -356,6 +357,7 @@ impl Store {
     }
 
     /// The items waiting for detail page `id`.
+    #[cfg(test)]
     pub fn waiting_for(&self, id: u64) -> Result<Vec<WaitingItem>> {
         Ok(self
             .record(id)?
@@ -484,7 +486,7 @@ impl Store {
         &self,
         touched: &mut HashMap<u64, Record>,
         id: u64,
-        written: &HashSet<(u64, u32)>,
+        written: &[(u64, u32)],
         next: &mut super::Counters,
     ) -> Result<Vec<Waiting>> {
         let waiting = match touched.remove(&id) {
@@ -530,10 +532,12 @@ impl Store {
             batch.insert(named_key(DETAIL_URL, &failed.url), &id.to_be_bytes());
             next.detail_failed += 1;
         }
-        // Items written in this group, by their detail page.
-        let mut written: HashMap<u64, HashSet<(u64, u32)>> = HashMap::new();
+        // Items written in this group, by their detail page (a list: in
+        // follow mode two items at one place on a page, found in two
+        // rounds, can wait for the same detail page).
+        let mut written: HashMap<u64, Vec<(u64, u32)>> = HashMap::new();
         for &(detail, page, index) in &details.waiting_written {
-            written.entry(detail).or_default().insert((page, index));
+            written.entry(detail).or_default().push((page, index));
         }
         // The detail pages whose result this batch records.
         let mut recorded = HashSet::new();
@@ -626,36 +630,76 @@ impl Store {
     /// version 2, in one batch: a crash leaves the old layout or the new.
     pub(super) fn migrate_v1(&self) -> Result<()> {
         use super::keys::v1;
-        let _counters = self.lock();
+        let mut counters = self.lock();
         let mut batch = sled::Batch::default();
+        // One record per number: were a number under two old states, the
+        // later state (failed over done over pending) is the one kept.
+        let mut records: std::collections::BTreeMap<u64, Record> = Default::default();
         for prefix in [v1::DETAIL_PENDING, v1::DETAIL_DONE, v1::DETAIL_FAILED] {
             for entry in self.tree.scan_prefix([prefix]) {
                 let (key, value) = entry?;
                 batch.remove(key.clone());
                 let Some(id) = page_of(&key) else { continue };
-                let mut waiting = Vec::new();
-                for entry in self.tree.scan_prefix(page_key(v1::WAITING, id)) {
-                    let (key, value) = entry?;
-                    if let Some((_, page, index)) = v1::waiting_of(&key) {
-                        waiting.push((page, index, decode(&value)));
-                    }
-                }
                 let record = match prefix {
-                    v1::DETAIL_PENDING => Record::Pending(decode(&value), waiting),
+                    v1::DETAIL_PENDING => Record::Pending(decode(&value), Vec::new()),
                     v1::DETAIL_DONE => Record::Done(decode(&value)),
-                    _ => Record::Failed(decode(&value), waiting),
+                    _ => Record::Failed(decode(&value), Vec::new()),
                 };
-                batch.insert(&page_key(DETAIL, id)[..], record.encode());
+                records.insert(id, record);
             }
         }
-        for key in self.tree.scan_prefix([v1::WAITING]).keys() {
-            batch.remove(key?);
+        let mut unplaced = 0u64;
+        for entry in self.tree.scan_prefix([v1::WAITING]) {
+            let (key, value) = entry?;
+            batch.remove(key.clone());
+            let placed = v1::waiting_of(&key).and_then(|(detail, page, index)| {
+                match records.get_mut(&detail)? {
+                    Record::Pending(_, waiting) | Record::Failed(_, waiting) => {
+                        waiting.push((page, index, decode(&value)));
+                        Some(())
+                    }
+                    Record::Done(_) => None,
+                }
+            });
+            unplaced += u64::from(placed.is_none());
         }
+        if unplaced > 0 {
+            // Version 1 never left one (it wrote them with their record
+            // and removed them with its items written).
+            log::warn!(
+                "{unplaced} waiting items of the old layout had no pending or failed detail page; they are dropped"
+            );
+        }
+        // The counters follow what was moved, so that they equal a recount
+        // whatever the old state held.
+        let mut next = *counters;
+        (
+            next.detail_pending,
+            next.detail_done,
+            next.detail_failed,
+            next.waiting,
+        ) = (0, 0, 0, 0);
+        for (id, record) in &records {
+            match record {
+                Record::Pending(_, waiting) => {
+                    next.detail_pending += 1;
+                    next.waiting += waiting.len() as u64;
+                }
+                Record::Done(_) => next.detail_done += 1,
+                Record::Failed(_, waiting) => {
+                    next.detail_failed += 1;
+                    next.waiting += waiting.len() as u64;
+                }
+            }
+            batch.insert(&page_key(DETAIL, *id)[..], record.encode());
+        }
+        batch.insert(named_key(META, COUNTERS_KEY), next.encode());
         batch.insert(
             named_key(META, super::SCHEMA_KEY),
             &super::SCHEMA_VERSION.to_be_bytes(),
         );
         self.tree.apply_batch(batch)?;
+        *counters = next;
         Ok(())
     }
 }
@@ -915,6 +959,9 @@ mod tests {
             tree.insert(wait(0, 1, 3), encode(&vec!["a"])).unwrap();
             tree.insert(wait(0, 2, 0), encode(&vec!["b"])).unwrap();
             tree.insert(wait(2, 2, 1), encode(&vec!["c"])).unwrap();
+            // None such was ever written; dropped, and not counted.
+            tree.insert(wait(1, 1, 0), encode(&vec!["x"])).unwrap();
+            tree.insert(wait(7, 1, 1), encode(&vec!["y"])).unwrap();
             tree.insert(
                 named_key(META, crate::store::SCHEMA_KEY),
                 &1u64.to_be_bytes(),
@@ -931,7 +978,18 @@ mod tests {
             "no key of the old layout is left"
         );
         assert_eq!(recount(&store), (1, 1, 1, 3));
-        assert_eq!(store.counters(), counters, "the counters are unchanged");
+        let moved = store.counters();
+        assert_eq!(
+            moved,
+            crate::store::Counters {
+                detail_pending: 1,
+                detail_done: 1,
+                detail_failed: 1,
+                waiting: 3,
+                ..counters
+            },
+            "the detail counters are those moved, the others unchanged"
+        );
         let waiting = |id| {
             store
                 .waiting_for(id)
