@@ -41,6 +41,8 @@ pub struct StoreUrl {
     pub shown: String,
     /// The URL's `sslmode` (`prefer` when it has none).
     pub ssl_mode: SslMode,
+    /// The URL's `sslrootcert` (for messages: the connector holds its CAs).
+    root_cert: Option<PathBuf>,
     /// The TLS connector `sslmode` and `sslrootcert` call for.
     tls: MakeRustlsConnect,
 }
@@ -136,15 +138,17 @@ pub fn parse_store_url(url: &str, sources: &PasswordSources) -> Result<StoreUrl,
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
+    let root_cert = root_cert.map(PathBuf::from);
     let tls = tls::connector(
         ssl_mode,
-        root_cert.as_deref().map(Path::new),
+        root_cert.as_deref(),
         &format!("store '{}'", shown(&shown_url)),
     )?;
     Ok(StoreUrl {
         config,
         shown: shown_url,
         ssl_mode,
+        root_cert,
         tls,
     })
 }
@@ -242,10 +246,8 @@ fn refused(url: &StoreUrl, error: &::postgres::Error) -> UserError {
     if let Some(tls) = rustls_cause(error) {
         return UserError::Config(match tls {
             rustls::Error::InvalidCertificate(why) => format!(
-                "{store}: the server's certificate {} (sslmode={mode}): give the CA that \
-                 signed it with sslrootcert=/path/ca.pem in the URL (sslmode=require \
-                 encrypts without checking the certificate)",
-                tls::certificate_problem(why)
+                "{store}: {}",
+                tls::certificate_refused(why, url.ssl_mode, url.root_cert.as_deref())
             ),
             other => format!(
                 "{store}: the TLS handshake failed ({other}, sslmode={mode}): check the \

@@ -249,20 +249,51 @@ impl ServerCertVerifier for ChainOnly {
     }
 }
 
-/// What is wrong with a refused certificate, in a few words.
-pub fn certificate_problem(error: &CertificateError) -> String {
+/// One line for a refused certificate: what is wrong with it, and what
+/// to do. `root_cert` is the URL's `sslrootcert`, if it has one.
+pub fn certificate_refused(
+    error: &CertificateError,
+    mode: SslMode,
+    root_cert: Option<&Path>,
+) -> String {
     use CertificateError as E;
-    match error {
-        E::UnknownIssuer => "is not signed by a trusted CA".to_owned(),
-        E::Expired | E::ExpiredContext { .. } => "has expired".to_owned(),
-        E::NotValidYet | E::NotValidYetContext { .. } => {
-            "is not valid yet (check this host's clock)".to_owned()
-        }
-        E::NotValidForName | E::NotValidForNameContext { .. } => {
-            "is not issued for the URL's host name".to_owned()
-        }
-        other => format!("is refused ({other:?})"),
-    }
+    let (what, to_do) = match error {
+        E::UnknownIssuer => (
+            "is not signed by a trusted CA".to_owned(),
+            match root_cert {
+                Some(file) => format!(
+                    "sslrootcert '{}' does not hold the CA that signed it: give that CA's PEM \
+                     file",
+                    shown(&file.display().to_string())
+                ),
+                None => "give the CA that signed it with sslrootcert=/path/ca.pem in the URL \
+                         (sslmode=require encrypts without checking the certificate)"
+                    .to_owned(),
+            },
+        ),
+        E::NotValidForName | E::NotValidForNameContext { .. } => (
+            "is not issued for the URL's host name".to_owned(),
+            "connect by a name the certificate holds, or write sslmode=verify-ca to check \
+             only that a trusted CA signed it"
+                .to_owned(),
+        ),
+        E::Expired | E::ExpiredContext { .. } => (
+            "has expired".to_owned(),
+            "the server needs a new certificate".to_owned(),
+        ),
+        E::NotValidYet | E::NotValidYetContext { .. } => (
+            "is not valid yet".to_owned(),
+            "check this host's clock".to_owned(),
+        ),
+        other => (
+            format!("is refused ({other:?})"),
+            "check the server's certificate".to_owned(),
+        ),
+    };
+    format!(
+        "the server's certificate {what} (sslmode={}): {to_do}",
+        mode.name()
+    )
 }
 
 #[cfg(test)]
@@ -338,7 +369,8 @@ mod tests {
         refusal(
             &url(&server, "127.0.0.1", &trusted),
             password,
-            "certificate is not issued for the URL's host name",
+            "certificate is not issued for the URL's host name (sslmode=verify-full): connect \
+             by a name the certificate holds, or write sslmode=verify-ca",
             Exit::Usage,
         );
         let chain_only = format!("sslmode=verify-ca&sslrootcert={ca}");
@@ -376,7 +408,7 @@ mod tests {
                 &format!("sslmode=require&sslrootcert={}", other_ca.path().display()),
             ),
             password,
-            "not signed by a trusted CA (sslmode=require)",
+            "not signed by a trusted CA (sslmode=require): sslrootcert '/",
             Exit::Usage,
         );
 
