@@ -88,7 +88,11 @@ pub fn parse_store_url(url: &str, sources: &PasswordSources) -> Result<StoreUrl,
         )));
     }
     let (url, ssl_mode, root_cert) = take_tls_options(url);
+    // `sslrootcert=system` (libpq 16) names the system's store, and is
+    // refused with a mode weaker than verify-full, its default.
+    let system_roots = root_cert.as_deref() == Some("system");
     let ssl_mode = match ssl_mode {
+        None if system_roots => SslMode::VerifyFull,
         None => SslMode::Prefer,
         Some(value) => SslMode::parse(&value).ok_or_else(|| {
             UserError::Config(format!(
@@ -99,6 +103,14 @@ pub fn parse_store_url(url: &str, sources: &PasswordSources) -> Result<StoreUrl,
             ))
         })?,
     };
+    if system_roots && ssl_mode != SslMode::VerifyFull {
+        return Err(UserError::Config(format!(
+            "store: '{}' has sslrootcert=system with sslmode={}: write sslmode=verify-full \
+             (as libpq, the system's CAs only with the host name checked)",
+            shown(&shown_url),
+            ssl_mode.name()
+        )));
+    }
     let mut config: ::postgres::Config = url.parse().map_err(|error: ::postgres::Error| {
         UserError::Config(format!(
             "store: '{}' is not a valid PostgreSQL URL ({}): write store = \
@@ -138,7 +150,7 @@ pub fn parse_store_url(url: &str, sources: &PasswordSources) -> Result<StoreUrl,
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
-    let root_cert = root_cert.map(PathBuf::from);
+    let root_cert = root_cert.filter(|_| !system_roots).map(PathBuf::from);
     let tls = tls::connector(
         ssl_mode,
         root_cert.as_deref(),

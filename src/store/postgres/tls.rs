@@ -10,7 +10,9 @@
 //! | `verify-full` | always | signed by a trusted CA and issued for the URL's host |
 //!
 //! The trusted CAs are those of `sslrootcert=FILE` (PEM), else the
-//! system's store (`SSL_CERT_FILE`, `SSL_CERT_DIR`, /etc/ssl/certs).
+//! system's store (`SSL_CERT_FILE`, `SSL_CERT_DIR`, /etc/ssl/certs), as
+//! `sslrootcert=system` asks (libpq without `sslrootcert` would look for
+//! `~/.postgresql/root.crt` instead, and fail without it).
 //! tokio-postgres itself knows only `disable`, `prefer` and `require`: the
 //! two checking modes are `require` plus a certificate verifier.
 

@@ -251,6 +251,19 @@ fn sslmode_and_sslrootcert_are_read_from_the_url() {
         let store = parse_store_url(&format!("postgres://u@h/db{options}"), &sources).unwrap();
         assert_eq!(store.ssl_mode, mode, "{options}");
     }
+    let system = parse_store_url("postgres://u@h/db?sslrootcert=system", &sources).unwrap();
+    assert_eq!(system.ssl_mode, SslMode::VerifyFull);
+    let error = parse_store_url(
+        "postgres://u@h/db?sslrootcert=system&sslmode=require",
+        &sources,
+    )
+    .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("sslrootcert=system with sslmode=require: write sslmode=verify-full"),
+        "{error}"
+    );
     let store = parse_store_url(
         "postgres://u@h/db?connect_timeout=3&sslmode=require&application_name=x",
         &sources,
