@@ -24,6 +24,12 @@ pub enum UserError {
     /// Another process holds the state directory's lock.
     #[error("{0}")]
     Busy(String),
+    /// A service the command needs (the PostgreSQL store) cannot be reached
+    /// now: connection refused, unknown host, no answer in time, or the
+    /// server turned the connection away (too many connections, starting
+    /// up). The same command may work later.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl UserError {
@@ -32,6 +38,7 @@ impl UserError {
         match self {
             UserError::Config(_) | UserError::Usage(_) | UserError::JobMismatch(_) => Exit::Usage,
             UserError::Busy(_) => Exit::Busy,
+            UserError::Unavailable(_) => Exit::Unavailable,
         }
     }
 }

@@ -17,6 +17,10 @@ pub enum Exit {
     /// `pagecrawl retry` queues them again. wget uses 8 for the same
     /// ("server issued an error response").
     FailedPages = 8,
+    /// A service the command needs cannot be reached now (the PostgreSQL
+    /// store: refused, unknown host, timed out); trying again later may
+    /// work. sysexits.h's `EX_UNAVAILABLE`.
+    Unavailable = 69,
     /// A second SIGINT/SIGTERM cut the graceful stop short (the checkpoint is
     /// still consistent; the next run resumes).
     Interrupted = 130,

@@ -1,16 +1,36 @@
-//! The `store = "postgres://..."` URL: parsed with the `postgres` crate's
-//! own parser, shown only without its password, and given a password the
-//! way libpq clients find one: the URL's, else `PGPASSWORD`, else the first
-//! matching line of the password file (`PGPASSFILE`, else `~/.pgpass`),
-//! which, as libpq does, is ignored when others may read it. The `postgres`
-//! crate reads none of these variables or files itself.
+//! The `store = "postgres://..."` URL and the connection it makes.
 //!
-//! TLS is not handled yet (issue 13 asks for it): connections use `NoTls`.
+//! The URL is parsed with the `postgres` crate's own parser, shown only
+//! without its password, and given a password the way libpq clients find
+//! one: the URL's, else `PGPASSWORD`, else the first matching line of the
+//! password file (`PGPASSFILE`, else `~/.pgpass`), which, as libpq does, is
+//! ignored when others may read it. The `postgres` crate reads none of
+//! these variables or files itself. `sslmode` and `sslrootcert` are taken
+//! out of the URL first (that parser knows neither `verify-*` nor
+//! `sslrootcert`) and become the TLS connector of [`super::tls`].
+//!
+//! [`connect`] turns a failed connection into one line that names the
+//! problem and what to do: a [`UserError::Config`] (exit 2) for what the
+//! URL or the server's setup must change (authentication, a missing
+//! database, TLS not offered, a refused certificate), a
+//! [`UserError::Unavailable`] (exit 69) for a server that cannot be
+//! reached now (refused, unknown host, no answer within `connect_timeout`,
+//! 10 s unless the URL says otherwise).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use ::postgres::error::SqlState;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use super::tls::{self, SslMode};
 use crate::error::UserError;
 use crate::util::shown;
+
+/// How long a connection attempt waits for the server's TCP answer when
+/// the URL has no `connect_timeout` (libpq waits forever; a crawler that
+/// hangs at start on a dropped packet helps nobody).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A parsed store URL.
 #[derive(Clone)]
@@ -19,6 +39,12 @@ pub struct StoreUrl {
     pub config: ::postgres::Config,
     /// The URL as messages and `status` may show it: no password.
     pub shown: String,
+    /// The URL's `sslmode` (`prefer` when it has none).
+    pub ssl_mode: SslMode,
+    /// The URL's `sslrootcert` (for messages: the connector holds its CAs).
+    root_cert: Option<PathBuf>,
+    /// The TLS connector `sslmode` and `sslrootcert` call for.
+    tls: MakeRustlsConnect,
 }
 
 impl std::fmt::Debug for StoreUrl {
@@ -61,6 +87,30 @@ pub fn parse_store_url(url: &str, sources: &PasswordSources) -> Result<StoreUrl,
             shown(&shown_url)
         )));
     }
+    let (url, ssl_mode, root_cert) = take_tls_options(url);
+    // `sslrootcert=system` (libpq 16) names the system's store, and is
+    // refused with a mode weaker than verify-full, its default.
+    let system_roots = root_cert.as_deref() == Some("system");
+    let ssl_mode = match ssl_mode {
+        None if system_roots => SslMode::VerifyFull,
+        None => SslMode::Prefer,
+        Some(value) => SslMode::parse(&value).ok_or_else(|| {
+            UserError::Config(format!(
+                "store: '{}' has sslmode={}: write sslmode=disable, prefer, require, \
+                 verify-ca or verify-full",
+                shown(&shown_url),
+                shown(&value)
+            ))
+        })?,
+    };
+    if system_roots && ssl_mode != SslMode::VerifyFull {
+        return Err(UserError::Config(format!(
+            "store: '{}' has sslrootcert=system with sslmode={}: write sslmode=verify-full \
+             (as libpq, the system's CAs only with the host name checked)",
+            shown(&shown_url),
+            ssl_mode.name()
+        )));
+    }
     let mut config: ::postgres::Config = url.parse().map_err(|error: ::postgres::Error| {
         UserError::Config(format!(
             "store: '{}' is not a valid PostgreSQL URL ({}): write store = \
@@ -96,10 +146,200 @@ pub fn parse_store_url(url: &str, sources: &PasswordSources) -> Result<StoreUrl,
             }
         }
     }
+    config.ssl_mode(ssl_mode.wire());
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    let root_cert = root_cert.filter(|_| !system_roots).map(PathBuf::from);
+    let tls = tls::connector(
+        ssl_mode,
+        root_cert.as_deref(),
+        &format!("store '{}'", shown(&shown_url)),
+    )?;
     Ok(StoreUrl {
         config,
         shown: shown_url,
+        ssl_mode,
+        root_cert,
+        tls,
     })
+}
+
+/// Splits `sslmode` and `sslrootcert` (percent-decoded) off the URL's
+/// query; the rest of the URL is left as it was.
+fn take_tls_options(url: &str) -> (String, Option<String>, Option<String>) {
+    let Some((head, query)) = url.split_once('?') else {
+        return (url.to_owned(), None, None);
+    };
+    let (mut mode, mut root_cert) = (None, None);
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|option| match option.split_once('=') {
+            Some(("sslmode", value)) => {
+                mode = Some(percent_decoded(value));
+                false
+            }
+            Some(("sslrootcert", value)) => {
+                root_cert = Some(percent_decoded(value));
+                false
+            }
+            _ => true,
+        })
+        .collect();
+    let rest = if kept.is_empty() {
+        head.to_owned()
+    } else {
+        format!("{head}?{}", kept.join("&"))
+    };
+    (rest, mode, root_cert)
+}
+
+/// `%XX` escapes decoded, as libpq decodes a URI's values (`+` stays `+`);
+/// a broken escape is kept as written.
+fn percent_decoded(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| value.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Connects to the store as its URL says (TLS per `sslmode`), or says in
+/// one line, without the password, why not and what to do.
+pub fn connect(url: &StoreUrl) -> Result<::postgres::Client, UserError> {
+    url.config
+        .connect(url.tls.clone())
+        .map_err(|error| refused(url, &error))
+}
+
+/// The one-line error for a failed connection (see the module doc).
+fn refused(url: &StoreUrl, error: &::postgres::Error) -> UserError {
+    let store = format!("store '{}'", shown(&url.shown));
+    let mode = url.ssl_mode.name();
+    if let Some(db) = error.as_db_error() {
+        let said = shown(db.message());
+        let code = db.code();
+        return if *code == SqlState::INVALID_PASSWORD
+            || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+        {
+            UserError::Config(format!(
+                "{store}: authentication failed (the server says: {said}): check the \
+                 password (the URL's, PGPASSWORD or ~/.pgpass) and the server's pg_hba.conf"
+            ))
+        } else if *code == SqlState::INVALID_CATALOG_NAME {
+            let database = url.config.get_dbname().unwrap_or_default();
+            UserError::Config(format!(
+                "{store}: the database '{}' does not exist: create it (createdb {}) or name \
+                 another in the URL",
+                shown(database),
+                shown(database)
+            ))
+        } else {
+            UserError::Unavailable(format!(
+                "{store}: the server refused the connection ({said}): try again later"
+            ))
+        };
+    }
+    if let Some(tls) = rustls_cause(error) {
+        return UserError::Config(match tls {
+            rustls::Error::InvalidCertificate(why) => format!(
+                "{store}: {}",
+                tls::certificate_refused(why, url.ssl_mode, url.root_cert.as_deref())
+            ),
+            other => format!(
+                "{store}: the TLS handshake failed ({other}, sslmode={mode}): check the \
+                 server's ssl settings"
+            ),
+        });
+    }
+    // tokio-postgres says these in words only (its error kinds are private),
+    // some of them in a cause its own message leaves out.
+    let text = std::iter::once(error.to_string())
+        .chain(causes(error).map(ToString::to_string))
+        .collect::<Vec<_>>()
+        .join(": ");
+    if text.contains("server does not support TLS") {
+        return UserError::Config(format!(
+            "{store}: the server does not offer TLS, which sslmode={mode} requires: turn \
+             ssl on in its postgresql.conf, or, on a network you trust, write sslmode=prefer \
+             (TLS when offered) in the URL"
+        ));
+    }
+    if text.contains("password missing") {
+        return UserError::Config(format!(
+            "{store}: the server asks for a password and none was found: give it in the URL, \
+             in PGPASSWORD, or in ~/.pgpass (mode 0600)"
+        ));
+    }
+    if let Some(io) = io_cause(error) {
+        let seconds = url
+            .config
+            .get_connect_timeout()
+            .map_or(0, Duration::as_secs);
+        return UserError::Unavailable(match io.kind() {
+            std::io::ErrorKind::ConnectionRefused => format!(
+                "{store}: connection refused: is the server running and listening on that \
+                 host and port? Try again once it is"
+            ),
+            std::io::ErrorKind::TimedOut => format!(
+                "{store}: no answer within {seconds} s (connect_timeout): check the host and \
+                 port, and that no firewall drops the connection"
+            ),
+            _ if io.to_string().contains("lookup address") => format!(
+                "{store}: unknown host ({}): check the URL's host name",
+                shown(&io.to_string())
+            ),
+            _ => format!("{store}: cannot connect ({})", shown(&io.to_string())),
+        });
+    }
+    if text.contains("authentication") {
+        return UserError::Config(format!(
+            "{store}: authentication failed ({}): check the password and the server's \
+             pg_hba.conf",
+            shown(&text)
+        ));
+    }
+    UserError::Unavailable(format!("{store}: cannot connect ({})", shown(&text)))
+}
+
+/// The rustls error behind a failed connection, if TLS failed.
+fn rustls_cause(error: &::postgres::Error) -> Option<&rustls::Error> {
+    causes(error).find_map(|cause| {
+        cause.downcast_ref::<rustls::Error>().or_else(|| {
+            // tokio-rustls wraps it in an io::Error, whose `source` skips it.
+            cause
+                .downcast_ref::<std::io::Error>()?
+                .get_ref()?
+                .downcast_ref::<rustls::Error>()
+        })
+    })
+}
+
+/// The I/O error behind a failed connection, if the socket failed.
+fn io_cause(error: &::postgres::Error) -> Option<&std::io::Error> {
+    causes(error).find_map(|cause| cause.downcast_ref::<std::io::Error>())
+}
+
+/// The error's causes, innermost last.
+fn causes<'a>(
+    error: &'a ::postgres::Error,
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(std::error::Error::source(error), |cause| cause.source())
 }
 
 /// The URL with any password replaced by `***`, whether or not it parses.

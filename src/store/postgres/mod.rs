@@ -15,3 +15,4 @@ pub mod job;
 pub mod lease;
 pub mod politeness;
 pub mod schema;
+pub mod tls;
