@@ -1068,4 +1068,123 @@ mod tests {
             (vec![], Some(3))
         );
     }
+
+    #[test]
+    fn a_retried_or_failed_detail_page_keeps_the_items_not_written_and_counts_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let item = |detail, page, index| WaitingItem {
+            detail,
+            page,
+            index,
+            values: vec![format!("{page}.{index}")],
+        };
+        // Detail pages 0, 1 and 2, each with two items waiting.
+        let first = DetailCommit {
+            created: (0..3).map(|id| (id, format!("http://x/d/{id}"))).collect(),
+            waiting_added: (0..3)
+                .flat_map(|id| [item(id, 1, 2 * id as u32), item(id, 2, 2 * id as u32)])
+                .collect(),
+            next_id: 3,
+            ..DetailCommit::default()
+        };
+        store
+            .commit_known(&[], &[], &first, (0, Fingerprint(1)), None)
+            .unwrap();
+        assert_eq!(
+            store.waiting_if_pending(1).unwrap(),
+            Some(vec![item(1, 1, 2), item(1, 2, 2)])
+        );
+        assert_eq!(store.waiting_if_pending(9).unwrap(), None, "no such page");
+        let failed = |id| DetailSettle::Failed {
+            id,
+            failed: DetailFailed {
+                url: format!("http://x/d/{id}"),
+                kind: "HTTP 404".into(),
+                ..DetailFailed::default()
+            },
+        };
+        // 0 is retried: both wait still. 1 fails, its items waiting (on
+        // failure, wait). 2 fails with one of its items written.
+        let second = DetailCommit {
+            settled: vec![
+                DetailSettle::Retry {
+                    id: 0,
+                    task: DetailTask {
+                        url: "http://x/d/0".into(),
+                        attempts: 1,
+                        ..DetailTask::default()
+                    },
+                },
+                failed(1),
+                failed(2),
+            ],
+            waiting_written: vec![(2, 2, 4)],
+            items_written: 1,
+            next_id: 3,
+            ..DetailCommit::default()
+        };
+        store
+            .commit_known(&[], &[], &second, (10, Fingerprint(2)), None)
+            .unwrap();
+        let counters = store.counters();
+        assert_eq!(
+            (
+                counters.detail_pending,
+                counters.detail_failed,
+                counters.waiting
+            ),
+            (1, 2, 5)
+        );
+        assert_eq!(recount(&store), (1, 0, 2, 5));
+        assert_eq!(
+            store.waiting_for(0).unwrap(),
+            vec![item(0, 1, 0), item(0, 2, 0)]
+        );
+        assert_eq!(
+            store.waiting_for(1).unwrap(),
+            vec![item(1, 1, 2), item(1, 2, 2)]
+        );
+        assert_eq!(store.waiting_for(2).unwrap(), vec![item(2, 1, 4)]);
+        match store.detail_state(0).unwrap() {
+            Some(DetailState::Pending(task)) => assert_eq!(task.attempts, 1),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            store.waiting_if_pending(2).unwrap(),
+            None,
+            "failed, not pending"
+        );
+        // `retry` puts both failed pages back with what waits for them.
+        assert_eq!(store.retry_details(None).unwrap(), (2, vec![]));
+        assert_eq!(
+            store.waiting_if_pending(2).unwrap(),
+            Some(vec![item(2, 1, 4)])
+        );
+        assert_eq!(recount(&store), (3, 0, 0, 5));
+        // 1 comes in: its two items are written; the record keeps none.
+        let third = DetailCommit {
+            settled: vec![DetailSettle::Done {
+                id: 1,
+                done: DetailDone {
+                    url: "http://x/d/1".into(),
+                    ..DetailDone::default()
+                },
+            }],
+            waiting_written: vec![(1, 1, 2), (1, 2, 2)],
+            items_written: 2,
+            next_id: 3,
+            ..DetailCommit::default()
+        };
+        store
+            .commit_known(&[], &[], &third, (20, Fingerprint(3)), None)
+            .unwrap();
+        assert_eq!(store.counters().waiting, 3);
+        assert_eq!(recount(&store), (2, 1, 0, 3));
+        assert_eq!(
+            store.waiting_if_pending(1).unwrap(),
+            None,
+            "done, not pending"
+        );
+    }
 }
