@@ -1096,6 +1096,10 @@ mod tests {
             Some(vec![item(1, 1, 2), item(1, 2, 2)])
         );
         assert_eq!(store.waiting_if_pending(9).unwrap(), None, "no such page");
+        assert_eq!(
+            store.detail_pending_after(None, 1).unwrap()[0].1.url,
+            "http://x/d/0"
+        );
         let failed = |id| DetailSettle::Failed {
             id,
             failed: DetailFailed {
@@ -1132,10 +1136,15 @@ mod tests {
             (
                 counters.detail_pending,
                 counters.detail_failed,
-                counters.waiting
+                counters.waiting,
+                counters.retries
             ),
-            (1, 2, 5)
+            (1, 2, 5, 1)
         );
+        match store.detail_state(1).unwrap() {
+            Some(DetailState::Failed(failed)) => assert!(failed.at_ms > 0, "{failed:?}"),
+            other => panic!("{other:?}"),
+        }
         assert_eq!(recount(&store), (1, 0, 2, 5));
         assert_eq!(
             store.waiting_for(0).unwrap(),
@@ -1186,5 +1195,9 @@ mod tests {
             None,
             "done, not pending"
         );
+        match store.detail_state(1).unwrap() {
+            Some(DetailState::Done(done)) => assert!(done.at_ms > 0, "{done:?}"),
+            other => panic!("{other:?}"),
+        }
     }
 }
