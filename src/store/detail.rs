@@ -1177,6 +1177,7 @@ mod tests {
                 id: 1,
                 done: DetailDone {
                     url: "http://x/d/1".into(),
+                    bytes: 7,
                     ..DetailDone::default()
                 },
             }],
@@ -1189,6 +1190,7 @@ mod tests {
             .commit_known(&[], &[], &third, (20, Fingerprint(3)), None)
             .unwrap();
         assert_eq!(store.counters().waiting, 3);
+        assert_eq!(store.counters().bytes, 7, "a detail page's bytes count");
         assert_eq!(recount(&store), (2, 1, 0, 3));
         assert_eq!(
             store.waiting_if_pending(1).unwrap(),
