@@ -10,6 +10,9 @@ use std::sync::Arc;
 
 use pagecrawl::fixture::{page_body, wooyun, Site};
 
+#[path = "../../src/fixture/test_ca.rs"]
+mod test_ca;
+
 use crate::harness::{
     assert_same_items, assert_success, finish, pagecrawl, read_jsonl_bugs, stderr, COMMAND_TIMEOUT,
 };
@@ -27,34 +30,21 @@ struct HttpsSite {
 
 impl HttpsSite {
     fn start() -> HttpsSite {
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "pagecrawl test CA");
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::CrlSign,
-        ];
-        let ca =
-            rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
-                .unwrap();
         let mut leaf_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         leaf_params.subject_alt_names = vec![rcgen::SanType::IpAddress([127, 0, 0, 1].into())];
-        let leaf_key = rcgen::KeyPair::generate().unwrap();
-        let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
+        let issued = test_ca::issue(leaf_params);
 
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), &issued.ca_pem).unwrap();
 
-        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(issued.key.serialize_der().into());
         let config = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
-        .with_single_cert(vec![leaf.der().clone()], key)
+        .with_single_cert(vec![issued.certificate.der().clone()], key)
         .unwrap();
         let config = Arc::new(config);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
