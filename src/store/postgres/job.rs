@@ -176,6 +176,14 @@ pub fn counters(client: &mut ::postgres::Client, job: JobId) -> Result<Counters>
         &[&job.0],
     )?;
     Ok(Counters {
+        bytes: row.get(7),
+        ..counts_of(&row)
+    })
+}
+
+/// The first seven columns of `row`: the stages' counts and the items.
+fn counts_of(row: &::postgres::Row) -> Counters {
+    Counters {
         listing_pending: row.get(0),
         listing_done: row.get(1),
         listing_failed: row.get(2),
@@ -183,8 +191,8 @@ pub fn counters(client: &mut ::postgres::Client, job: JobId) -> Result<Counters>
         detail_done: row.get(4),
         detail_failed: row.get(5),
         items: row.get(6),
-        bytes: row.get(7),
-    })
+        bytes: 0,
+    }
 }
 
 /// The counters recounted from the tasks and items (a full scan, for tests
@@ -203,16 +211,7 @@ pub fn recount(client: &mut ::postgres::Client, job: JobId) -> Result<Counters> 
          FROM pagecrawl_tasks WHERE job_id = $1",
         &[&job.0],
     )?;
-    Ok(Counters {
-        listing_pending: row.get(0),
-        listing_done: row.get(1),
-        listing_failed: row.get(2),
-        detail_pending: row.get(3),
-        detail_done: row.get(4),
-        detail_failed: row.get(5),
-        items: row.get(6),
-        bytes: 0,
-    })
+    Ok(counts_of(&row))
 }
 
 /// Records a daemon of `job` running on `host` as `pid`.

@@ -1,21 +1,13 @@
 //! Jobs, enqueues and daemons against a real throwaway server.
 
 use super::*;
-use crate::fixture::postgres::Postgres;
+use crate::fixture::postgres::{wait_until, Postgres};
 use crate::store::postgres::lease::{commit_group, lease_batch, LeasedTask, Outcome, Settled};
 use crate::store::postgres::schema::migrate;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
 const LONG: Duration = Duration::from_secs(600);
-
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 #[test]
 fn a_job_keeps_its_identity_and_its_counters_match_a_recount() {

@@ -1,14 +1,13 @@
 //! Leases and the fenced commit against a real throwaway server.
 
 use super::*;
-use crate::fixture::postgres::Postgres;
+use crate::fixture::postgres::{wait_until, Postgres};
 use crate::store::postgres::job::{
     counters, enqueue_pages, ensure_job, recount, register_daemon, Counters,
 };
 use crate::store::postgres::schema::migrate;
 use serde_json::json;
 use std::collections::HashSet;
-use std::time::Instant;
 
 const LONG: Duration = Duration::from_secs(600);
 
@@ -43,14 +42,6 @@ fn item_count(client: &mut ::postgres::Client) -> i64 {
         .query_one("SELECT count(*) FROM pagecrawl_items", &[])
         .unwrap()
         .get(0)
-}
-
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
