@@ -253,6 +253,26 @@ struct Campaign {
 }
 
 impl Campaign {
+    /// A job on `site` at concurrency 8 whose state will live on lossyfs
+    /// (its backing folder and mount point made, nothing mounted yet).
+    fn new(tool: PathBuf, site: Site) -> Campaign {
+        let job = Job::new(site).concurrency(8);
+        let config = job.write_config();
+        let backing = job.dir.path().join("backing");
+        let mountpoint = job.dir.path().join("mnt");
+        std::fs::create_dir_all(&backing).unwrap();
+        std::fs::create_dir_all(&mountpoint).unwrap();
+        Campaign {
+            mount: None,
+            tool,
+            backing,
+            mountpoint,
+            config,
+            job,
+            fs_report: Vec::new(),
+        }
+    }
+
     fn state_dir(&self) -> PathBuf {
         self.mountpoint.join("state")
     }
@@ -378,21 +398,7 @@ fn power_loss_never_loses_what_was_committed() {
         ..Site::default()
     };
     let per_page = site.per_page as u64;
-    let job = Job::new(site).concurrency(8);
-    let config = job.write_config();
-    let backing = job.dir.path().join("backing");
-    let mountpoint = job.dir.path().join("mnt");
-    std::fs::create_dir_all(&backing).unwrap();
-    std::fs::create_dir_all(&mountpoint).unwrap();
-    let mut campaign = Campaign {
-        mount: None,
-        tool,
-        backing,
-        mountpoint,
-        config,
-        job,
-        fs_report: Vec::new(),
-    };
+    let mut campaign = Campaign::new(tool, site);
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut mounts = 0u64;
     let mut mount_args = |rng: &mut fastrand::Rng, strict: bool, findings: &mut Findings| {
@@ -688,21 +694,7 @@ fn slow_campaign(pages: u64, args: &[&str]) -> Option<Campaign> {
         padding: 200,
         ..Site::default()
     };
-    let job = Job::new(site).concurrency(8);
-    let config = job.write_config();
-    let backing = job.dir.path().join("backing");
-    let mountpoint = job.dir.path().join("mnt");
-    std::fs::create_dir_all(&backing).unwrap();
-    std::fs::create_dir_all(&mountpoint).unwrap();
-    let mut campaign = Campaign {
-        mount: None,
-        tool,
-        backing,
-        mountpoint,
-        config,
-        job,
-        fs_report: Vec::new(),
-    };
+    let mut campaign = Campaign::new(tool, site);
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     if let Err(reason) = campaign.remount(&args) {
         cannot_run(&reason);

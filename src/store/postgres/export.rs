@@ -144,66 +144,58 @@ fn render(
     item: &Value,
 ) -> Result<()> {
     let page = u64::try_from(page).context("its page is negative")?;
-    let text = |name: &str| -> Result<String> {
-        match item.get(name) {
-            Some(Value::String(value)) => Ok(value.clone()),
-            _ => bail!("it has no text field '{name}': it was not written for this config"),
-        }
-    };
     let values = fields
         .iter()
-        .map(|name| text(name))
+        .map(|name| text(item, name))
         .collect::<Result<Vec<_>>>()?;
     let Some(detail) = detail else {
         render_into(line, format, page, fields, &values);
         return Ok(());
     };
-    if let Some(Value::String(reason)) = item.get(ERROR_FIELD) {
-        render_merged(
-            line,
-            format,
-            page,
-            fields,
-            &values,
-            detail,
-            Merge::Failed(reason),
-        );
-        return Ok(());
+    let got;
+    let merge = match item.get(ERROR_FIELD) {
+        Some(Value::String(reason)) => Merge::Failed(reason),
+        _ => {
+            got = detail_values(item, detail)?;
+            Merge::Values(&got)
+        }
+    };
+    render_merged(line, format, page, fields, &values, detail, merge);
+    Ok(())
+}
+
+/// The text field `name` of a stored item.
+fn text(item: &Value, name: &str) -> Result<String> {
+    match item.get(name) {
+        Some(Value::String(value)) => Ok(value.clone()),
+        _ => bail!("it has no text field '{name}': it was not written for this config"),
     }
-    let got = DetailValues {
+}
+
+/// The detail page's fields and lists of a stored item.
+fn detail_values(item: &Value, detail: &Detail) -> Result<DetailValues> {
+    let list = |name: &str| match item.get(name) {
+        Some(Value::Array(values)) => values
+            .iter()
+            .map(|value| match value {
+                Value::String(value) => Ok(value.clone()),
+                _ => bail!("its list '{name}' holds a value that is not text"),
+            })
+            .collect(),
+        _ => bail!("it has no list '{name}': it was not written for this config"),
+    };
+    Ok(DetailValues {
         fields: detail
             .fields
             .iter()
-            .map(|name| text(name))
+            .map(|name| text(item, name))
             .collect::<Result<_>>()?,
         lists: detail
             .collect
             .iter()
-            .map(|list| match item.get(&list.name) {
-                Some(Value::Array(values)) => values
-                    .iter()
-                    .map(|value| match value {
-                        Value::String(value) => Ok(value.clone()),
-                        _ => bail!("its list '{}' holds a value that is not text", list.name),
-                    })
-                    .collect(),
-                _ => bail!(
-                    "it has no list '{}': it was not written for this config",
-                    list.name
-                ),
-            })
+            .map(|entry| list(&entry.name))
             .collect::<Result<_>>()?,
-    };
-    render_merged(
-        line,
-        format,
-        page,
-        fields,
-        &values,
-        detail,
-        Merge::Values(&got),
-    );
-    Ok(())
+    })
 }
 
 #[cfg(test)]
