@@ -563,11 +563,7 @@ mod tests {
     fn a_sweep_that_finds_no_detail_page_pending_is_not_started_again() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let created = DetailCommit {
-            created: (0..3).map(|id| (id, format!("http://x/d/{id}"))).collect(),
-            next_id: 3,
-            ..DetailCommit::default()
-        };
+        let created = crate::store::detail::queued(3);
         store
             .commit_known(&[], &[], &created, (0, Fingerprint(1)), None)
             .unwrap();

@@ -704,6 +704,17 @@ impl Store {
     }
 }
 
+/// A detail commit that queues detail pages `0..n`, at `http://x/d/{id}`
+/// (for tests).
+#[cfg(test)]
+pub(crate) fn queued(n: u64) -> DetailCommit {
+    DetailCommit {
+        created: (0..n).map(|id| (id, format!("http://x/d/{id}"))).collect(),
+        next_id: n,
+        ..DetailCommit::default()
+    }
+}
+
 /// Reads a detail record for messages that need its URL.
 pub fn url_of(state: &DetailState) -> &str {
     match state {
@@ -885,11 +896,7 @@ mod tests {
     fn detail_pages_are_read_a_batch_at_a_time_from_a_cursor() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let commit = DetailCommit {
-            created: (0..5).map(|id| (id, format!("http://x/d/{id}"))).collect(),
-            next_id: 5,
-            ..DetailCommit::default()
-        };
+        let commit = queued(5);
         store
             .commit_known(&[], &[], &commit, (0, Fingerprint(1)), None)
             .unwrap();
@@ -1035,11 +1042,7 @@ mod tests {
     fn a_scan_goes_past_done_pages_so_the_next_one_does_not_walk_them_again() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let commit = DetailCommit {
-            created: (0..4).map(|id| (id, format!("http://x/d/{id}"))).collect(),
-            next_id: 4,
-            ..DetailCommit::default()
-        };
+        let commit = queued(4);
         store
             .commit_known(&[], &[], &commit, (0, Fingerprint(1)), None)
             .unwrap();
@@ -1081,12 +1084,10 @@ mod tests {
         };
         // Detail pages 0, 1 and 2, each with two items waiting.
         let first = DetailCommit {
-            created: (0..3).map(|id| (id, format!("http://x/d/{id}"))).collect(),
             waiting_added: (0..3)
                 .flat_map(|id| [item(id, 1, 2 * id as u32), item(id, 2, 2 * id as u32)])
                 .collect(),
-            next_id: 3,
-            ..DetailCommit::default()
+            ..queued(3)
         };
         store
             .commit_known(&[], &[], &first, (0, Fingerprint(1)), None)
