@@ -381,11 +381,12 @@ fn settle(
 
 /// Whether another listing page may go out with `[detail]`: only while
 /// the detail pages queued and not yet handed out, with those the listing
-/// pages in flight will add, stay under two per connection plus one
-/// listing page's worth, so that the server is kept busy with detail pages
-/// (the next listing page's arrive before these run out) and few items
-/// wait. Until a listing page is done (nothing to estimate its items by)
-/// one at a time.
+/// pages in flight will add, stay under two per connection, two commit
+/// groups and one listing page's worth: the server is kept busy with detail
+/// pages (the next listing page's arrive before these run out), commit
+/// groups fill (a group flushed short costs two fsyncs all the same), and
+/// few items wait. Until a listing page is done (nothing to estimate its
+/// items by) one at a time.
 fn listing_may_go(
     config: &Config,
     store: &Store,
