@@ -49,18 +49,7 @@ mod tests {
             assert_eq!(report.added, 3);
             store.flush().unwrap();
         }
-        // sled's background flusher may hold the lock a moment after the
-        // first store is dropped (seen on a loaded machine).
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let store = loop {
-            match Store::open(dir.path()) {
-                Ok(store) => break store,
-                Err(_) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(20))
-                }
-                Err(e) => panic!("{e:#}"),
-            }
-        };
+        let store = crate::store::tests::once_released(|| Store::open(dir.path()));
         assert_eq!(store.round(), Some((2, 5_000)));
         assert_eq!(store.counters().pending, 3);
     }

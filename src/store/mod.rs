@@ -836,6 +836,26 @@ mod tests {
         (dir, store)
     }
 
+    /// Opens again, in this process, a state a test's store held: sled's
+    /// background threads may keep its lock a moment after that store is
+    /// dropped (sled issue 1234; seen under CI's load), so a Busy refusal
+    /// is waited out, up to 10 s. Any other error fails the test at once.
+    pub fn once_released(open: impl Fn() -> Result<Store>) -> Store {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match open() {
+                Ok(store) => return store,
+                Err(e)
+                    if crate::error::exit_for(&e) == crate::exit_code::Exit::Busy
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                Err(e) => panic!("{e:#}"),
+            }
+        }
+    }
+
     pub(super) fn job() -> Job {
         Job {
             url: "http://x/{page}".into(),
@@ -945,7 +965,7 @@ mod tests {
                 .unwrap();
             store.flush().unwrap();
         }
-        let store = Store::open_existing(&path).unwrap();
+        let store = once_released(|| Store::open_existing(&path));
         assert_eq!(store.job().unwrap(), Some(job()));
         assert_eq!(
             (
