@@ -1,5 +1,6 @@
-//! The default command: every scenario in turn (each with its own server),
-//! the peers on the same servers, then the tables and the targets.
+//! The default command: the scenarios' runs in rounds (each scenario with
+//! its own server), the peers on the same servers, then the tables and the
+//! targets.
 
 use std::fs;
 use std::path::PathBuf;
@@ -10,7 +11,8 @@ use anyhow::Result;
 use crate::job::find_pagecrawl;
 use crate::peers::{peer_once, python_with, Peer};
 use crate::report::{
-    median_row, print_header, print_row_line, print_scale, print_table, print_targets, Row,
+    median_row, paired_ratios, print_header, print_row_line, print_scale, print_table,
+    print_targets, Row,
 };
 use crate::scenarios::{crawl_once, scale_once, scenarios};
 use crate::server::padding_for;
@@ -93,6 +95,10 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
 
     let mut table: Vec<Row> = Vec::new();
     let mut ratios: Vec<(String, String, f64)> = Vec::new();
+    // Every selected scenario gets its server first; then the runs go
+    // round the scenarios (run 1 of each, then run 2...), so that a ratio
+    // between two scenarios compares runs made under the same load.
+    let mut selected = Vec::new();
     for crawl in crawls.iter().filter(|c| wanted(c.name)) {
         if crawl.detail && ctx.engine != Engine::Fast {
             println!(
@@ -108,15 +114,29 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             ctx.padding,
             crawl.detail,
         )?;
-        let mut runs = Vec::new();
-        for run in 0..repeat {
+        selected.push((crawl, server, Vec::new()));
+    }
+    for run in 0..repeat {
+        for (crawl, server, runs) in &mut selected {
             server.reset();
-            let row = crawl_once(&ctx, &server, crawl, run)?;
+            let row = crawl_once(&ctx, server, crawl, run)?;
             if ctx.verbose || !row.ok {
                 print_row_line(&row, &format!("run {}", run + 1));
             }
             runs.push(row);
         }
+    }
+    let runs_of = |name: ScenarioName| {
+        selected
+            .iter()
+            .find(|(crawl, _, _)| crawl.name == name)
+            .map(|(_, _, runs)| runs.clone())
+    };
+    let paired = match (runs_of(ScenarioName::DetailCpu), runs_of(ScenarioName::Cpu)) {
+        (Some(two), Some(one)) => paired_ratios(&two, &one),
+        _ => Vec::new(),
+    };
+    for (crawl, server, runs) in selected {
         let ours = median_row(&runs);
         table.push(ours.clone());
         for &(peer, ref python) in &ctx.peers {
@@ -186,7 +206,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     if !scale_results.is_empty() {
         print_scale(&scale, &scale_results);
     }
-    print_targets(&table, &scale_results, &ratios, args.quick);
+    print_targets(&table, &scale_results, &ratios, &paired, args.quick);
     println!(
         "\nload average at the end: {}",
         fs::read_to_string("/proc/loadavg")

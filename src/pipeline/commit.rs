@@ -343,7 +343,7 @@ fn flush(
     store.commit_known(
         &settles,
         &pending,
-        &detail_commit,
+        detail_commit,
         (output.len(), output.fingerprint()),
         empty_run,
     )?;
@@ -408,6 +408,9 @@ fn keys_taken(config: &crate::config::Config, extracted: u32, keys: &[String]) -
 enum Known {
     Pending,
     Done(DetailValues),
+    /// Done in this group: its values are in the group's settled list
+    /// (not copied here: most detail pages have one item).
+    DoneHere,
     Failed(String),
 }
 
@@ -486,7 +489,7 @@ impl<'a> Details<'a> {
         values: DetailValues,
     ) -> Result<()> {
         self.write_waiting(output, detail, id, Merge::Values(&values))?;
-        self.by_id.insert(id, Known::Done(values.clone()));
+        self.by_id.insert(id, Known::DoneHere);
         self.commit.settled.push(DetailSettle::Done {
             id,
             done: DetailDone {
@@ -557,7 +560,8 @@ impl<'a> Details<'a> {
                 self.write(output, detail, page, &values, Merge::Failed(&reason))?;
                 Ok(true)
             }
-            Known::Failed(_) | Known::Pending => {
+            // (`DoneHere` is resolved by `lookup`.)
+            Known::Failed(_) | Known::Pending | Known::DoneHere => {
                 self.commit.waiting_added.push(WaitingItem {
                     detail: id,
                     page,
@@ -569,16 +573,36 @@ impl<'a> Details<'a> {
         }
     }
 
+    /// What this group knows of detail page `id` (which it settled or
+    /// created), with the values of one done here.
+    fn known_here(&self, id: u64) -> Known {
+        match &self.by_id[&id] {
+            Known::DoneHere => self
+                .commit
+                .settled
+                .iter()
+                .find_map(|settle| match settle {
+                    DetailSettle::Done {
+                        id: done,
+                        done: got,
+                    } if *done == id => Some(Known::Done(got.values.clone())),
+                    _ => None,
+                })
+                .unwrap_or(Known::Pending),
+            known => known.clone(),
+        }
+    }
+
     /// The number and standing of the detail page at `link`, queuing it
     /// (or refusing it: another host, no link) when it is new.
     fn lookup(&mut self, detail: &Detail, link: &str) -> Result<(u64, Known)> {
         if let Some(&id) = self.by_url.get(link) {
-            return Ok((id, self.by_id[&id].clone()));
+            return Ok((id, self.known_here(id)));
         }
         if let Some((id, state)) = self.store.detail_by_url(link)? {
-            let known = match self.by_id.get(&id) {
-                Some(known) => known.clone(),
-                None => match state {
+            let known = match self.by_id.contains_key(&id) {
+                true => self.known_here(id),
+                false => match state {
                     DetailState::Pending(_) => Known::Pending,
                     DetailState::Done(done) => Known::Done(done.values),
                     DetailState::Failed(failed) => Known::Failed(failed.detail),

@@ -566,7 +566,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let created = crate::store::detail::queued(3);
         store
-            .commit_known(&[], &[], &created, (0, Fingerprint(1)), None)
+            .commit_known(&[], &[], created, (0, Fingerprint(1)), None)
             .unwrap();
         let mut feed = DetailFeed::default();
         let (mut in_flight, mut retries) = (HashSet::new(), RetryHeap::new());
@@ -586,7 +586,7 @@ mod tests {
             ..DetailCommit::default()
         };
         store
-            .commit_known(&[], &[], &done, (0, Fingerprint(1)), None)
+            .commit_known(&[], &[], done, (0, Fingerprint(1)), None)
             .unwrap();
         // A scan from past the cursor found nothing: look from the first.
         assert!(feed.rescan_if_idle());

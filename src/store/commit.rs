@@ -31,7 +31,7 @@ impl Store {
         self.commit_known(
             settled,
             &pending,
-            &DetailCommit::default(),
+            DetailCommit::default(),
             (output_len, Fingerprint::default()),
             empty_run,
         )
@@ -46,7 +46,7 @@ impl Store {
         &self,
         settled: &[Settle],
         pending: &[Option<PendingAs>],
-        details: &DetailCommit,
+        details: DetailCommit,
         (output_len, fingerprint): (u64, Fingerprint),
         empty_run: Option<u32>,
     ) -> Result<()> {

@@ -514,22 +514,22 @@ impl Store {
         &self,
         batch: &mut sled::Batch,
         next: &mut super::Counters,
-        details: &DetailCommit,
+        details: DetailCommit,
     ) -> Result<()> {
         let now = now_ms();
         let mut touched: HashMap<u64, Record> = HashMap::new();
-        for (id, url) in &details.created {
+        for (id, url) in details.created {
+            batch.insert(named_key(DETAIL_URL, &url), &id.to_be_bytes());
             let task = DetailTask {
-                url: url.clone(),
+                url,
                 ..DetailTask::default()
             };
-            touched.insert(*id, Record::Pending(task, Vec::new()));
-            batch.insert(named_key(DETAIL_URL, url), &id.to_be_bytes());
+            touched.insert(id, Record::Pending(task, Vec::new()));
             next.detail_pending += 1;
         }
-        for (id, failed) in &details.refused {
-            touched.insert(*id, Record::Failed(failed.clone(), Vec::new()));
+        for (id, failed) in details.refused {
             batch.insert(named_key(DETAIL_URL, &failed.url), &id.to_be_bytes());
+            touched.insert(id, Record::Failed(failed, Vec::new()));
             next.detail_failed += 1;
         }
         // Items written in this group, by their detail page (a list: in
@@ -541,8 +541,8 @@ impl Store {
         }
         // The detail pages whose result this batch records.
         let mut recorded = HashSet::new();
-        for settle in &details.settled {
-            let id = match settle {
+        for settle in details.settled {
+            let id = match &settle {
                 DetailSettle::Done { id, .. }
                 | DetailSettle::Retry { id, .. }
                 | DetailSettle::Failed { id, .. } => *id,
@@ -568,30 +568,29 @@ impl Store {
                     next.detail_pending -= 1;
                     next.detail_done += 1;
                     next.bytes += done.bytes;
-                    Record::Done(DetailDone {
-                        at_ms: now,
-                        ..done.clone()
-                    })
+                    Record::Done(DetailDone { at_ms: now, ..done })
                 }
                 DetailSettle::Retry { task, .. } => {
                     let waiting = self.still_waiting(&mut touched, id, &mine, next)?;
                     next.retries += 1;
-                    Record::Pending(task.clone(), waiting)
+                    Record::Pending(task, waiting)
                 }
                 DetailSettle::Failed { failed, .. } => {
                     let waiting = self.still_waiting(&mut touched, id, &mine, next)?;
                     next.detail_pending -= 1;
                     next.detail_failed += 1;
-                    let failed = DetailFailed {
-                        at_ms: now,
-                        ..failed.clone()
-                    };
-                    Record::Failed(failed, waiting)
+                    Record::Failed(
+                        DetailFailed {
+                            at_ms: now,
+                            ..failed
+                        },
+                        waiting,
+                    )
                 }
             };
             touched.insert(id, record);
         }
-        for item in &details.waiting_added {
+        for item in details.waiting_added {
             let record = match touched.entry(item.detail) {
                 std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
                 std::collections::hash_map::Entry::Vacant(entry) => {
@@ -606,7 +605,7 @@ impl Store {
             };
             match record {
                 Record::Pending(_, waiting) | Record::Failed(_, waiting) => {
-                    waiting.push((item.page, item.index, item.values.clone()));
+                    waiting.push((item.page, item.index, item.values));
                     next.waiting += 1;
                 }
                 Record::Done(_) => anyhow::bail!(
@@ -790,7 +789,7 @@ mod tests {
             .commit_known(
                 &[listing_done(1, &["a", "b", "c"])],
                 &[Some(PendingAs::InRange)],
-                &first,
+                first,
                 (0, Fingerprint(1)),
                 None,
             )
@@ -853,7 +852,7 @@ mod tests {
             ..DetailCommit::default()
         };
         store
-            .commit_known(&[], &[], &second, (100, Fingerprint(2)), None)
+            .commit_known(&[], &[], second.clone(), (100, Fingerprint(2)), None)
             .unwrap();
         // A second result for the same detail page is not recorded twice
         // (the commit stage writes no items for it: it checks first).
@@ -862,7 +861,7 @@ mod tests {
             ..second.clone()
         };
         store
-            .commit_known(&[], &[], &again, (100, Fingerprint(2)), None)
+            .commit_known(&[], &[], again, (100, Fingerprint(2)), None)
             .unwrap();
         let counters = store.counters();
         assert_eq!(
@@ -898,7 +897,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let commit = queued(5);
         store
-            .commit_known(&[], &[], &commit, (0, Fingerprint(1)), None)
+            .commit_known(&[], &[], commit, (0, Fingerprint(1)), None)
             .unwrap();
         let ids =
             |rows: Vec<(u64, DetailTask)>| rows.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
@@ -1044,7 +1043,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let commit = queued(4);
         store
-            .commit_known(&[], &[], &commit, (0, Fingerprint(1)), None)
+            .commit_known(&[], &[], commit, (0, Fingerprint(1)), None)
             .unwrap();
         let done = |id: u64| DetailSettle::Done {
             id,
@@ -1059,7 +1058,7 @@ mod tests {
             ..DetailCommit::default()
         };
         store
-            .commit_known(&[], &[], &settle, (0, Fingerprint(1)), None)
+            .commit_known(&[], &[], settle, (0, Fingerprint(1)), None)
             .unwrap();
         let (rows, last) = store.detail_pending_scan(Some(1), 10).unwrap();
         assert!(rows.is_empty());
@@ -1090,7 +1089,7 @@ mod tests {
             ..queued(3)
         };
         store
-            .commit_known(&[], &[], &first, (0, Fingerprint(1)), None)
+            .commit_known(&[], &[], first, (0, Fingerprint(1)), None)
             .unwrap();
         assert_eq!(
             store.waiting_if_pending(1).unwrap(),
@@ -1130,7 +1129,7 @@ mod tests {
             ..DetailCommit::default()
         };
         store
-            .commit_known(&[], &[], &second, (10, Fingerprint(2)), None)
+            .commit_known(&[], &[], second, (10, Fingerprint(2)), None)
             .unwrap();
         let counters = store.counters();
         assert_eq!(
@@ -1188,7 +1187,7 @@ mod tests {
             ..DetailCommit::default()
         };
         store
-            .commit_known(&[], &[], &third, (20, Fingerprint(3)), None)
+            .commit_known(&[], &[], third, (20, Fingerprint(3)), None)
             .unwrap();
         assert_eq!(store.counters().waiting, 3);
         assert_eq!(store.counters().bytes, 7, "a detail page's bytes count");
