@@ -265,9 +265,17 @@ pub struct StateArgs {
     /// --config.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
-    /// The job's config, to find its default state directory.
+    /// The job's config, to find its default state directory (or, when it
+    /// sets `store`, its job in that database).
     #[arg(long, short = 'c', value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// A PostgreSQL database holding the job (`status` and `export` read
+    /// it from any machine), with --job.
+    #[arg(long, value_name = "URL", conflicts_with = "state_dir")]
+    pub store: Option<String>,
+    /// The job's name in the --store database.
+    #[arg(long, value_name = "NAME", conflicts_with = "state_dir")]
+    pub job: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

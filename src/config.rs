@@ -17,6 +17,7 @@ pub(crate) mod arbitrary;
 pub mod detail;
 mod explain;
 mod validate;
+pub use validate::check_job_name;
 
 pub(crate) use validate::shown;
 pub use validate::{
@@ -87,6 +88,10 @@ struct RawConfig {
     tls_insecure_skip_verify: bool,
     #[serde(default)]
     detail: Option<detail::RawDetail>,
+    #[serde(default)]
+    store: Option<String>,
+    #[serde(default)]
+    job: Option<String>,
 }
 
 /// Defaults, named so the README and `RawConfig` agree on them.
@@ -201,6 +206,12 @@ pub struct Config {
     pub tls_insecure_skip_verify: bool,
     /// The `[detail]` table: items followed to their detail pages.
     pub detail: Option<detail::Detail>,
+    /// `store`: a `postgres://` URL (as written, password included) whose
+    /// database holds the job instead of the state directory.
+    pub store: Option<String>,
+    /// `job`: the job's name in that database (default: the config file's
+    /// name without `.toml`).
+    pub job: Option<String>,
 }
 
 /// The keys the parser accepts, read from the parser itself: `RawConfig`
@@ -338,6 +349,16 @@ impl Config {
 
     /// The state directory used when neither `--state-dir` nor
     /// `$STATE_DIRECTORY` names one: `NAME.state` beside `NAME.toml`.
+    /// The job's name in the `store` database: `job`, else the config
+    /// file's name without its extension.
+    pub fn job_name(&self) -> String {
+        self.job.clone().unwrap_or_else(|| {
+            self.source
+                .file_stem()
+                .map_or("pagecrawl".into(), |s| s.to_string_lossy().into_owned())
+        })
+    }
+
     pub fn default_state_dir(&self) -> PathBuf {
         let stem = self
             .source

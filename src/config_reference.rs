@@ -287,6 +287,22 @@ pub const KEYS: &[KeyDoc] = &[
         range: "link a field of pattern; pattern and each collect pattern with groups clashing with no item field; at most 64 collect and 256 hosts; on_failure wait or write",
         value: r#"{ link = "url", pattern = '<dd class="vendor">(?P<vendor>[^<]+)</dd>', collect = { tags = '<a class="tag">(?P<tags>[^<]+)</a>' } }"#,
     },
+    KeyDoc {
+        name: "store",
+        group: "Many machines",
+        explanation: "A PostgreSQL database that holds the job instead of the state directory, for `status` and `export` from any machine; the password comes from the URL, PGPASSWORD or ~/.pgpass, and is never shown. `run` does not crawl into it yet (it refuses, exit 2). See README.md, \"Many machines\".",
+        default: "none (the state directory)",
+        range: "postgres://USER@HOST[:PORT]/DB, with sslmode and sslrootcert as libpq takes them",
+        value: "\"postgres://crawler@db.example/pagecrawl\"",
+    },
+    KeyDoc {
+        name: "job",
+        group: "Many machines",
+        explanation: "The job's name in the `store` database (many jobs may share one).",
+        default: "the config file's name without .toml",
+        range: "1 to 63 characters, no control characters",
+        value: "\"wooyun\"",
+    },
 ];
 
 /// The job-specific part of a generated config.

@@ -44,6 +44,48 @@ pub fn command(dir: &Path, format: FormatArg, destination: Option<&Path>) -> Res
         from,
     )?;
     let committed = Runs::new(open()?, runs);
+    write_out(destination, |mut out| {
+        copy(committed, &mut out, from, to, &job.fields)
+    })?;
+    Ok(Exit::Success)
+}
+
+/// `export --store URL --job NAME`: the job's items from a PostgreSQL
+/// store, in page order, from any machine.
+pub fn command_store(
+    url: &str,
+    job: &str,
+    format: FormatArg,
+    destination: Option<&Path>,
+) -> Result<Exit> {
+    let mut remote = crate::store::postgres::read::open_job(url, job)?;
+    let detail = remote.detail()?;
+    let fields = remote.identity.fields.clone();
+    let to = match format {
+        FormatArg::Jsonl => Format::Jsonl,
+        FormatArg::Csv => Format::Csv,
+    };
+    write_out(destination, |mut out| {
+        crate::store::postgres::export::export(
+            &mut remote.client,
+            remote.id,
+            &fields,
+            detail.as_ref(),
+            to,
+            &mut out,
+        )
+        .map(|_| ())
+    })?;
+    Ok(Exit::Success)
+}
+
+/// Runs `write` into the file at `destination` (saying how many bytes it
+/// wrote), or into standard output, where a reader that went away (`|
+/// head`) ends the export without an error.
+fn write_out(
+    destination: Option<&Path>,
+    write: impl FnOnce(&mut dyn Write) -> Result<()>,
+) -> Result<()> {
     match destination {
         Some(path) => {
             let file = std::fs::File::create(path)
@@ -52,24 +94,27 @@ pub fn command(dir: &Path, format: FormatArg, destination: Option<&Path>) -> Res
                 inner: BufWriter::with_capacity(64 << 10, file),
                 bytes: 0,
             };
-            copy(committed, &mut out, from, to, &job.fields)
+            write(&mut out)
                 .and_then(|()| Ok(out.flush()?))
                 .with_context(|| format!("cannot export to {}", path.display()))?;
             eprintln!("pagecrawl: wrote {} bytes to {}", out.bytes, path.display());
         }
         None => {
             let mut stdout = BufWriter::with_capacity(64 << 10, std::io::stdout().lock());
-            let written = copy(committed, &mut stdout, from, to, &job.fields)
-                .and_then(|()| Ok(stdout.flush()?));
+            let written = write(&mut stdout).and_then(|()| Ok(stdout.flush()?));
             if let Err(e) = written {
-                match e.downcast_ref::<std::io::Error>() {
-                    Some(io) if io.kind() == std::io::ErrorKind::BrokenPipe => {}
-                    _ => return Err(e).context("cannot write to standard output"),
+                let broken_pipe = e.chain().any(|cause| {
+                    cause
+                        .downcast_ref::<std::io::Error>()
+                        .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+                });
+                if !broken_pipe {
+                    return Err(e).context("cannot write to standard output");
                 }
             }
         }
     }
-    Ok(Exit::Success)
+    Ok(())
 }
 
 /// Counts the bytes written through it.

@@ -38,26 +38,38 @@ pub fn dispatch(command: Command) -> Result<Exit> {
             let job = run::JobSource::from_flags(config, url, pages, pattern, output)?;
             run::command(&job, state_dir, follow.as_deref())
         }
-        Command::Status { state, json } => status::command(&state_dir(&state)?, json),
+        Command::Status { state, json } => match location(&state)? {
+            Location::Dir(dir) => status::command(&dir, json),
+            Location::Store { url, job } => status::command_store(&url, &job, json),
+        },
         Command::Queue {
             state,
             which,
             stage,
             limit,
             json,
-        } => queue::command(&state_dir(&state)?, which, stage, limit, json),
-        Command::Enqueue { state, ranges } => enqueue::command(&state_dir(&state)?, &ranges),
-        Command::Retry { state, pages } => retry::command(&state_dir(&state)?, &pages),
+        } => queue::command(&state_dir_only(&state, "queue")?, which, stage, limit, json),
+        Command::Enqueue { state, ranges } => {
+            enqueue::command(&state_dir_only(&state, "enqueue")?, &ranges)
+        }
+        Command::Retry { state, pages } => {
+            retry::command(&state_dir_only(&state, "retry")?, &pages)
+        }
         Command::Export {
             state,
             format,
             output,
-        } => export::command(&state_dir(&state)?, format, output.as_deref()),
-        Command::Repair { state } => repair::command(&state_dir(&state)?),
-        Command::Reopen { state } => reopen::command(&state_dir(&state)?),
-        Command::Metrics { state } => metrics::command(&state_dir(&state)?),
-        Command::Pause { state } => pause::command(&state_dir(&state)?, true),
-        Command::Resume { state } => pause::command(&state_dir(&state)?, false),
+        } => match location(&state)? {
+            Location::Dir(dir) => export::command(&dir, format, output.as_deref()),
+            Location::Store { url, job } => {
+                export::command_store(&url, &job, format, output.as_deref())
+            }
+        },
+        Command::Repair { state } => repair::command(&state_dir_only(&state, "repair")?),
+        Command::Reopen { state } => reopen::command(&state_dir_only(&state, "reopen")?),
+        Command::Metrics { state } => metrics::command(&state_dir_only(&state, "metrics")?),
+        Command::Pause { state } => pause::command(&state_dir_only(&state, "pause")?, true),
+        Command::Resume { state } => pause::command(&state_dir_only(&state, "resume")?, false),
         Command::Try {
             config,
             page,
@@ -92,6 +104,75 @@ fn state_directory_env() -> Option<PathBuf> {
 pub fn run_state_dir(flag: Option<PathBuf>, config: &Config) -> PathBuf {
     flag.or_else(state_directory_env)
         .unwrap_or_else(|| config.default_state_dir())
+}
+
+/// Where a command finds its job: a state directory, or a job in a
+/// PostgreSQL store.
+enum Location {
+    Dir(PathBuf),
+    Store { url: String, job: String },
+}
+
+/// Where the job of `status` and `export` is: `--store URL --job NAME`, a
+/// config's `store` (and `job`), else the state directory.
+fn location(args: &StateArgs) -> Result<Location> {
+    if let Some(url) = &args.store {
+        let job = match (&args.job, &args.config) {
+            (Some(job), _) => job.clone(),
+            (None, Some(config)) => Config::load(config)?.job_name(),
+            (None, None) => {
+                return Err(UserError::Usage(
+                    "--store needs --job NAME: the job's name in that database".into(),
+                )
+                .into())
+            }
+        };
+        check_job_flag(&job)?;
+        return Ok(Location::Store {
+            url: url.clone(),
+            job,
+        });
+    }
+    if args.state_dir.is_none() {
+        if let Some(path) = &args.config {
+            let config = Config::load(path)?;
+            if let Some(url) = &config.store {
+                let job = args.job.clone().unwrap_or_else(|| config.job_name());
+                check_job_flag(&job)?;
+                return Ok(Location::Store {
+                    url: url.clone(),
+                    job,
+                });
+            }
+        }
+    }
+    if args.job.is_some() {
+        return Err(UserError::Usage(
+            "--job names a job in a PostgreSQL database: pass --store URL too (or a --config that sets store)"
+                .into(),
+        )
+        .into());
+    }
+    Ok(Location::Dir(state_dir(args)?))
+}
+
+fn check_job_flag(job: &str) -> Result<()> {
+    crate::config::check_job_name(job)
+        .map_err(|why| UserError::Usage(format!("--job: {why}")).into())
+}
+
+/// The state directory for the commands that read no store database yet:
+/// a store named by `--store`, `--job` or the config is refused (exit 2)
+/// rather than a state directory read in its place.
+fn state_dir_only(args: &StateArgs, command: &str) -> Result<PathBuf> {
+    match location(args)? {
+        Location::Dir(dir) => Ok(dir),
+        Location::Store { .. } => Err(UserError::Usage(format!(
+            "`pagecrawl {command}` does not read a job in a PostgreSQL store yet (status and export do): \
+             pass --state-dir for a state directory"
+        ))
+        .into()),
+    }
 }
 
 /// The state directory for the inspection commands.

@@ -116,8 +116,24 @@ pub fn command(job: &JobSource, state_dir: Option<PathBuf>, follow: Option<&str>
         })
         .transpose()?;
     let config = with_follow(job.load()?, follow)?;
+    refuse_store(&config)?;
     let dir = super::run_state_dir(state_dir, &config);
     crawl(&config, &dir, follow)
+}
+
+/// `run` crawls into the state directory only: a config with `store` is
+/// refused (exit 2) rather than crawled into the wrong place.
+fn refuse_store(config: &Config) -> Result<()> {
+    match &config.store {
+        Some(url) => Err(UserError::Config(format!(
+            "{} sets store = \"{}\": this pagecrawl reads a job in PostgreSQL (`status`, `export`) \
+             but does not crawl into one yet; remove `store` to crawl into a state directory",
+            config.source.display(),
+            crate::util::shown(&crate::store::postgres::connect::redacted(url))
+        ))
+        .into()),
+        None => Ok(()),
+    }
 }
 
 /// Applies `run --follow` over the config's own `follow`.

@@ -24,6 +24,20 @@ pub fn command(dir: &Path, json: bool) -> Result<Exit> {
     Ok(Exit::Success)
 }
 
+/// `status --store URL --job NAME`: the job in a PostgreSQL store, read
+/// from any machine, in the same shapes (with the store, the job's name
+/// and its daemons added).
+pub fn command_store(url: &str, job: &str, json: bool) -> Result<Exit> {
+    let status = crate::store::postgres::read::open_job(url, job)?.status()?;
+    let text = if json {
+        serde_json::to_string_pretty(&status)? + "\n"
+    } else {
+        render(&status)
+    };
+    super::write_stdout(text.as_bytes())?;
+    Ok(Exit::Success)
+}
+
 /// The human summary (also printed by `pause` and `resume`), one labelled
 /// line per fact:
 ///
@@ -52,6 +66,10 @@ pub fn render(s: &Status) -> String {
     let state = match (s.state.as_str(), s.pid) {
         ("running", Some(pid)) => format!("running (pid {pid})"),
         ("paused", Some(pid)) => format!("paused (pid {pid}); `pagecrawl resume` goes on"),
+        ("idle", _) if s.store.is_some() => format!(
+            "idle: no daemon of the job has been seen in the last {} s",
+            crate::store::postgres::read::SEEN_WITHIN.as_secs()
+        ),
         ("idle", _) => {
             "idle: no crawl is running; `pagecrawl run` with the same config resumes".to_string()
         }
@@ -139,8 +157,44 @@ pub fn render(s: &Status) -> String {
             format!("{why}; run: pagecrawl repair --state-dir {}", s.state_dir),
         );
     }
-    line("state dir", s.state_dir.clone());
+    match (&s.store, &s.job) {
+        (Some(store), Some(job)) => {
+            line("store", format!("{store}, job {job}"));
+            line("daemons", daemons_block(&s.daemons));
+        }
+        _ => line("state dir", s.state_dir.clone()),
+    }
     out
+}
+
+/// One line per daemon of a job in a store: where it runs, since when,
+/// when it was last heard of, its speed and its leases.
+fn daemons_block(daemons: &[crate::control::ops::DaemonStatus]) -> String {
+    if daemons.is_empty() {
+        return "none has registered".into();
+    }
+    let seen = crate::store::postgres::read::SEEN_WITHIN.as_secs();
+    daemons
+        .iter()
+        .map(|d| {
+            let age = d.heartbeat_age_seconds;
+            format!(
+                "{} pid {}, started {}, last heartbeat {} ago{}, {}, {} lease{} held",
+                d.host,
+                d.pid,
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(d.started)
+                ),
+                human_duration(age as f64),
+                if age > seen { " (gone?)" } else { "" },
+                d.pages_per_second
+                    .map_or("no rate yet".to_string(), |r| format!("{r:.1} pages/s")),
+                d.leases_held,
+                if d.leases_held == 1 { "" } else { "s" }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The counts, and how far the job has come. An open range that found its
@@ -288,6 +342,9 @@ mod tests {
             detail_failed: 0,
             items_waiting: 0,
             detail_errors: Vec::new(),
+            store: None,
+            job: None,
+            daemons: Vec::new(),
         }
     }
 

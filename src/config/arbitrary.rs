@@ -24,6 +24,9 @@ fn text() -> impl Strategy<Value = String> {
             .prop_map(|(a, b, op)| format!("{a}{op}{b}")),
         any::<u32>().prop_map(|port| format!("http://127.0.0.1:{port}/p?page={{page}}")),
         prop::sample::select(vec![
+            "postgres://u@127.0.0.1/db",
+            "postgres://u:secret@[::1/db?sslmode=x",
+            "postgresql://",
             "(?P<a>x*)",
             "(?P<a>x+)",
             "\\b",

@@ -97,6 +97,14 @@ impl Detail {
 
 type Refusal = (&'static str, String);
 
+/// The `[detail]` table a job's identity holds (its canonical JSON, see
+/// [`Detail::identity`]), validated again against the job's `fields`.
+pub fn from_identity(json: &str, fields: &[String]) -> Result<Detail, String> {
+    let raw: RawDetail = serde_json::from_str(json)
+        .map_err(|e| format!("the job's [detail] table cannot be read ({e})"))?;
+    validate(raw, fields).map_err(|(key, why)| format!("the job's {key}: {why}"))
+}
+
 /// Validates the table against the listing's `fields`.
 pub(super) fn validate(raw: RawDetail, fields: &[String]) -> Result<Detail, Refusal> {
     let identity = serde_json::to_string(&raw).unwrap_or_default();
@@ -228,6 +236,38 @@ mod tests {
     fn parse(detail: &str) -> Result<Config, String> {
         Config::parse(&format!("{LISTING}{detail}"), Path::new("/etc/job.toml"))
             .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_detail_table_comes_back_from_the_identity_a_store_keeps() {
+        let config = parse(
+            "[detail]\nlink = \"url\"\npattern = '<b>(?P<vendor>[^<]+)</b>'\ncollect = { tags = '<i>(?P<tags>[^<]+)</i>' }\non_failure = \"write\"\n",
+        )
+        .unwrap();
+        let detail = config.detail.as_ref().unwrap();
+        let back = super::from_identity(&detail.identity, &config.fields).unwrap();
+        assert_eq!(
+            (back.link, &back.fields, back.on_failure, &back.identity),
+            (
+                detail.link,
+                &detail.fields,
+                detail.on_failure,
+                &detail.identity
+            )
+        );
+        assert_eq!(back.collect[0].name, "tags");
+        assert_eq!(
+            back.extra_columns().collect::<Vec<_>>(),
+            ["vendor", "tags", "detail_error"]
+        );
+        let err = super::from_identity("{\"link\": 3}", &config.fields).unwrap_err();
+        assert!(
+            err.starts_with("the job's [detail] table cannot be read"),
+            "{err}"
+        );
+        let other = ["title".to_string()];
+        let err = super::from_identity(&detail.identity, &other).unwrap_err();
+        assert!(err.starts_with("the job's detail.link: "), "{err}");
     }
 
     #[test]

@@ -270,7 +270,55 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, Refusal> {
         ca_certs,
         tls_insecure_skip_verify: raw.tls_insecure_skip_verify,
         detail,
+        store: raw
+            .store
+            .map(|url| check_store(&url).map(|()| url))
+            .transpose()
+            .map_err(|why| ("store", why))?,
+        job: raw
+            .job
+            .map(|name| check_job_name(&name).map(|()| name))
+            .transpose()
+            .map_err(|why| ("job", why))?,
     })
+}
+
+/// `store`: a URL the PostgreSQL client parses (its password is looked up
+/// only when a command connects).
+fn check_store(url: &str) -> Result<(), String> {
+    use crate::store::postgres::connect::{parse_store_url, PasswordSources};
+    match parse_store_url(url, &PasswordSources::default()) {
+        Ok(_) => Ok(()),
+        Err(error) => {
+            let text = error.to_string();
+            Err(text.strip_prefix("store: ").unwrap_or(&text).to_string())
+        }
+    }
+}
+
+/// The longest `job` name: PostgreSQL's identifier length, so that a name
+/// fits wherever one is shown.
+pub const MAX_JOB_NAME: usize = 63;
+
+/// `job`: 1 to [`MAX_JOB_NAME`] characters, none of them a control
+/// character.
+pub fn check_job_name(name: &str) -> Result<(), String> {
+    if name.trim().is_empty() {
+        return Err("is empty: name the job, e.g. job = \"wooyun\"".into());
+    }
+    if name.chars().count() > MAX_JOB_NAME {
+        return Err(format!(
+            "'{}' is longer than {MAX_JOB_NAME} characters: choose a shorter name",
+            shown(name)
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(format!(
+            "'{}' holds a control character: use letters, digits, '-', '_' or '.'",
+            shown(name)
+        ));
+    }
+    Ok(())
 }
 
 /// The largest `ca_file` read: a bundle of every public CA is about 200 KB.

@@ -110,6 +110,33 @@ pub struct Status {
     /// Why detail pages failed, most common first.
     #[serde(default)]
     pub detail_errors: Vec<ErrorCount>,
+    /// A job in a PostgreSQL `store`: the database's URL (never with its
+    /// password) and the job's name there; null for a state directory
+    /// (`state_dir` is then empty). Added after 0.1.0.
+    #[serde(default)]
+    pub store: Option<String>,
+    #[serde(default)]
+    pub job: Option<String>,
+    /// With a `store`: every daemon that registered for the job, oldest
+    /// first. Added after 0.1.0.
+    #[serde(default)]
+    pub daemons: Vec<DaemonStatus>,
+}
+
+/// A daemon of a job in a PostgreSQL store, as `status` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub host: String,
+    pub pid: u32,
+    /// Seconds since the Unix epoch.
+    pub started: u64,
+    pub last_heartbeat: u64,
+    /// Seconds since its last heartbeat, on this machine's clock.
+    pub heartbeat_age_seconds: u64,
+    /// Pages per second, as its last heartbeat reported.
+    pub pages_per_second: Option<f64>,
+    /// Tasks it holds under leases not yet expired.
+    pub leases_held: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -210,6 +237,9 @@ pub fn status(store: &Store, daemon: Option<Daemon>) -> Result<Status> {
             .into_iter()
             .map(|(reason, pages)| ErrorCount { reason, pages })
             .collect(),
+        store: None,
+        job: None,
+        daemons: Vec::new(),
     })
 }
 

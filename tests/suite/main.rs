@@ -21,4 +21,5 @@ mod open_range;
 mod power_loss;
 mod properties;
 mod reports;
+mod store;
 mod ux;

@@ -37,6 +37,52 @@ pub struct Counters {
     pub bytes: i64,
 }
 
+/// What makes a job the same job wherever it runs, as its row's `identity`
+/// holds it: the state directory's [`crate::store::Job`] less the output
+/// file (the items live in the database). `export` and `status` read the
+/// fields, the format and the `[detail]` table from it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Identity {
+    pub url: String,
+    pub pages: String,
+    pub pattern: String,
+    pub format: String,
+    pub fields: Vec<String>,
+    #[serde(default)]
+    pub key: Option<String>,
+    /// The `[detail]` table as canonical JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl Identity {
+    pub fn of(job: &crate::store::Job) -> Identity {
+        Identity {
+            url: job.url.clone(),
+            pages: job.pages.clone(),
+            pattern: job.pattern.clone(),
+            format: job.format.clone(),
+            fields: job.fields.clone(),
+            key: job.key.clone(),
+            detail: job.detail.clone(),
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
+/// The job named `name`, with its identity as stored, if there is one
+/// (reads only).
+pub fn find(client: &mut ::postgres::Client, name: &str) -> Result<Option<(JobId, Value)>> {
+    let row = client.query_opt(
+        "SELECT id, identity FROM pagecrawl_jobs WHERE name = $1",
+        &[&name],
+    )?;
+    Ok(row.map(|row| (JobId(row.get(0)), row.get(1))))
+}
+
 /// The job named `name`, created with `identity` when absent. A job of that
 /// name with another identity is refused ([`UserError::JobMismatch`]).
 pub fn ensure_job(client: &mut ::postgres::Client, name: &str, identity: &Value) -> Result<JobId> {

@@ -14,5 +14,6 @@ pub mod export;
 pub mod job;
 pub mod lease;
 pub mod politeness;
+pub mod read;
 pub mod schema;
 pub mod tls;

@@ -189,11 +189,9 @@ pub struct Migrated {
 /// a database that holds `pagecrawl_*` tables pagecrawl did not make (a
 /// [`UserError::Config`], nothing changed). Safe to call from any number of
 /// daemons at once.
-pub fn migrate(client: &mut ::postgres::Client) -> Result<Migrated> {
-    let mut transaction = client.transaction()?;
-    transaction
-        .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-        .context("waiting for the schema lock")?;
+/// The version of the pagecrawl schema the database holds (0: no pagecrawl
+/// tables), or the refusal of tables pagecrawl did not make.
+fn version_found(transaction: &mut ::postgres::Transaction) -> Result<i32> {
     let tables: Vec<String> = transaction
         .query(
             "SELECT c.relname::text FROM pg_class c \
@@ -206,7 +204,7 @@ pub fn migrate(client: &mut ::postgres::Client) -> Result<Migrated> {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    let from = if tables.is_empty() {
+    let found = if tables.is_empty() {
         0
     } else if !tables.iter().any(|t| t == "pagecrawl_schema") {
         return Err(refused(format!(
@@ -233,6 +231,44 @@ pub fn migrate(client: &mut ::postgres::Client) -> Result<Migrated> {
             }
         }
     };
+    Ok(found)
+}
+
+/// Checks, without changing anything, that the database holds a pagecrawl
+/// schema this pagecrawl reads (for the commands that only read a job:
+/// `status`, `export`). A database with none is refused with a
+/// [`UserError::Usage`]; one that is not pagecrawl's, or a newer one's, as
+/// [`migrate`] refuses it.
+pub fn check(client: &mut ::postgres::Client, shown_url: &str) -> Result<()> {
+    let mut transaction = client
+        .build_transaction()
+        .read_only(true)
+        .start()
+        .context("reading the schema")?;
+    match version_found(&mut transaction)? {
+        0 => Err(UserError::Usage(format!(
+            "the database {shown_url} holds no pagecrawl job (it has no pagecrawl tables): \
+             check `store`, or the job has not been started there yet"
+        ))
+        .into()),
+        SCHEMA_VERSION => match column_difference(&mut transaction)? {
+            Some(difference) => Err(refused(difference)),
+            None => Ok(()),
+        },
+        older => Err(UserError::Usage(format!(
+            "the database {shown_url} holds pagecrawl schema version {older}: start a pagecrawl \
+             daemon of this version on it once to bring it to version {SCHEMA_VERSION}"
+        ))
+        .into()),
+    }
+}
+
+pub fn migrate(client: &mut ::postgres::Client) -> Result<Migrated> {
+    let mut transaction = client.transaction()?;
+    transaction
+        .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .context("waiting for the schema lock")?;
+    let from = version_found(&mut transaction)?;
     for (done, migration) in MIGRATIONS.iter().enumerate().skip(from as usize) {
         let version = done as i32 + 1;
         transaction

@@ -1,0 +1,302 @@
+//! A job in a PostgreSQL store, read from any machine by the real binary:
+//! `status` and `export` with `--store URL --job NAME` or a config's
+//! `store`, against a throwaway server the test starts itself. The job is
+//! made the way a daemon makes one (the library's schema, job, lease and
+//! commit functions), since `run` does not crawl into a store yet.
+
+use std::time::Duration;
+
+use pagecrawl::fixture::postgres::Postgres;
+use pagecrawl::store::postgres::job::{self, Identity};
+use pagecrawl::store::postgres::lease::{self, NewItem, Outcome, Settled};
+use pagecrawl::store::postgres::schema;
+use serde_json::json;
+
+use crate::harness::{pagecrawl, stderr, stdout};
+
+const FIELDS: [&str; 2] = ["title", "url"];
+
+/// A job of three pages in `pg`'s `postgres` database: pages 1 and 2 done
+/// (two items, then one), page 3 failed with an HTTP 500, and one daemon
+/// that reported 5 pages/s a moment ago.
+fn job_in_store(pg: &Postgres) -> postgres::Client {
+    let mut client = pg.connect().unwrap();
+    schema::migrate(&mut client).unwrap();
+    let identity = Identity {
+        url: "http://127.0.0.1:9/bugs.php?page={page}".into(),
+        pages: "1..=3".into(),
+        pattern: "(?P<title>t)(?P<url>u)".into(),
+        format: "jsonl".into(),
+        fields: FIELDS.iter().map(|f| f.to_string()).collect(),
+        key: None,
+        detail: None,
+    };
+    let id = job::ensure_job(&mut client, "wooyun", &identity.to_json()).unwrap();
+    assert_eq!(job::enqueue_pages(&mut client, id, 1, 3).unwrap(), 3);
+    let daemon = job::register_daemon(&mut client, id, "crawler-1", 4242).unwrap();
+    job::heartbeat(&mut client, daemon, &json!({"pages_per_second": 5.0})).unwrap();
+    let leased = lease::lease_batch(&mut client, id, daemon, 10, Duration::from_secs(60)).unwrap();
+    let item = |page: i64, index: i32, title: &str| NewItem {
+        page,
+        index,
+        item: json!({"title": title, "url": format!("/bugs/{page}-{index}")}),
+        key: None,
+    };
+    let outcome = |page: i64| match page {
+        1 => Outcome::Done {
+            items: vec![item(1, 0, "第一"), item(1, 1, "a \"quoted\" title")],
+            bytes: 100,
+            details: Vec::new(),
+        },
+        2 => Outcome::Done {
+            items: vec![item(2, 0, "two, with a comma")],
+            bytes: 100,
+            details: Vec::new(),
+        },
+        _ => Outcome::Failed {
+            kind: "HTTP 500".into(),
+            detail: "HTTP 500 from the server after 4 attempts".into(),
+        },
+    };
+    let group: Vec<Settled> = leased
+        .tasks
+        .iter()
+        .map(|task| Settled {
+            task: task.id,
+            token: leased.token,
+            outcome: outcome(task.page),
+        })
+        .collect();
+    assert_eq!(group.len(), 3);
+    lease::commit_group(&mut client, id, &group).unwrap();
+    client
+}
+
+fn with_password(command: &mut std::process::Command, pg: &Postgres) {
+    command.env("PGPASSWORD", pg.password());
+}
+
+#[test]
+fn status_and_export_read_a_job_in_a_store_by_its_url_and_never_show_the_password() {
+    let Some(pg) = Postgres::for_test("store status and export") else {
+        return;
+    };
+    let _client = job_in_store(&pg);
+    let url = pg.url();
+    let run = |args: &[&str]| {
+        let mut command = pagecrawl(args);
+        with_password(&mut command, &pg);
+        command.output().unwrap()
+    };
+
+    let output = run(&["status", "--store", &url, "--job", "wooyun", "--json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let status: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(status["store"], url.as_str(), "{status}");
+    assert_eq!(status["job"], "wooyun");
+    assert_eq!(
+        (
+            &status["done"],
+            &status["pending"],
+            &status["failed"],
+            &status["total"],
+            &status["items"]
+        ),
+        (&json!(2), &json!(0), &json!(1), &json!(3), &json!(3)),
+        "{status}"
+    );
+    assert_eq!(status["state"], "running", "a daemon's heartbeat is fresh");
+    assert_eq!(
+        status["errors"],
+        json!([{"reason": "HTTP 500", "pages": 1}])
+    );
+    assert_eq!(status["failed_for_good"], 1);
+    assert_eq!(status["url"], "http://127.0.0.1:9/bugs.php?page={page}");
+    assert_eq!(status["range"], "1..=3");
+    let daemons = status["daemons"].as_array().unwrap();
+    assert_eq!(daemons.len(), 1, "{status}");
+    assert_eq!(daemons[0]["host"], "crawler-1");
+    assert_eq!(daemons[0]["pid"], 4242);
+    assert_eq!(daemons[0]["pages_per_second"], 5.0);
+    assert_eq!(daemons[0]["leases_held"], 0, "the commit settled its lease");
+    assert!(daemons[0]["heartbeat_age_seconds"].as_u64().unwrap() < 30);
+
+    let output = run(&["status", "--store", &url, "--job", "wooyun"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(text.contains("running"), "{text}");
+    assert!(
+        text.contains("2 done, 0 pending, 1 failed (of 3)"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("store     {url}, job wooyun")),
+        "{text}"
+    );
+    assert!(
+        text.contains("crawler-1 pid 4242") && text.contains("5.0 pages/s"),
+        "{text}"
+    );
+    assert!(!text.contains(pg.password()), "{text}");
+
+    // Page order, the fields in the job's order, CSV quoting.
+    let output = run(&["export", "--store", &url, "--job", "wooyun"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(
+        stdout(&output),
+        concat!(
+            "{\"page\":1,\"title\":\"第一\",\"url\":\"/bugs/1-0\"}\n",
+            "{\"page\":1,\"title\":\"a \\\"quoted\\\" title\",\"url\":\"/bugs/1-1\"}\n",
+            "{\"page\":2,\"title\":\"two, with a comma\",\"url\":\"/bugs/2-0\"}\n",
+        )
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("items.csv");
+    let output = run(&[
+        "export",
+        "--store",
+        &url,
+        "--job",
+        "wooyun",
+        "--format",
+        "csv",
+        "-o",
+        csv.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let written = std::fs::read_to_string(&csv).unwrap();
+    assert!(written.starts_with("page,title,url\n"), "{written:?}");
+    assert!(
+        written.contains("2,\"two, with a comma\",/bugs/2-0"),
+        "{written:?}"
+    );
+    assert_eq!(written.lines().count(), 4, "{written:?}");
+}
+
+#[test]
+fn a_config_with_store_names_the_job_and_run_and_the_other_commands_refuse_it() {
+    let Some(pg) = Postgres::for_test("store in a config") else {
+        return;
+    };
+    let _client = job_in_store(&pg);
+    let dir = tempfile::tempdir().unwrap();
+    // No `job`: the config's file name (wooyun.toml) names it.
+    let config = dir.path().join("wooyun.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "url = \"http://127.0.0.1:9/bugs.php?page={{page}}\"\npages = \"1..=3\"\n\
+             pattern = '(?P<title>t)(?P<url>u)'\nstore = \"{}\"\n",
+            pg.url()
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let mut command = pagecrawl(args);
+        with_password(&mut command, &pg);
+        command.output().unwrap()
+    };
+    let output = run(&["status", "--config", config, "--json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let status: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(
+        (&status["job"], &status["done"]),
+        (&json!("wooyun"), &json!(2))
+    );
+
+    let output = run(&["run", "--config", config]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let message = stderr(&output);
+    assert_eq!(message.lines().count(), 1, "{message}");
+    assert!(
+        message.contains("does not crawl into one yet") && message.contains("remove `store`"),
+        "{message}"
+    );
+    for command in ["queue", "retry", "pause", "metrics"] {
+        let output = run(&[command, "--config", config]);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{command}: {}",
+            stderr(&output)
+        );
+        assert!(
+            stderr(&output).contains(&format!(
+                "`pagecrawl {command}` does not read a job in a PostgreSQL store yet"
+            )),
+            "{command}: {}",
+            stderr(&output)
+        );
+    }
+    assert!(
+        !dir.path().join("wooyun.state").exists(),
+        "no state directory was made in the store's place"
+    );
+}
+
+#[test]
+fn a_missing_job_an_empty_database_and_an_unreachable_server_are_one_line_each_and_change_nothing()
+{
+    let Some(pg) = Postgres::for_test("store refusals") else {
+        return;
+    };
+    let mut client = job_in_store(&pg);
+    client.batch_execute("CREATE DATABASE empty").unwrap();
+    let run = |args: &[&str]| {
+        let mut command = pagecrawl(args);
+        with_password(&mut command, &pg);
+        command.output().unwrap()
+    };
+    let jobs = |client: &mut postgres::Client| -> i64 {
+        client
+            .query_one("SELECT count(*) FROM pagecrawl_jobs", &[])
+            .unwrap()
+            .get(0)
+    };
+
+    let output = run(&["status", "--store", &pg.url(), "--job", "nope"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let message = stderr(&output);
+    assert_eq!(message.lines().count(), 1, "{message}");
+    assert!(message.contains("holds no job named 'nope'"), "{message}");
+    assert_eq!(jobs(&mut client), 1, "no job was created");
+
+    let empty = format!("{}/empty", pg.url().rsplit_once('/').unwrap().0);
+    let output = run(&["export", "--store", &empty, "--job", "wooyun"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("holds no pagecrawl job"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(stdout(&output), "");
+    let mut config = pg.config();
+    config.dbname("empty");
+    let mut in_empty = config.connect(postgres::NoTls).unwrap();
+    let tables: i64 = in_empty
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'pagecrawl%'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 0, "reading created no table");
+
+    // Port 1 on loopback: nothing listens.
+    let output = run(&[
+        "status",
+        "--store",
+        "postgres://crawler@127.0.0.1:1/pagecrawl",
+        "--job",
+        "wooyun",
+    ]);
+    assert_eq!(output.status.code(), Some(69), "{}", stderr(&output));
+    assert_eq!(stderr(&output).lines().count(), 1, "{}", stderr(&output));
+
+    let output = run(&["status", "--store", &pg.url()]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains("--store needs --job NAME"));
+    let output = run(&["status", "--job", "wooyun", "--state-dir", "x"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+}
