@@ -14,25 +14,25 @@ use crate::progress::human_duration;
 const TOP_ERRORS: usize = 5;
 
 pub fn command(dir: &Path, json: bool) -> Result<Exit> {
-    let status = Backend::connect(dir)?.status()?;
-    let text = if json {
-        serde_json::to_string_pretty(&status)? + "\n"
-    } else {
-        render(&status)
-    };
-    super::write_stdout(text.as_bytes())?;
-    Ok(Exit::Success)
+    print(&Backend::connect(dir)?.status()?, json)
 }
 
 /// `status --store URL --job NAME`: the job in a PostgreSQL store, read
 /// from any machine, in the same shapes (with the store, the job's name
 /// and its daemons added).
 pub fn command_store(url: &str, job: &str, json: bool) -> Result<Exit> {
-    let status = crate::store::postgres::read::open_job(url, job)?.status()?;
+    print(
+        &crate::store::postgres::read::open_job(url, job)?.status()?,
+        json,
+    )
+}
+
+/// Writes `status` as JSON or as the human summary.
+fn print(status: &Status, json: bool) -> Result<Exit> {
     let text = if json {
-        serde_json::to_string_pretty(&status)? + "\n"
+        serde_json::to_string_pretty(status)? + "\n"
     } else {
-        render(&status)
+        render(status)
     };
     super::write_stdout(text.as_bytes())?;
     Ok(Exit::Success)
