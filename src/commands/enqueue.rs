@@ -28,3 +28,19 @@ pub fn command(dir: &Path, ranges: &[String]) -> Result<Exit> {
     );
     Ok(Exit::Success)
 }
+
+/// `enqueue --store URL --job NAME RANGE...`: pages queued in the job in a
+/// PostgreSQL store; its daemons lease them.
+pub fn command_store(url: &str, job: &str, ranges: &[String]) -> Result<Exit> {
+    let parsed = parse_closed_ranges(ranges).map_err(UserError::Usage)?;
+    let mut remote = crate::store::postgres::read::open_job(url, job)?;
+    let report = crate::store::postgres::ops::enqueue(&mut remote.client, remote.id, &parsed)?;
+    println!(
+        "queued {} pages ({} new, {} again); {} were already pending; the job's daemons fetch them",
+        report.added + report.requeued,
+        report.added,
+        report.requeued,
+        report.already_pending,
+    );
+    Ok(Exit::Success)
+}

@@ -48,13 +48,20 @@ pub fn dispatch(command: Command) -> Result<Exit> {
             stage,
             limit,
             json,
-        } => queue::command(&state_dir_only(&state, "queue")?, which, stage, limit, json),
-        Command::Enqueue { state, ranges } => {
-            enqueue::command(&state_dir_only(&state, "enqueue")?, &ranges)
-        }
-        Command::Retry { state, pages } => {
-            retry::command(&state_dir_only(&state, "retry")?, &pages)
-        }
+        } => match location(&state)? {
+            Location::Dir(dir) => queue::command(&dir, which, stage, limit, json),
+            Location::Store { url, job } => {
+                queue::command_store(&url, &job, which, stage, limit, json)
+            }
+        },
+        Command::Enqueue { state, ranges } => match location(&state)? {
+            Location::Dir(dir) => enqueue::command(&dir, &ranges),
+            Location::Store { url, job } => enqueue::command_store(&url, &job, &ranges),
+        },
+        Command::Retry { state, pages } => match location(&state)? {
+            Location::Dir(dir) => retry::command(&dir, &pages),
+            Location::Store { url, job } => retry::command_store(&url, &job, &pages),
+        },
         Command::Export {
             state,
             format,
@@ -68,8 +75,14 @@ pub fn dispatch(command: Command) -> Result<Exit> {
         Command::Repair { state } => repair::command(&state_dir_only(&state, "repair")?),
         Command::Reopen { state } => reopen::command(&state_dir_only(&state, "reopen")?),
         Command::Metrics { state } => metrics::command(&state_dir_only(&state, "metrics")?),
-        Command::Pause { state } => pause::command(&state_dir_only(&state, "pause")?, true),
-        Command::Resume { state } => pause::command(&state_dir_only(&state, "resume")?, false),
+        Command::Pause { state } => match location(&state)? {
+            Location::Dir(dir) => pause::command(&dir, true),
+            Location::Store { url, job } => pause::command_store(&url, &job, true),
+        },
+        Command::Resume { state } => match location(&state)? {
+            Location::Dir(dir) => pause::command(&dir, false),
+            Location::Store { url, job } => pause::command_store(&url, &job, false),
+        },
         Command::Try {
             config,
             page,
@@ -168,7 +181,7 @@ fn state_dir_only(args: &StateArgs, command: &str) -> Result<PathBuf> {
     match location(args)? {
         Location::Dir(dir) => Ok(dir),
         Location::Store { .. } => Err(UserError::Usage(format!(
-            "`pagecrawl {command}` does not read a job in a PostgreSQL store yet (status and export do): \
+            "`pagecrawl {command}` does not work on a job in a PostgreSQL store yet (status, queue, enqueue, retry, pause, resume and export do): \
              pass --state-dir for a state directory"
         ))
         .into()),

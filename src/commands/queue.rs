@@ -46,6 +46,52 @@ pub fn command(
     }
 }
 
+/// `queue --store URL --job NAME`: the job's tasks in a PostgreSQL store,
+/// in the same shapes.
+pub fn command_store(
+    url: &str,
+    job: &str,
+    which: PageStateArg,
+    stage: StageArg,
+    limit: usize,
+    json: bool,
+) -> Result<Exit> {
+    use crate::store::postgres::lease::Stage;
+    let state = match which {
+        PageStateArg::Pending => "pending",
+        PageStateArg::Done => "done",
+        PageStateArg::Failed => "failed",
+    };
+    let (stage, asked) = match stage {
+        StageArg::Listing => (Stage::Listing, state.to_string()),
+        StageArg::Detail => (
+            Stage::Detail,
+            format!("{}{state}", crate::control::ops::DETAIL_STAGE),
+        ),
+    };
+    let mut remote = crate::store::postgres::read::open_job(url, job)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut listing = Listing {
+        json,
+        rows: 0,
+        out: &mut out,
+    };
+    let listed = crate::store::postgres::ops::queue_each(
+        &mut remote.client,
+        remote.id,
+        stage,
+        state,
+        limit,
+        &mut |row| listing.row(&row),
+    )
+    .and_then(|()| listing.end(&asked));
+    match listed.and_then(|()| Ok(out.flush()?)) {
+        Err(e) if is_broken_pipe(&e) => Ok(Exit::Success),
+        Err(e) => Err(e),
+        Ok(()) => Ok(Exit::Success),
+    }
+}
+
 /// A reader that went away (`| head`) has what it wanted.
 fn is_broken_pipe(error: &anyhow::Error) -> bool {
     error

@@ -213,7 +213,7 @@ fn a_config_with_store_names_the_job_and_run_and_the_other_commands_refuse_it() 
         message.contains("does not crawl into one yet") && message.contains("remove `store`"),
         "{message}"
     );
-    for command in ["queue", "retry", "pause", "metrics"] {
+    for command in ["metrics", "repair", "reopen"] {
         let output = run(&[command, "--config", config]);
         assert_eq!(
             output.status.code(),
@@ -223,7 +223,7 @@ fn a_config_with_store_names_the_job_and_run_and_the_other_commands_refuse_it() 
         );
         assert!(
             stderr(&output).contains(&format!(
-                "`pagecrawl {command}` does not read a job in a PostgreSQL store yet"
+                "`pagecrawl {command}` does not work on a job in a PostgreSQL store yet"
             )),
             "{command}: {}",
             stderr(&output)
@@ -299,4 +299,153 @@ fn a_missing_job_an_empty_database_and_an_unreachable_server_are_one_line_each_a
     assert!(stderr(&output).contains("--store needs --job NAME"));
     let output = run(&["status", "--job", "wooyun", "--state-dir", "x"]);
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+}
+
+#[test]
+fn queue_enqueue_retry_pause_and_resume_change_a_job_in_a_store_with_its_counters() {
+    let Some(pg) = Postgres::for_test("store commands") else {
+        return;
+    };
+    let mut client = job_in_store(&pg);
+    let url = pg.url();
+    let run = |args: &[&str]| {
+        let mut command = pagecrawl(args);
+        with_password(&mut command, &pg);
+        let output = command.output().unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        output
+    };
+    let job = job::find(&mut client, "wooyun").unwrap().unwrap().0;
+    let counters_agree = |client: &mut postgres::Client| {
+        assert_eq!(
+            job::counters(client, job).unwrap(),
+            pagecrawl::store::postgres::job::Counters {
+                bytes: job::counters(client, job).unwrap().bytes,
+                ..job::recount(client, job).unwrap()
+            },
+            "the job's counters equal a recount"
+        );
+    };
+    let at = |args: &[&str]| {
+        let mut all = vec![args[0], "--store", url.as_str(), "--job", "wooyun"];
+        all.extend(&args[1..]);
+        all.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let run_at = |args: &[&str]| {
+        let owned = at(args);
+        let borrowed: Vec<&str> = owned.iter().map(String::as_str).collect();
+        run(&borrowed)
+    };
+
+    let failed = run_at(&["queue", "--state", "failed", "--json"]);
+    let rows: serde_json::Value = serde_json::from_str(&stdout(&failed)).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 1, "{rows}");
+    assert_eq!(
+        (&rows[0]["page"], &rows[0]["state"], &rows[0]["reason"]),
+        (&json!(3), &json!("failed"), &json!("HTTP 500"))
+    );
+    let text = stdout(&run_at(&["queue", "--state", "done"]));
+    assert_eq!(
+        text.lines().count(),
+        3,
+        "a header and pages 1 and 2: {text}"
+    );
+    assert_eq!(stdout(&run_at(&["queue"])), "no pending pages\n");
+
+    // Page 2 again (done), 4..=5 new, 3 left failed; then 3 retried.
+    let output = run_at(&["enqueue", "2", "4..=5"]);
+    assert!(
+        stdout(&output).starts_with("queued 3 pages (2 new, 1 again); 0 were already pending"),
+        "{}",
+        stdout(&output)
+    );
+    counters_agree(&mut client);
+    let output = run_at(&["enqueue", "2..=4"]);
+    assert!(
+        stdout(&output).starts_with("queued 1 pages (0 new, 1 again); 2 were already pending"),
+        "page 3 is failed, so queued again; 2 and 4 are pending: {}",
+        stdout(&output)
+    );
+    counters_agree(&mut client);
+    let output = run_at(&["retry", "3", "1"]);
+    assert!(
+        stdout(&output).starts_with("0 failed pages back in the queue"),
+        "page 3 was queued again by the enqueue: {}",
+        stdout(&output)
+    );
+    assert!(stderr(&output).contains("not failed, left as they are: 1 3"));
+    let status = job::counters(&mut client, job).unwrap();
+    assert_eq!(
+        (
+            status.listing_pending,
+            status.listing_done,
+            status.listing_failed
+        ),
+        (4, 1, 0)
+    );
+    let pending = stdout(&run_at(&["queue", "--json"]));
+    let pending: serde_json::Value = serde_json::from_str(&pending).unwrap();
+    let pages: Vec<u64> = pending
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["page"].as_u64().unwrap())
+        .collect();
+    assert_eq!(pages, [2, 3, 4, 5]);
+
+    // A failure to retry: lease page 5 and fail it.
+    let daemon = job::register_daemon(&mut client, job, "crawler-2", 7).unwrap();
+    let lease = lease::lease_batch(&mut client, job, daemon, 4, Duration::from_secs(60)).unwrap();
+    let in_flight = stdout(&run_at(&["queue"]));
+    assert!(in_flight.contains("in flight"), "{in_flight}");
+    let group: Vec<Settled> = lease
+        .tasks
+        .iter()
+        .map(|task| Settled {
+            task: task.id,
+            token: lease.token,
+            outcome: Outcome::Failed {
+                kind: "HTTP 503".into(),
+                detail: "HTTP 503 after 4 attempts".into(),
+            },
+        })
+        .collect();
+    lease::commit_group(&mut client, job, &group).unwrap();
+    let output = run_at(&["retry"]);
+    assert!(
+        stdout(&output).starts_with("4 failed pages back in the queue"),
+        "{}",
+        stdout(&output)
+    );
+    counters_agree(&mut client);
+
+    // Paused: nothing is leased, status says so; resumed: leasing goes on.
+    let paused = stdout(&run_at(&["pause"]));
+    assert!(paused.starts_with("state     paused"), "{paused}");
+    let none = lease::lease_batch(&mut client, job, daemon, 4, Duration::from_secs(60)).unwrap();
+    assert!(none.tasks.is_empty(), "a paused job leases nothing");
+    let status = run_at(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&stdout(&status)).unwrap();
+    assert_eq!(status["state"], "paused");
+    let resumed = stdout(&run_at(&["resume"]));
+    assert!(!resumed.starts_with("state     paused"), "{resumed}");
+    let some = lease::lease_batch(&mut client, job, daemon, 4, Duration::from_secs(60)).unwrap();
+    assert_eq!(some.tasks.len(), 4);
+
+    // Bad ranges touch nothing.
+    let mut command = pagecrawl(
+        &at(&["enqueue", "5..1"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    with_password(&mut command, &pg);
+    let output = command.output().unwrap();
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    counters_agree(&mut client);
 }

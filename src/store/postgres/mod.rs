@@ -13,6 +13,7 @@ pub mod connect;
 pub mod export;
 pub mod job;
 pub mod lease;
+pub mod ops;
 pub mod politeness;
 pub mod read;
 pub mod schema;

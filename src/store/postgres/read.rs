@@ -118,7 +118,10 @@ impl RemoteJob {
             count(counters.detail_done),
             count(counters.detail_failed),
         );
-        let state = if !running.is_empty() {
+        let paused = super::ops::is_paused(&mut self.client, self.id)?;
+        let state = if paused {
+            "paused"
+        } else if !running.is_empty() {
             "running"
         } else if pending + detail_pending == 0 {
             "finished"
