@@ -22,3 +22,13 @@ pub fn command(dir: &Path) -> Result<Exit> {
     super::write_stdout(text.as_bytes())?;
     Ok(Exit::Success)
 }
+
+/// `metrics --store URL --job NAME`: the counts of the job in a PostgreSQL
+/// store, in the same text; the live families need the daemon that
+/// measures them.
+pub fn command_store(url: &str, job: &str) -> Result<Exit> {
+    let status = crate::store::postgres::read::open_job(url, job)?.status()?;
+    let text = crate::metrics::render_kept(&crate::metrics::Kept::of_status(&status), None)?;
+    super::write_stdout(text.as_bytes())?;
+    Ok(Exit::Success)
+}

@@ -74,7 +74,10 @@ pub fn dispatch(command: Command) -> Result<Exit> {
         },
         Command::Repair { state } => repair::command(&state_dir_only(&state, "repair")?),
         Command::Reopen { state } => reopen::command(&state_dir_only(&state, "reopen")?),
-        Command::Metrics { state } => metrics::command(&state_dir_only(&state, "metrics")?),
+        Command::Metrics { state } => match location(&state)? {
+            Location::Dir(dir) => metrics::command(&dir),
+            Location::Store { url, job } => metrics::command_store(&url, &job),
+        },
         Command::Pause { state } => match location(&state)? {
             Location::Dir(dir) => pause::command(&dir, true),
             Location::Store { url, job } => pause::command_store(&url, &job, true),
@@ -181,7 +184,7 @@ fn state_dir_only(args: &StateArgs, command: &str) -> Result<PathBuf> {
     match location(args)? {
         Location::Dir(dir) => Ok(dir),
         Location::Store { .. } => Err(UserError::Usage(format!(
-            "`pagecrawl {command}` does not work on a job in a PostgreSQL store yet (status, queue, enqueue, retry, pause, resume and export do): \
+            "`pagecrawl {command}` does not work on a job in a PostgreSQL store yet (status, queue, enqueue, retry, pause, resume, metrics and export do): \
              pass --state-dir for a state directory"
         ))
         .into()),

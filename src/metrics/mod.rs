@@ -115,11 +115,73 @@ pub struct Running<'a> {
     pub paused: bool,
 }
 
+/// The counts a job keeps (in a state directory or a store database),
+/// which the metrics text gives whether or not a crawl runs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Kept {
+    pub done: u64,
+    pub pending: u64,
+    pub failed: u64,
+    pub detail_done: u64,
+    pub detail_pending: u64,
+    pub detail_failed: u64,
+    pub waiting: u64,
+    pub items: u64,
+    pub retries: u64,
+    pub last_commit_ms: u64,
+    /// Failed listing pages by reason.
+    pub reasons: Vec<(String, u64)>,
+}
+
+impl Kept {
+    /// A state directory's durable counts, as `status` gives them.
+    pub fn of(store: &Store) -> Result<Kept> {
+        let c = store.committed_counters();
+        Ok(Kept {
+            done: c.done,
+            pending: c.pending,
+            failed: c.failed,
+            detail_done: c.detail_done,
+            detail_pending: c.detail_pending,
+            detail_failed: c.detail_failed,
+            waiting: c.waiting,
+            items: c.items,
+            retries: c.retries,
+            last_commit_ms: c.last_commit_ms,
+            reasons: store.reasons()?,
+        })
+    }
+
+    /// A job's counts as `status` shows them (a job in a store database).
+    pub fn of_status(s: &crate::control::ops::Status) -> Kept {
+        Kept {
+            done: s.done,
+            pending: s.pending,
+            failed: s.failed,
+            detail_done: s.detail_done,
+            detail_pending: s.detail_pending,
+            detail_failed: s.detail_failed,
+            waiting: s.items_waiting,
+            items: s.items,
+            retries: s.retries,
+            last_commit_ms: 0,
+            reasons: s
+                .errors
+                .iter()
+                .map(|e| (e.reason.clone(), e.pages))
+                .collect(),
+        }
+    }
+}
+
 /// The metrics text: the store's counters, and the running crawl's when
 /// there is one (`running`).
 pub fn render(store: &Store, running: Option<Running<'_>>) -> Result<String> {
-    // Durable counts, as `status` gives them.
-    let counters = store.committed_counters();
+    render_kept(&Kept::of(store)?, running)
+}
+
+/// [`render`] from counts already read.
+pub fn render_kept(counters: &Kept, running: Option<Running<'_>>) -> Result<String> {
     let mut registry = Registry::with_prefix("pagecrawl");
     let gauge = |value: u64| ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
     registry.register(
@@ -158,10 +220,10 @@ pub fn render(store: &Store, running: Option<Running<'_>>) -> Result<String> {
         gauge(counters.waiting),
     );
     let failed = Family::<KindLabel, Gauge>::default();
-    for (reason, pages) in store.reasons()? {
+    for (reason, pages) in &counters.reasons {
         failed
-            .get_or_create(&[("reason", reason)])
-            .set(i64::try_from(pages).unwrap_or(i64::MAX));
+            .get_or_create(&[("reason", reason.clone())])
+            .set(i64::try_from(*pages).unwrap_or(i64::MAX));
     }
     // Written only when a page failed: an empty family has no lines.
     registry.register(

@@ -139,6 +139,21 @@ fn status_and_export_read_a_job_in_a_store_by_its_url_and_never_show_the_passwor
     );
     assert!(!text.contains(pg.password()), "{text}");
 
+    let output = run(&["metrics", "--store", &url, "--job", "wooyun"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let text = stdout(&output);
+    for line in [
+        "pagecrawl_pages_done 2",
+        "pagecrawl_pages_pending 0",
+        "pagecrawl_pages_failed 1",
+        "pagecrawl_pages_failed_by_reason{reason=\"HTTP 500\"} 1",
+        "pagecrawl_items_written_total 3",
+        "pagecrawl_running 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+    }
+    assert!(text.ends_with("# EOF\n"), "{text}");
+
     // Page order, the fields in the job's order, CSV quoting.
     let output = run(&["export", "--store", &url, "--job", "wooyun"]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
@@ -213,7 +228,7 @@ fn a_config_with_store_names_the_job_and_run_and_the_other_commands_refuse_it() 
         message.contains("does not crawl into one yet") && message.contains("remove `store`"),
         "{message}"
     );
-    for command in ["metrics", "repair", "reopen"] {
+    for command in ["repair", "reopen"] {
         let output = run(&[command, "--config", config]);
         assert_eq!(
             output.status.code(),
