@@ -18,6 +18,7 @@
 //! target/profiling/examples/pagecrawl-bench --peers    # also Python threads + requests, and Scrapy
 //! target/profiling/examples/pagecrawl-bench server-speed  # the two server engines compared
 //! target/profiling/examples/pagecrawl-bench profile    # callgrind (or perf) of a CPU-bound run
+//! target/profiling/examples/pagecrawl-bench store      # enqueue and status of a job in PostgreSQL
 //! ```
 //!
 //! Every child is bounded: a crawl that runs over its time limit is killed,
@@ -39,6 +40,7 @@ mod scenarios;
 mod server;
 mod server_process;
 mod server_speed;
+mod store;
 
 use std::path::PathBuf;
 
@@ -121,6 +123,18 @@ enum Sub {
         concurrency: usize,
         #[arg(long, default_value_t = 20_000)]
         page_bytes: usize,
+    },
+    /// The commands of a job in a PostgreSQL store, through the real
+    /// binary, against a throwaway server: `enqueue` of `--pages` pages,
+    /// then `status` with all of them pending.
+    Store {
+        #[arg(long, default_value_t = 1_000_000)]
+        pages: u64,
+        /// Runs of `status` (the median is shown).
+        #[arg(long, default_value_t = 9)]
+        status_runs: usize,
+        #[arg(long, value_name = "PATH")]
+        pagecrawl: Option<PathBuf>,
     },
     /// Profile a CPU-bound crawl (no latency) with callgrind or perf.
     Profile {
@@ -211,6 +225,11 @@ fn main() -> std::process::ExitCode {
             page_bytes,
             out,
         }) => profile::profile(pages, concurrency, tool, pagecrawl, page_bytes, out),
+        Some(Sub::Store {
+            pages,
+            status_runs,
+            pagecrawl,
+        }) => store::store(pages, status_runs, pagecrawl),
         None => bench::bench(&cli.bench),
     };
     match result {
