@@ -413,8 +413,40 @@ pub struct Pipeline {
     pub shared: Arc<Shared>,
     /// Signals (with `()`) when the commit stage has ended.
     pub finished: Receiver<()>,
-    commit: Option<JoinHandle<OutputFile>>,
+    commit: Option<JoinHandle<()>>,
     others: Vec<JoinHandle<()>>,
+}
+
+/// The feeder stage of a backend: hands tasks to the fetch pool (`Work`),
+/// hears from the commit stage what became of them (`Settled`), and ends
+/// when nothing is left or the crawl stops.
+type Feed = Box<dyn FnOnce(Sender<Work>, Receiver<Settled>, &Shared, usize) -> Result<()> + Send>;
+
+/// The commit stage of a backend: records groups of parsed results
+/// durably, then tells the feeder (`Settled`).
+type Record = Box<dyn FnOnce(Receiver<Parsed>, Sender<Settled>, &Shared) -> Result<()> + Send>;
+
+/// What a backend gives the pipeline: its feeder and its commit stage. The
+/// fetch and parse stages between them are the same for every backend.
+struct Stages {
+    feed: Feed,
+    record: Record,
+}
+
+impl Stages {
+    /// The embedded backend: the queue and checkpoint in sled, the items in
+    /// the output file.
+    fn sled(store: Arc<Store>, mut output: OutputFile) -> Stages {
+        let for_feeder = store.clone();
+        Stages {
+            feed: Box::new(move |work, settled, shared, window| {
+                feeder::run(&for_feeder, work, settled, shared, window)
+            }),
+            record: Box::new(move |parsed, settled, shared| {
+                commit::run(&store, &mut output, parsed, settled, shared)
+            }),
+        }
+    }
 }
 
 /// Fails the run when the thread holding it unwinds (a bug): the other
@@ -494,6 +526,18 @@ impl Pipeline {
         robots: Robots,
         heartbeat: Option<Box<dyn Fn() + Send + Sync>>,
     ) -> Result<Pipeline> {
+        Pipeline::start_with(config, robots, heartbeat, Stages::sled(store, output))
+    }
+
+    /// Starts the fetch and parse stages, and the backend's feeder and
+    /// commit stages (`stages`) around them.
+    fn start_with(
+        config: &Config,
+        robots: Robots,
+        heartbeat: Option<Box<dyn Fn() + Send + Sync>>,
+        stages: Stages,
+    ) -> Result<Pipeline> {
+        let Stages { feed, record } = stages;
         let mut shared = Shared::new(config, robots);
         shared.heartbeat = heartbeat;
         let shared = Arc::new(shared);
@@ -527,7 +571,7 @@ impl Pipeline {
                 .context("cannot start a pipeline thread")
         };
         {
-            let (store, shared) = (store.clone(), shared.clone());
+            let shared = shared.clone();
             others.push(spawn(
                 "feeder".into(),
                 Box::new(move || {
@@ -542,7 +586,7 @@ impl Pipeline {
                         }
                     }
                     let _ended = Ended(&shared);
-                    if let Err(e) = feeder::run(&store, work_tx, settled_rx, &shared, window) {
+                    if let Err(e) = feed(work_tx, settled_rx, &shared, window) {
                         shared.fail(e);
                     }
                 }),
@@ -566,7 +610,7 @@ impl Pipeline {
         }
         drop((fetched_rx, parsed_tx));
         let commit = {
-            let (store, shared) = (store, shared.clone());
+            let shared = shared.clone();
             let on_panic = FailOnPanic {
                 shared: shared.clone(),
                 thread: "commit".into(),
@@ -575,13 +619,10 @@ impl Pipeline {
                 .name("commit".into())
                 .spawn(move || {
                     let _on_panic = on_panic;
-                    let mut output = output;
-                    if let Err(e) = commit::run(&store, &mut output, parsed_rx, settled_tx, &shared)
-                    {
+                    if let Err(e) = record(parsed_rx, settled_tx, &shared) {
                         shared.fail(e);
                     }
                     let _ = finished_tx.send(());
-                    output
                 })
                 .context("cannot start the commit thread")?
         };
