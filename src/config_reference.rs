@@ -290,7 +290,7 @@ pub const KEYS: &[KeyDoc] = &[
     KeyDoc {
         name: "store",
         group: "Many machines",
-        explanation: "A PostgreSQL database that holds the job instead of the state directory, for `status`, `queue`, `enqueue`, `retry`, `pause`, `resume`, `metrics` and `export` from any machine; the password comes from the URL, PGPASSWORD or ~/.pgpass, and is never shown. `run` does not crawl into it yet (it refuses, exit 2). See README.md, \"Many machines\".",
+        explanation: "A PostgreSQL database that holds the job instead of the state directory: `run` there is one daemon of the job (any number may run at once, on any machines), and `status`, `queue`, `enqueue`, `retry`, `pause`, `resume`, `metrics` and `export` work on it from any machine. The password comes from the URL, PGPASSWORD or ~/.pgpass, and is never shown. Not yet with [detail], an open range or follow mode. See README.md, \"Many machines\".",
         default: "none (the state directory)",
         range: "postgres://USER@HOST[:PORT]/DB, with sslmode and sslrootcert as libpq takes them",
         value: "\"postgres://crawler@db.example/pagecrawl\"",

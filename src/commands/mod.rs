@@ -12,6 +12,7 @@ mod reopen;
 mod repair;
 mod retry;
 pub mod run;
+mod run_store;
 mod status;
 mod try_page;
 

@@ -116,24 +116,18 @@ pub fn command(job: &JobSource, state_dir: Option<PathBuf>, follow: Option<&str>
         })
         .transpose()?;
     let config = with_follow(job.load()?, follow)?;
-    refuse_store(&config)?;
+    if let Some(url) = &config.store {
+        if state_dir.is_some() {
+            return Err(UserError::Usage(
+                "--state-dir and a config with `store` name two places for one job: leave one out"
+                    .into(),
+            )
+            .into());
+        }
+        return super::run_store::crawl_store(&config, url);
+    }
     let dir = super::run_state_dir(state_dir, &config);
     crawl(&config, &dir, follow)
-}
-
-/// `run` crawls into the state directory only: a config with `store` is
-/// refused (exit 2) rather than crawled into the wrong place.
-fn refuse_store(config: &Config) -> Result<()> {
-    match &config.store {
-        Some(url) => Err(UserError::Config(format!(
-            "{} sets store = \"{}\": this pagecrawl reads a job in PostgreSQL (`status`, `export`) \
-             but does not crawl into one yet; remove `store` to crawl into a state directory",
-            config.source.display(),
-            crate::util::shown(&crate::store::postgres::connect::redacted(url))
-        ))
-        .into()),
-        None => Ok(()),
-    }
 }
 
 /// Applies `run --follow` over the config's own `follow`.

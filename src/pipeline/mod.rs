@@ -25,6 +25,7 @@ pub(crate) use parse::{absolute, detail_values};
 mod fetch;
 mod gate;
 mod parse;
+mod postgres;
 mod rate;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -165,6 +166,9 @@ pub struct Progress {
 /// State every stage can see, and the knobs the supervisor and the control
 /// socket turn.
 pub struct Shared {
+    /// The parse stage passes each item's values, not its rendered bytes
+    /// (a backend that stores items as values).
+    items_as_values: bool,
     /// Stop feeding; in-flight pages finish.
     pub stop: AtomicBool,
     /// Stop now: the commit stage records what it holds and ends.
@@ -224,6 +228,7 @@ pub type ReopenReply = Sender<std::result::Result<bool, String>>;
 impl Shared {
     fn new(config: &Config, robots: Robots) -> Shared {
         Shared {
+            items_as_values: false,
             stop: AtomicBool::new(false),
             abort: AtomicBool::new(false),
             paused: AtomicBool::new(false),
@@ -431,6 +436,8 @@ type Record = Box<dyn FnOnce(Receiver<Parsed>, Sender<Settled>, &Shared) -> Resu
 struct Stages {
     feed: Feed,
     record: Record,
+    /// Items reach `record` as values, not rendered.
+    values: bool,
 }
 
 impl Stages {
@@ -445,6 +452,7 @@ impl Stages {
             record: Box::new(move |parsed, settled, shared| {
                 commit::run(&store, &mut output, parsed, settled, shared)
             }),
+            values: false,
         }
     }
 }
@@ -529,6 +537,24 @@ impl Pipeline {
         Pipeline::start_with(config, robots, heartbeat, Stages::sled(store, output))
     }
 
+    /// Starts every stage over a job in a PostgreSQL store, as `daemon`
+    /// (listing pages only: see `postgres`).
+    pub fn start_store(
+        config: &Config,
+        robots: Robots,
+        store: crate::store::postgres::connect::StoreUrl,
+        job: crate::store::postgres::job::JobId,
+        daemon: crate::store::postgres::job::DaemonId,
+        lease_for: Duration,
+    ) -> Result<Pipeline> {
+        Pipeline::start_with(
+            config,
+            robots,
+            None,
+            postgres::stages(store, job, daemon, lease_for),
+        )
+    }
+
     /// Starts the fetch and parse stages, and the backend's feeder and
     /// commit stages (`stages`) around them.
     fn start_with(
@@ -537,9 +563,14 @@ impl Pipeline {
         heartbeat: Option<Box<dyn Fn() + Send + Sync>>,
         stages: Stages,
     ) -> Result<Pipeline> {
-        let Stages { feed, record } = stages;
+        let Stages {
+            feed,
+            record,
+            values,
+        } = stages;
         let mut shared = Shared::new(config, robots);
         shared.heartbeat = heartbeat;
+        shared.items_as_values = values;
         let shared = Arc::new(shared);
         let window = window(config);
         // Fetch threads take work as soon as they are free; one queued page

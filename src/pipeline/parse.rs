@@ -18,10 +18,15 @@ pub(super) struct Parser {
     /// The last page's rendered bytes and items: the next page's buffers
     /// start that large, instead of growing by doubling.
     last_size: Cell<(usize, usize)>,
+    /// Items as values, not rendered (see [`Parser::keeping_values`]).
+    values: bool,
 }
 
 impl Parser {
-    pub(super) fn new(config: &Config) -> Parser {
+    /// A parser that keeps each item's values instead of rendering it when
+    /// `values` (a `[detail]` job, whose items wait for their detail page,
+    /// or a backend that stores items as values).
+    pub(super) fn keeping_values(config: &Config, values: bool) -> Parser {
         let key_index = config
             .key
             .as_ref()
@@ -31,6 +36,7 @@ impl Parser {
             extractor: Extractor::new(config.pattern.clone()),
             key_index,
             last_size: Cell::new((0, 0)),
+            values,
         }
     }
 
@@ -101,7 +107,7 @@ impl Parser {
                         }
                         None => values,
                     };
-                    if config.detail.is_some() {
+                    if self.values {
                         rendered
                             .values
                             .push(values.iter().map(|v| v.to_string()).collect());
@@ -200,7 +206,7 @@ pub(super) fn run(
     parsed: Sender<Parsed>,
     shared: &Shared,
 ) {
-    let parser = Parser::new(config);
+    let parser = Parser::keeping_values(config, config.detail.is_some() || shared.items_as_values);
     for message in fetched {
         super::fault_panic("parse");
         let message = parser.parse(message);

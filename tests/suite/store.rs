@@ -189,7 +189,7 @@ fn status_and_export_read_a_job_in_a_store_by_its_url_and_never_show_the_passwor
 }
 
 #[test]
-fn a_config_with_store_names_the_job_and_run_and_the_other_commands_refuse_it() {
+fn a_config_with_store_names_the_job_and_the_commands_not_built_for_a_store_refuse_it() {
     let Some(pg) = Postgres::for_test("store in a config") else {
         return;
     };
@@ -220,14 +220,6 @@ fn a_config_with_store_names_the_job_and_run_and_the_other_commands_refuse_it() 
         (&json!("wooyun"), &json!(2))
     );
 
-    let output = run(&["run", "--config", config]);
-    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
-    let message = stderr(&output);
-    assert_eq!(message.lines().count(), 1, "{message}");
-    assert!(
-        message.contains("does not crawl into one yet") && message.contains("remove `store`"),
-        "{message}"
-    );
     for command in ["repair", "reopen"] {
         let output = run(&[command, "--config", config]);
         assert_eq!(
@@ -463,4 +455,136 @@ fn queue_enqueue_retry_pause_and_resume_change_a_job_in_a_store_with_its_counter
     let output = command.output().unwrap();
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
     counters_agree(&mut client);
+}
+
+#[test]
+fn two_daemons_crawl_one_job_into_a_store_and_export_has_every_item_once() {
+    let Some(pg) = Postgres::for_test("run into a store") else {
+        return;
+    };
+    let job = crate::harness::Job::new(pagecrawl::fixture::Site::default())
+        .pages("1..=60")
+        .concurrency(4)
+        .with(&format!("store = \"{}\"", pg.url()))
+        .with("job = \"two\"");
+    let config = job.write_config();
+    let config = config.to_str().unwrap();
+    let daemon = || {
+        let mut command = pagecrawl(&["run", "--config", config]);
+        with_password(&mut command, &pg);
+        command.spawn().unwrap()
+    };
+    let (first, second) = (daemon(), daemon());
+    let outputs = [
+        crate::harness::finish(first, Duration::from_secs(120)),
+        crate::harness::finish(second, Duration::from_secs(120)),
+    ];
+    for output in &outputs {
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(output));
+        assert!(
+            stdout(output).starts_with("finished: 60 pages done, 0 failed"),
+            "{}",
+            stdout(output)
+        );
+    }
+    let run = |args: &[&str]| {
+        let mut command = pagecrawl(args);
+        with_password(&mut command, &pg);
+        command.output().unwrap()
+    };
+    let exported = job.dir.path().join("export.jsonl");
+    let output = run(&[
+        "export",
+        "--config",
+        config,
+        "-o",
+        exported.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    crate::harness::assert_same_items(
+        &crate::harness::read_jsonl_bugs(&exported),
+        &job.expected_bugs(1..=60),
+    );
+    let status = run(&["status", "--config", config, "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&stdout(&status)).unwrap();
+    assert_eq!(
+        (&status["done"], &status["pending"]),
+        (&json!(60), &json!(0)),
+        "{status}"
+    );
+    assert_eq!(status["daemons"].as_array().unwrap().len(), 2, "{status}");
+    assert!(
+        job.server.stats().peak_concurrency() <= 8,
+        "two daemons of 4 connections each: {}",
+        job.server.stats().peak_concurrency()
+    );
+
+    // Run again: nothing is pending, nothing is fetched or written again.
+    let again = crate::harness::finish(daemon(), Duration::from_secs(60));
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    assert!(
+        stdout(&again).contains("(this daemon: 0 pages, 0 items)"),
+        "{}",
+        stdout(&again)
+    );
+    let output = run(&["export", "--config", config]);
+    assert_eq!(
+        stdout(&output).lines().count(),
+        job.expected_bugs(1..=60).len()
+    );
+}
+
+#[test]
+fn run_refuses_what_a_store_cannot_crawl_yet_before_connecting() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on port 1: a refusal that connected would say so.
+    let base = "url = \"http://127.0.0.1:9/p?page={page}\"\npattern = '(?P<title>t)(?P<url>u)'\n\
+                store = \"postgres://crawler@127.0.0.1:1/pagecrawl\"\n";
+    for (extra, says) in [
+        ("pages = \"1..\"\n", "an open range (pages = \"N..\")"),
+        (
+            "pages = \"1..=3\"\ndetail = { link = \"url\", pattern = '(?P<v>x)' }\n",
+            "a job with [detail]",
+        ),
+        (
+            "pages = \"1..=3\"\nkey = \"url\"\nfollow = \"1h\"\n",
+            "follow mode",
+        ),
+    ] {
+        let config = dir.path().join("job.toml");
+        std::fs::write(&config, format!("{base}{extra}")).unwrap();
+        let output = pagecrawl(&["run", "--config", config.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{says}: {}", stderr(&output));
+        let message = stderr(&output);
+        assert_eq!(message.lines().count(), 1, "{message}");
+        assert!(
+            message.contains(&format!("{says} cannot crawl into a PostgreSQL store yet")),
+            "{says}: {message}"
+        );
+    }
+    let config = dir.path().join("job.toml");
+    std::fs::write(&config, format!("{base}pages = \"1..=3\"\n")).unwrap();
+    let output = pagecrawl(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--state-dir",
+        dir.path().join("s").to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains("name two places for one job"));
+    let output = pagecrawl(&["run", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(69),
+        "unreachable: {}",
+        stderr(&output)
+    );
+    assert!(!dir.path().join("job.state").exists());
 }

@@ -1,0 +1,372 @@
+//! The PostgreSQL backend's feeder and commit stages: tasks are leased from
+//! the job's table (fenced, see `store::postgres::lease`) instead of read
+//! from sled, and a commit group is one transaction that writes the items
+//! into `pagecrawl_items` with the tasks' states and the job's counters.
+//! The fetch and parse stages between them are the embedded backend's.
+//!
+//! What this daemon leases it renews every third of the lease time while
+//! it works; leases it still holds when it stops (tasks fetched but not
+//! committed, tasks not fetched yet) are released, so another daemon (or
+//! the next start) takes them at once instead of after the lease time.
+//! Listing pages only so far: `run` refuses a `[detail]` job on a store.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use serde_json::json;
+
+use super::{retry_delay, Feed, Parsed, Record, Settled, Shared, Stages, Task, Work};
+use crate::store::postgres::connect::{connect, StoreUrl};
+use crate::store::postgres::export::item_json;
+use crate::store::postgres::job::{self, DaemonId, JobId};
+use crate::store::postgres::lease::{self, NewItem, Outcome, Settled as Settle, TaskId};
+
+/// How often the commit stage looks at the abort flag while it waits.
+const TICK: Duration = Duration::from_millis(100);
+
+/// How long the feeder waits before asking again when nothing could be
+/// leased (every task is leased by others, or waits for its retry time).
+const IDLE_WAIT: Duration = Duration::from_millis(200);
+
+/// What both stages share: the job, this daemon, and the lease token of
+/// each task it holds (the commit names it; the feeder renews it).
+struct Leases {
+    url: StoreUrl,
+    job: JobId,
+    daemon: DaemonId,
+    lease_for: Duration,
+    tokens: Mutex<HashMap<u64, i64>>,
+}
+
+impl Leases {
+    fn token_of(&self, page: u64) -> Option<i64> {
+        self.tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&page)
+            .copied()
+    }
+
+    fn forget(&self, page: u64) {
+        self.tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&page);
+    }
+
+    fn live_tokens(&self) -> Vec<i64> {
+        let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        let set: HashSet<i64> = tokens.values().copied().collect();
+        set.into_iter().collect()
+    }
+}
+
+/// The stages of a crawl of `job` in the store at `url`, as `daemon`.
+pub(super) fn stages(url: StoreUrl, job: JobId, daemon: DaemonId, lease_for: Duration) -> Stages {
+    let leases = Arc::new(Leases {
+        url,
+        job,
+        daemon,
+        lease_for,
+        tokens: Mutex::new(HashMap::new()),
+    });
+    let for_commit = leases.clone();
+    let feed: Feed =
+        Box::new(move |work, settled, shared, window| feed(&leases, work, settled, shared, window));
+    let record: Record =
+        Box::new(move |parsed, settled, shared| commit(&for_commit, parsed, settled, shared));
+    Stages {
+        feed,
+        record,
+        values: true,
+    }
+}
+
+fn feed(
+    leases: &Leases,
+    work: Sender<Work>,
+    settled: Receiver<Settled>,
+    shared: &Shared,
+    window: usize,
+) -> Result<()> {
+    let mut client = connect(&leases.url)?;
+    let mut in_flight: HashSet<u64> = HashSet::new();
+    let renew_every = leases.lease_for / 3;
+    let mut renewed = Instant::now();
+    let mut done_since = 0u64;
+    let mut beat = Instant::now();
+    (|| -> Result<()> {
+        loop {
+            if shared.stopping() {
+                return Ok(());
+            }
+            while let Ok(message) = settled.try_recv() {
+                let task = match message {
+                    Settled::Finished(task) | Settled::Retry { task, .. } => task,
+                };
+                if let Task::Page(page) = task {
+                    in_flight.remove(&page);
+                    leases.forget(page);
+                    done_since += 1;
+                }
+            }
+            if renewed.elapsed() >= renew_every {
+                for token in leases.live_tokens() {
+                    lease::renew(&mut client, leases.job, token, leases.lease_for)?;
+                }
+                renewed = Instant::now();
+            }
+            if beat.elapsed() >= Duration::from_secs(5) {
+                let rate = done_since as f64 / beat.elapsed().as_secs_f64();
+                job::heartbeat(
+                    &mut client,
+                    leases.daemon,
+                    &json!({ "pages_per_second": rate }),
+                )?;
+                done_since = 0;
+                beat = Instant::now();
+            }
+            let room = window.saturating_sub(in_flight.len());
+            if room == 0 || shared.paused.load(Ordering::SeqCst) {
+                wait(&settled, &mut in_flight, leases, IDLE_WAIT);
+                continue;
+            }
+            let leased = lease::lease_batch(
+                &mut client,
+                leases.job,
+                leases.daemon,
+                room,
+                leases.lease_for,
+            )?;
+            if leased.tasks.is_empty() {
+                if in_flight.is_empty()
+                    && job::counters(&mut client, leases.job)?.listing_pending == 0
+                {
+                    return Ok(());
+                }
+                wait(&settled, &mut in_flight, leases, IDLE_WAIT);
+                continue;
+            }
+            {
+                let mut tokens = leases.tokens.lock().unwrap_or_else(|p| p.into_inner());
+                for task in &leased.tasks {
+                    tokens.insert(task.id.number as u64, leased.token);
+                }
+            }
+            for task in leased.tasks {
+                let page = task.id.number as u64;
+                in_flight.insert(page);
+                let next = Work {
+                    task: Task::Page(page),
+                    attempts: task.attempts.max(0) as u32,
+                    url: None,
+                };
+                if work.send(next).is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    })()
+}
+
+/// Waits up to `limit` for the commit stage's news, taking it in.
+fn wait(
+    settled: &Receiver<Settled>,
+    in_flight: &mut HashSet<u64>,
+    leases: &Leases,
+    limit: Duration,
+) {
+    if let Ok(message) = settled.recv_timeout(limit) {
+        let task = match message {
+            Settled::Finished(task) | Settled::Retry { task, .. } => task,
+        };
+        if let Task::Page(page) = task {
+            in_flight.remove(&page);
+            leases.forget(page);
+        }
+    }
+}
+
+fn commit(
+    leases: &Leases,
+    parsed: Receiver<Parsed>,
+    settled: Sender<Settled>,
+    shared: &Shared,
+) -> Result<()> {
+    let mut client = connect(&leases.url)?;
+    let mut group: Vec<Parsed> = Vec::new();
+    let mut deadline: Option<Instant> = None;
+    let result = (|| -> Result<()> {
+        loop {
+            shared.beat();
+            let config = shared.config();
+            let wait = deadline.map_or(TICK, |d| {
+                d.saturating_duration_since(Instant::now()).min(TICK)
+            });
+            match parsed.recv_timeout(wait) {
+                Ok(message) => {
+                    deadline.get_or_insert_with(|| Instant::now() + config.commit_interval);
+                    group.push(message);
+                    if group.len() >= config.commit_every || shared.abort.load(Ordering::SeqCst) {
+                        flush(leases, &mut client, &mut group, &settled, shared)?;
+                        deadline = None;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if deadline.is_some_and(|d| Instant::now() >= d)
+                        || shared.abort.load(Ordering::SeqCst)
+                    {
+                        flush(leases, &mut client, &mut group, &settled, shared)?;
+                        deadline = None;
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return flush(leases, &mut client, &mut group, &settled, shared);
+                }
+            }
+        }
+    })();
+    // The feeder has ended (the channel is closed only once every fetch
+    // and parse thread has): what this daemon still holds is released.
+    let tokens = leases.live_tokens();
+    for token in tokens {
+        if let Err(e) = lease::release(&mut client, leases.job, token) {
+            log::warn!("cannot release this daemon's leases (they expire by themselves): {e:#}");
+            break;
+        }
+    }
+    result
+}
+
+fn flush(
+    leases: &Leases,
+    client: &mut ::postgres::Client,
+    group: &mut Vec<Parsed>,
+    settled: &Sender<Settled>,
+    shared: &Shared,
+) -> Result<()> {
+    if group.is_empty() {
+        return Ok(());
+    }
+    let config = shared.config();
+    let mut settles: Vec<Settle> = Vec::with_capacity(group.len());
+    let (mut done, mut failed, mut retried) = (0u64, 0u64, 0u64);
+    for message in group.drain(..) {
+        let (page, outcome) = match message {
+            Parsed::Done {
+                page, bytes, items, ..
+            } => {
+                let items = items
+                    .values
+                    .iter()
+                    .enumerate()
+                    .map(|(index, values)| NewItem {
+                        page: page as i64,
+                        index: index as i32,
+                        item: item_json(&config.fields, values, None),
+                        key: items.keys.get(index).cloned(),
+                    })
+                    .collect();
+                done += 1;
+                (
+                    page,
+                    Outcome::Done {
+                        items,
+                        bytes: bytes as i64,
+                        details: Vec::new(),
+                    },
+                )
+            }
+            Parsed::Failure {
+                task: Task::Page(page),
+                attempts,
+                error,
+                ..
+            } => {
+                if error.retryable() && attempts <= config.retries {
+                    retried += 1;
+                    (
+                        page,
+                        Outcome::Retry {
+                            after: retry_delay(&config, attempts, &error),
+                            kind: error.kind(),
+                            detail: error.to_string(),
+                        },
+                    )
+                } else {
+                    failed += 1;
+                    let detail = format!(
+                        "{error} from {} after {attempts} attempt{}",
+                        config.page_url(page),
+                        if attempts == 1 { "" } else { "s" }
+                    );
+                    log::warn!("page {page} failed: {detail}");
+                    (
+                        page,
+                        Outcome::Failed {
+                            kind: error.kind(),
+                            detail,
+                        },
+                    )
+                }
+            }
+            Parsed::Detail { .. }
+            | Parsed::Failure {
+                task: Task::Detail(_),
+                ..
+            } => anyhow::bail!("internal error: a detail page in a store job without [detail]"),
+            Parsed::Abandoned => continue,
+        };
+        let Some(token) = leases.token_of(page) else {
+            log::warn!("page {page} is no longer leased by this daemon; its result is dropped");
+            continue;
+        };
+        settles.push(Settle {
+            task: TaskId::listing(page as i64),
+            token,
+            outcome,
+        });
+    }
+    let pages: Vec<u64> = settles.iter().map(|s| s.task.number as u64).collect();
+    match lease::commit_group(client, leases.job, &settles) {
+        Ok(committed) => {
+            let progress = &shared.progress;
+            progress.done.fetch_add(done, Ordering::Relaxed);
+            progress.failed.fetch_add(failed, Ordering::Relaxed);
+            progress.retries.fetch_add(retried, Ordering::Relaxed);
+            progress
+                .items
+                .fetch_add(committed.items_written, Ordering::Relaxed);
+            progress
+                .duplicates
+                .fetch_add(committed.items_skipped, Ordering::Relaxed);
+            log::debug!(
+                "committed {} pages, {} items",
+                pages.len(),
+                committed.items_written
+            );
+        }
+        Err(lease::CommitError::Fenced { lost }) => {
+            // Another daemon took these over after our lease expired (this
+            // one was frozen, or too slow): it writes them; nothing here was.
+            log::warn!(
+                "{} of {} pages of a commit were taken over by another daemon (their lease had expired); \
+                 this daemon wrote none of the group, the others fetch them again",
+                lost.len(),
+                pages.len()
+            );
+        }
+        Err(lease::CommitError::Database(e)) => {
+            return Err(anyhow::Error::new(e).context("cannot commit to the store"))
+        }
+    }
+    for page in pages {
+        // The feeder may already have stopped; then nobody needs to know.
+        let _ = settled.try_send(Settled::Finished(Task::Page(page)));
+    }
+    Ok(())
+}
