@@ -68,6 +68,8 @@ struct RawConfig {
     commit_interval: String,
     #[serde(default = "defaults::stop_grace")]
     stop_grace: String,
+    #[serde(default = "defaults::lease_time")]
+    lease_time: String,
     #[serde(default)]
     follow: Option<String>,
     #[serde(default = "defaults::refresh_pages")]
@@ -138,6 +140,9 @@ mod defaults {
     pub fn stop_grace() -> String {
         "10s".into()
     }
+    pub fn lease_time() -> String {
+        "60s".into()
+    }
     pub fn refresh_pages() -> i64 {
         1
     }
@@ -181,6 +186,9 @@ pub struct Config {
     pub commit_every: usize,
     pub commit_interval: Duration,
     pub stop_grace: Duration,
+    /// With `store`: how long a daemon's lease on its tasks lasts without
+    /// renewal (it renews every third of it while it works).
+    pub lease_time: Duration,
     /// Follow mode: when the queue drains, re-crawl the first
     /// `refresh_pages` pages this often instead of exiting.
     pub follow: Option<Duration>,

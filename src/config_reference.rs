@@ -296,6 +296,14 @@ pub const KEYS: &[KeyDoc] = &[
         value: "\"postgres://crawler@db.example/pagecrawl\"",
     },
     KeyDoc {
+        name: "lease_time",
+        group: "Many machines",
+        explanation: "With `store`: how long a daemon's lease on the pages it took lasts without renewal. It renews every third of it while it works; a daemon that dies or freezes loses its pages to the others after this long.",
+        default: "\"60s\"",
+        range: "2s–1h",
+        value: "\"60s\"",
+    },
+    KeyDoc {
         name: "job",
         group: "Many machines",
         explanation: "The job's name in the `store` database (many jobs may share one).",

@@ -26,10 +26,6 @@ use crate::store::postgres::connect::{connect, parse_store_url, PasswordSources}
 use crate::store::postgres::job::{self, Identity};
 use crate::store::postgres::schema;
 
-/// How long a lease lasts without renewal: a daemon that dies or freezes
-/// loses its tasks to the others after this long.
-pub const LEASE_TIME: Duration = Duration::from_secs(60);
-
 pub fn crawl_store(config: &Config, url: &str) -> Result<Exit> {
     let started = Instant::now();
     let refuse = |what: &str| -> Result<Exit> {
@@ -92,7 +88,14 @@ pub fn crawl_store(config: &Config, url: &str) -> Result<Exit> {
         },
         config.concurrency
     );
-    let pipeline = Pipeline::start_store(config, robots, store.clone(), job, daemon, LEASE_TIME)?;
+    let pipeline = Pipeline::start_store(
+        config,
+        robots,
+        store.clone(),
+        job,
+        daemon,
+        config.lease_time,
+    )?;
     let shared = pipeline.shared.clone();
     let mut grace_ends: Option<Instant> = None;
     loop {
@@ -105,8 +108,8 @@ pub fn crawl_store(config: &Config, url: &str) -> Result<Exit> {
                 Ok(Signal::Stop(name)) => {
                     if grace_ends.is_some() {
                         crate::logger::eprint_line(&format!(
-                            "pagecrawl: {name} again: exiting now; the leases this daemon holds expire in {} s",
-                            LEASE_TIME.as_secs()
+                            "pagecrawl: {name} again: exiting now; the leases this daemon holds expire within {:.0?}",
+                            shared.config().lease_time
                         ));
                         std::process::exit(Exit::Interrupted as i32);
                     }

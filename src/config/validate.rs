@@ -39,6 +39,7 @@ pub const DURATION_RANGES: &[(&str, &str, &str)] = &[
     ("commit_interval", "0s", "1h"),
     ("stop_grace", "0s", "1h"),
     ("follow", "100ms", "365d"),
+    ("lease_time", "2s", "1h"),
 ];
 /// The range of each whole-number key.
 pub const COUNT_RANGES: &[(&str, i64, i64)] = &[
@@ -256,6 +257,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, Refusal> {
         commit_every: count("commit_every", raw.commit_every)? as usize,
         commit_interval: duration("commit_interval", &raw.commit_interval)?,
         stop_grace: duration("stop_grace", &raw.stop_grace)?,
+        lease_time: duration("lease_time", &raw.lease_time)?,
         follow,
         refresh_pages: count("refresh_pages", raw.refresh_pages)?,
         key,
