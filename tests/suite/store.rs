@@ -588,3 +588,156 @@ fn run_refuses_what_a_store_cannot_crawl_yet_before_connecting() {
     );
     assert!(!dir.path().join("job.state").exists());
 }
+
+/// The site of the store campaign: every fault kind of the crash campaign
+/// (server errors, 429 with Retry-After, resets, hangs, truncated bodies)
+/// on a few attempts of some pages, and one page that always fails.
+fn faulty_site(pages: u64, seed: u64) -> pagecrawl::fixture::Site {
+    use pagecrawl::fixture::{Charset, Faults, Site};
+    Site {
+        pages,
+        per_page: 5,
+        padding: 500,
+        latency: Duration::from_millis(4),
+        charset: Charset::GbkMeta,
+        beyond_not_found: false,
+        faults: Faults {
+            seed,
+            server_error: 0.05,
+            too_many_requests: 0.02,
+            retry_after: 1,
+            reset: 0.03,
+            hang: 0.005,
+            hang_for: Duration::from_millis(1500),
+            truncate: 0.03,
+            faulty_attempts: 2,
+            always_fail: vec![pages / 3],
+            ..Faults::default()
+        },
+        ..Site::default()
+    }
+}
+
+/// Three daemons on one job, killed with SIGKILL at seeded random moments
+/// (each restarted at once), and PostgreSQL itself restarted once in the
+/// middle (the daemons' connections die with it: they exit and are
+/// restarted too, as systemd would). Then every item is in `export`
+/// exactly once, compared with the generator, and the counters equal a
+/// recount. `PAGECRAWL_CAMPAIGN=full`: 3,000 pages and 20 kills (CI: 600
+/// and 8).
+#[test]
+fn three_daemons_killed_at_random_and_a_postgres_restart_lose_and_repeat_nothing() {
+    let Some(mut pg) = Postgres::for_test("store crash campaign") else {
+        return;
+    };
+    let full = std::env::var("PAGECRAWL_CAMPAIGN").is_ok_and(|v| v == "full");
+    let (pages, kills_wanted) = if full { (3000, 20) } else { (600, 8) };
+    let seed = crate::harness::campaign_seed();
+    eprintln!(
+        "store campaign: seed {seed} (replay with PAGECRAWL_CAMPAIGN_SEED={seed}), {pages} pages"
+    );
+    let job = crate::harness::Job::new(faulty_site(pages, seed))
+        .concurrency(4)
+        .with("request_timeout = \"1s\"")
+        .with("commit_every = 16")
+        .with("lease_time = \"2s\"")
+        .with(&format!("store = \"{}\"", pg.url()))
+        .with("job = \"campaign\"");
+    let config = job.write_config();
+    let config = config.to_str().unwrap().to_string();
+    let password = pg.password().to_string();
+    let spawn = || {
+        let mut command = pagecrawl(&["run", "--config", &config]);
+        command.env("PGPASSWORD", &password);
+        command.stdout(std::process::Stdio::null());
+        command.stderr(std::process::Stdio::null());
+        command.spawn().unwrap()
+    };
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut daemons: Vec<std::process::Child> = (0..3).map(|_| spawn()).collect();
+    let (mut kills, mut restarted_pg, mut rounds) = (0u32, false, 0u32);
+    let started = std::time::Instant::now();
+    while kills < kills_wanted && started.elapsed() < Duration::from_secs(240) {
+        rounds += 1;
+        std::thread::sleep(Duration::from_millis(rng.u64(50..400)));
+        let victim = rng.usize(0..daemons.len());
+        if daemons[victim].try_wait().unwrap().is_none() {
+            crate::harness::signal(&daemons[victim], "KILL");
+            kills += 1;
+        }
+        let _ = daemons[victim].wait();
+        daemons[victim] = spawn();
+        // Any daemon that ended by itself (finished, or lost its
+        // connection to the restarted server) starts again.
+        for daemon in daemons.iter_mut() {
+            if daemon.try_wait().unwrap().is_some() {
+                *daemon = spawn();
+            }
+        }
+        if !restarted_pg && kills == kills_wanted / 2 {
+            pg.restart().unwrap();
+            restarted_pg = true;
+        }
+    }
+    assert!(
+        kills >= kills_wanted,
+        "only {kills} kills in {rounds} rounds"
+    );
+    // Then the daemons finish the job (the killed ones' leases expire).
+    for daemon in daemons.iter_mut() {
+        let _ = daemon.wait();
+    }
+    let last = spawn();
+    let output = crate::harness::finish(last, Duration::from_secs(120));
+    assert_eq!(output.status.code(), Some(8), "one page always fails");
+
+    let run = |args: &[&str]| {
+        let mut command = pagecrawl(args);
+        command.env("PGPASSWORD", &password);
+        command.output().unwrap()
+    };
+    let exported = job.dir.path().join("export.jsonl");
+    let output = run(&[
+        "export",
+        "--config",
+        &config,
+        "-o",
+        exported.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let mut expected = job.expected_bugs(1..=pages);
+    expected.retain(|b| b.page != pages / 3);
+    crate::harness::assert_same_items(&crate::harness::read_jsonl_bugs(&exported), &expected);
+    let mut client = pg.connect().unwrap();
+    let id = job::find(&mut client, "campaign").unwrap().unwrap().0;
+    let counters = job::counters(&mut client, id).unwrap();
+    assert_eq!(
+        counters,
+        job::Counters {
+            bytes: counters.bytes,
+            ..job::recount(&mut client, id).unwrap()
+        },
+        "the job's counters equal a recount"
+    );
+    assert_eq!(
+        (
+            counters.listing_done,
+            counters.listing_pending,
+            counters.listing_failed
+        ),
+        (pages as i64 - 1, 0, 1)
+    );
+    let stats = job.server.stats();
+    eprintln!(
+        "store campaign | pages {pages} | daemons 3 | kills {kills} | postgres restarts {} | requests {} | items missing 0 | duplicated 0 | peak concurrency {} (3 daemons × 4)",
+        u32::from(restarted_pg),
+        stats.total(),
+        stats.peak_concurrency()
+    );
+    assert!(restarted_pg);
+    assert!(
+        stats.peak_concurrency() <= 12,
+        "{}",
+        stats.peak_concurrency()
+    );
+}
