@@ -729,15 +729,14 @@ fn three_daemons_killed_at_random_and_a_postgres_restart_lose_and_repeat_nothing
     );
     let stats = job.server.stats();
     eprintln!(
-        "store campaign | pages {pages} | daemons 3 | kills {kills} | postgres restarts {} | requests {} | items missing 0 | duplicated 0 | peak concurrency {} (3 daemons × 4)",
+        "store campaign | pages {pages} | daemons 3 | kills {kills} | postgres restarts {} | requests {} | items missing 0 | duplicated 0 | peak concurrency {} (3 daemons × 4, killed daemons' requests included)",
         u32::from(restarted_pg),
         stats.total(),
         stats.peak_concurrency()
     );
     assert!(restarted_pg);
-    assert!(
-        stats.peak_concurrency() <= 12,
-        "{}",
-        stats.peak_concurrency()
-    );
+    // No bound on the peak here: a killed daemon's requests stay open on
+    // the server (a hang lasts 1.5 s) while its restart makes new ones,
+    // and the caps are each daemon's own so far (README, Many machines);
+    // the two-daemon test holds them when nothing is killed.
 }
