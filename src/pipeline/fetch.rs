@@ -43,7 +43,19 @@ pub(super) fn run(index: usize, work: Receiver<Work>, fetched: Sender<Fetched>, 
                 break permit;
             }
         };
-        let go = permit.is_some() && shared.limiter.acquire(&shared.stop);
+        // A job in a store: one of the job's slots too, across its daemons.
+        let job_slot = match (&permit, &shared.job_limits) {
+            (Some(_), Some(limits)) => Some(limits.slot(&shared.stop)),
+            _ => None,
+        };
+        let pace = || {
+            shared.limiter.acquire(&shared.stop)
+                && shared
+                    .job_limits
+                    .as_ref()
+                    .is_none_or(|limits| limits.turn(&shared.stop))
+        };
+        let go = permit.is_some() && !matches!(job_slot, Some(None)) && pace();
         let message = if !go {
             Fetched::Abandoned
         } else {
@@ -62,11 +74,9 @@ pub(super) fn run(index: usize, work: Receiver<Work>, fetched: Sender<Fetched>, 
                 let metrics = &shared.metrics;
                 let in_flight = metrics.in_flight();
                 let started = Instant::now();
-                let fetched = shared.fetcher().fetch_paced(
-                    &url,
-                    &mut || shared.limiter.acquire(&shared.stop),
-                    &mut |status| metrics.response(status),
-                );
+                let fetched = shared
+                    .fetcher()
+                    .fetch_paced(&url, &mut || pace(), &mut |status| metrics.response(status));
                 drop(in_flight);
                 match &fetched {
                     Err(FetchError::Abandoned) => {}
@@ -98,6 +108,7 @@ pub(super) fn run(index: usize, work: Receiver<Work>, fetched: Sender<Fetched>, 
                 }
             }
         };
+        drop(job_slot);
         drop(permit);
         if fetched.send(message).is_err() {
             return;

@@ -166,6 +166,9 @@ pub struct Progress {
 /// State every stage can see, and the knobs the supervisor and the control
 /// socket turn.
 pub struct Shared {
+    /// A job in a store: its caps across every daemon, which each request
+    /// also waits for (see `postgres::JobLimits`).
+    job_limits: Option<postgres::JobLimits>,
     /// The parse stage passes each item's values, not its rendered bytes
     /// (a backend that stores items as values).
     items_as_values: bool,
@@ -228,6 +231,7 @@ pub type ReopenReply = Sender<std::result::Result<bool, String>>;
 impl Shared {
     fn new(config: &Config, robots: Robots) -> Shared {
         Shared {
+            job_limits: None,
             items_as_values: false,
             stop: AtomicBool::new(false),
             abort: AtomicBool::new(false),
@@ -438,6 +442,8 @@ struct Stages {
     record: Record,
     /// Items reach `record` as values, not rendered.
     values: bool,
+    /// Caps held across the daemons of a job in a store.
+    limits: Option<postgres::JobLimits>,
 }
 
 impl Stages {
@@ -453,6 +459,7 @@ impl Stages {
                 commit::run(&store, &mut output, parsed, settled, shared)
             }),
             values: false,
+            limits: None,
         }
     }
 }
@@ -547,12 +554,11 @@ impl Pipeline {
         daemon: crate::store::postgres::job::DaemonId,
         lease_for: Duration,
     ) -> Result<Pipeline> {
-        Pipeline::start_with(
-            config,
-            robots,
-            None,
-            postgres::stages(store, job, daemon, lease_for),
-        )
+        let rate = effective_rate(config, &robots);
+        let limits = postgres::JobLimits::new(&store, job, config.concurrency, rate)?;
+        let mut stages = postgres::stages(store, job, daemon, lease_for);
+        stages.limits = Some(limits);
+        Pipeline::start_with(config, robots, None, stages)
     }
 
     /// Starts the fetch and parse stages, and the backend's feeder and
@@ -567,10 +573,12 @@ impl Pipeline {
             feed,
             record,
             values,
+            limits,
         } = stages;
         let mut shared = Shared::new(config, robots);
         shared.heartbeat = heartbeat;
         shared.items_as_values = values;
+        shared.job_limits = limits;
         let shared = Arc::new(shared);
         let window = window(config);
         // Fetch threads take work as soon as they are free; one queued page

@@ -83,6 +83,7 @@ pub(super) fn stages(url: StoreUrl, job: JobId, daemon: DaemonId, lease_for: Dur
         feed,
         record,
         values: true,
+        limits: None,
     }
 }
 
@@ -369,4 +370,166 @@ fn flush(
         let _ = settled.try_send(Settled::Finished(Task::Page(page)));
     }
     Ok(())
+}
+
+/// The job's politeness caps across all its daemons: a request starts only
+/// holding one of the job's `concurrency` slots (a session advisory lock,
+/// which the server frees if this daemon's connection dies) and, with a
+/// rate, at a send time reserved on the job's shared row, so the site sees
+/// at most `concurrency` requests at once and `rate_limit` a second
+/// whatever the number of daemons.
+pub(super) struct JobLimits {
+    job: JobId,
+    /// Requests a second for the whole job (`rate_limit`, or robots.txt's
+    /// `Crawl-delay`), if any.
+    rate: Option<f64>,
+    /// One connection per local slot, each with the slots it holds.
+    pool: Mutex<
+        Vec<(
+            ::postgres::Client,
+            crate::store::postgres::politeness::Slots,
+        )>,
+    >,
+    freed: std::sync::Condvar,
+    /// The connection the rate's turns are reserved on.
+    turns: Mutex<::postgres::Client>,
+}
+
+/// The most of the job's slots one daemon holds at once: one connection
+/// each. With `concurrency` above it, more daemons make up the rest.
+pub(super) const MAX_SLOTS_PER_DAEMON: usize = 32;
+
+/// How long a request waits before asking again for a slot every daemon
+/// holds.
+const SLOT_RETRY: Duration = Duration::from_millis(10);
+
+/// A slot of the job held for one request: given back when dropped.
+pub(super) struct SlotHeld<'a> {
+    limits: &'a JobLimits,
+    held: Option<(
+        ::postgres::Client,
+        crate::store::postgres::politeness::Slots,
+        u32,
+    )>,
+}
+
+impl Drop for SlotHeld<'_> {
+    fn drop(&mut self) {
+        if let Some((mut client, mut slots, slot)) = self.held.take() {
+            if let Err(e) = slots.release(&mut client, slot) {
+                // The lock goes with the connection: drop it, and the
+                // server frees the slot.
+                log::warn!(
+                    "cannot give a concurrency slot back ({e:#}); its connection is closed instead"
+                );
+                return;
+            }
+            self.limits
+                .pool
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((client, slots));
+            self.limits.freed.notify_one();
+        }
+    }
+}
+
+impl JobLimits {
+    pub(super) fn new(
+        url: &StoreUrl,
+        job: JobId,
+        concurrency: usize,
+        rate: Option<f64>,
+    ) -> Result<JobLimits> {
+        let mut pool = Vec::with_capacity(concurrency);
+        for _ in 0..concurrency.min(MAX_SLOTS_PER_DAEMON) {
+            pool.push((
+                connect(url)?,
+                crate::store::postgres::politeness::Slots::new(job, concurrency as u32),
+            ));
+        }
+        Ok(JobLimits {
+            job,
+            rate,
+            pool: Mutex::new(pool),
+            freed: std::sync::Condvar::new(),
+            turns: Mutex::new(connect(url)?),
+        })
+    }
+
+    /// Waits for one of the job's slots; `None` once `stop` is set (or the
+    /// database cannot be asked: the request is then not made).
+    pub(super) fn slot(&self, stop: &std::sync::atomic::AtomicBool) -> Option<SlotHeld<'_>> {
+        let (mut client, mut slots) = {
+            let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                if stop.load(Ordering::SeqCst) {
+                    return None;
+                }
+                if let Some(free) = pool.pop() {
+                    break free;
+                }
+                pool = self
+                    .freed
+                    .wait_timeout(pool, Duration::from_millis(100))
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+        };
+        loop {
+            if stop.load(Ordering::SeqCst) {
+                self.pool
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((client, slots));
+                self.freed.notify_one();
+                return None;
+            }
+            match slots.try_take(&mut client) {
+                Ok(Some(slot)) => {
+                    return Some(SlotHeld {
+                        limits: self,
+                        held: Some((client, slots, slot)),
+                    })
+                }
+                Ok(None) => std::thread::sleep(SLOT_RETRY),
+                Err(e) => {
+                    log::warn!("cannot take a concurrency slot of the job: {e:#}");
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Waits for the job's next send time under its rate; false once
+    /// `stop` is set (or the turn cannot be reserved).
+    pub(super) fn turn(&self, stop: &std::sync::atomic::AtomicBool) -> bool {
+        let Some(rate) = self.rate else {
+            return true;
+        };
+        let turn = {
+            let mut client = self.turns.lock().unwrap_or_else(|p| p.into_inner());
+            crate::store::postgres::politeness::reserve_turn(&mut client, self.job, rate)
+        };
+        match turn {
+            Ok(turn) => {
+                let until = Instant::now() + turn.wait;
+                while Instant::now() < until {
+                    if stop.load(Ordering::SeqCst) {
+                        return false;
+                    }
+                    std::thread::sleep(
+                        until
+                            .saturating_duration_since(Instant::now())
+                            .min(Duration::from_millis(50)),
+                    );
+                }
+                true
+            }
+            Err(e) => {
+                log::warn!("cannot reserve the job's next send time: {e:#}");
+                false
+            }
+        }
+    }
 }

@@ -514,8 +514,8 @@ fn two_daemons_crawl_one_job_into_a_store_and_export_has_every_item_once() {
     );
     assert_eq!(status["daemons"].as_array().unwrap().len(), 2, "{status}");
     assert!(
-        job.server.stats().peak_concurrency() <= 8,
-        "two daemons of 4 connections each: {}",
+        job.server.stats().peak_concurrency() <= 4,
+        "concurrency = 4 is the job's, across both daemons: {}",
         job.server.stats().peak_concurrency()
     );
 
@@ -739,4 +739,45 @@ fn three_daemons_killed_at_random_and_a_postgres_restart_lose_and_repeat_nothing
     // the server (a hang lasts 1.5 s) while its restart makes new ones,
     // and the caps are each daemon's own so far (README, Many machines);
     // the two-daemon test holds them when nothing is killed.
+}
+
+#[test]
+fn two_daemons_keep_to_the_jobs_rate_limit_together() {
+    let Some(pg) = Postgres::for_test("store rate limit") else {
+        return;
+    };
+    let site = pagecrawl::fixture::Site {
+        pages: 30,
+        ..pagecrawl::fixture::Site::default()
+    };
+    let job = crate::harness::Job::new(site)
+        .concurrency(4)
+        .with("rate_limit = 10")
+        .with(&format!("store = \"{}\"", pg.url()))
+        .with("job = \"polite\"");
+    let config = job.write_config();
+    let config = config.to_str().unwrap();
+    let daemon = || {
+        let mut command = pagecrawl(&["run", "--config", config]);
+        with_password(&mut command, &pg);
+        command.spawn().unwrap()
+    };
+    let started = std::time::Instant::now();
+    let (first, second) = (daemon(), daemon());
+    for child in [first, second] {
+        let output = crate::harness::finish(child, Duration::from_secs(60));
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    }
+    let stats = job.server.stats();
+    let busiest = stats.peak_in_window(Duration::from_secs(1));
+    assert!(
+        busiest <= 11,
+        "rate_limit = 10 is the job's: {busiest} requests in one second"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(2_500),
+        "30 pages at 10 a second take about 3 s, not {:?}",
+        started.elapsed()
+    );
+    assert_eq!(stats.total(), 30);
 }
