@@ -130,7 +130,8 @@ pub fn crawl_store(config: &Config, url: &str) -> Result<Exit> {
     }
     let interrupted = grace_ends.is_some();
     pipeline.join()?;
-    let totals = job::counters(&mut client, job)?;
+    // A new connection: the server may have restarted during the crawl.
+    let totals = job::counters(&mut connect(&store)?, job)?;
     let progress = &shared.progress;
     println!(
         "{} {} pages done, {} failed, {} items in {:.2} s (this daemon: {} pages, {} items); job {name} in {}",

@@ -95,83 +95,182 @@ fn feed(
     window: usize,
 ) -> Result<()> {
     let mut client = connect(&leases.url)?;
-    let mut in_flight: HashSet<u64> = HashSet::new();
-    let renew_every = leases.lease_for / 3;
-    let mut renewed = Instant::now();
-    let mut done_since = 0u64;
-    let mut beat = Instant::now();
-    (|| -> Result<()> {
-        loop {
-            if shared.stopping() {
-                return Ok(());
-            }
-            while let Ok(message) = settled.try_recv() {
-                let task = match message {
-                    Settled::Finished(task) | Settled::Retry { task, .. } => task,
-                };
-                if let Task::Page(page) = task {
-                    in_flight.remove(&page);
-                    leases.forget(page);
-                    done_since += 1;
-                }
-            }
-            if renewed.elapsed() >= renew_every {
-                for token in leases.live_tokens() {
-                    lease::renew(&mut client, leases.job, token, leases.lease_for)?;
-                }
-                renewed = Instant::now();
-            }
-            if beat.elapsed() >= Duration::from_secs(5) {
-                let rate = done_since as f64 / beat.elapsed().as_secs_f64();
-                job::heartbeat(
-                    &mut client,
-                    leases.daemon,
-                    &json!({ "pages_per_second": rate }),
-                )?;
-                done_since = 0;
-                beat = Instant::now();
-            }
-            let room = window.saturating_sub(in_flight.len());
-            if room == 0 || shared.paused.load(Ordering::SeqCst) {
-                wait(&settled, &mut in_flight, leases, IDLE_WAIT);
-                continue;
-            }
-            let leased = lease::lease_batch(
-                &mut client,
-                leases.job,
-                leases.daemon,
-                room,
-                leases.lease_for,
-            )?;
-            if leased.tasks.is_empty() {
-                if in_flight.is_empty()
-                    && job::counters(&mut client, leases.job)?.listing_pending == 0
-                {
-                    return Ok(());
-                }
-                wait(&settled, &mut in_flight, leases, IDLE_WAIT);
-                continue;
-            }
-            {
-                let mut tokens = leases.tokens.lock().unwrap_or_else(|p| p.into_inner());
-                for task in &leased.tasks {
-                    tokens.insert(task.id.number as u64, leased.token);
-                }
-            }
-            for task in leased.tasks {
-                let page = task.id.number as u64;
-                in_flight.insert(page);
-                let next = Work {
-                    task: Task::Page(page),
-                    attempts: task.attempts.max(0) as u32,
-                    url: None,
-                };
-                if work.send(next).is_err() {
-                    return Ok(());
-                }
-            }
+    let mut state = FeedState {
+        in_flight: HashSet::new(),
+        renewed: Instant::now(),
+        done_since: 0,
+        beat: Instant::now(),
+    };
+    loop {
+        if shared.stopping() {
+            return Ok(());
         }
-    })()
+        match feed_once(
+            leases,
+            &mut client,
+            &mut state,
+            &work,
+            &settled,
+            shared,
+            window,
+        ) {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) if client.is_closed() => {
+                log::warn!(
+                    "lost the connection to the store ({}); reconnecting",
+                    crate::error::one_line(&e)
+                );
+                match reconnect(&leases.url, shared) {
+                    Some(again) => client = again,
+                    None => return Ok(()),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// What the feeder keeps between its rounds.
+struct FeedState {
+    in_flight: HashSet<u64>,
+    renewed: Instant,
+    done_since: u64,
+    beat: Instant,
+}
+
+/// One round of the feeder: the commit stage's news, lease renewals and
+/// the heartbeat when due, then as many new leases as there is room for.
+/// Returns true once the job has nothing left for this daemon.
+fn feed_once(
+    leases: &Leases,
+    client: &mut ::postgres::Client,
+    state: &mut FeedState,
+    work: &Sender<Work>,
+    settled: &Receiver<Settled>,
+    shared: &Shared,
+    window: usize,
+) -> Result<bool> {
+    while let Ok(message) = settled.try_recv() {
+        let task = match message {
+            Settled::Finished(task) | Settled::Retry { task, .. } => task,
+        };
+        if let Task::Page(page) = task {
+            state.in_flight.remove(&page);
+            leases.forget(page);
+            state.done_since += 1;
+        }
+    }
+    if state.renewed.elapsed() >= leases.lease_for / 3 {
+        for token in leases.live_tokens() {
+            lease::renew(client, leases.job, token, leases.lease_for)?;
+        }
+        state.renewed = Instant::now();
+    }
+    if state.beat.elapsed() >= Duration::from_secs(5) {
+        let rate = state.done_since as f64 / state.beat.elapsed().as_secs_f64();
+        job::heartbeat(client, leases.daemon, &json!({ "pages_per_second": rate }))?;
+        state.done_since = 0;
+        state.beat = Instant::now();
+    }
+    let room = window.saturating_sub(state.in_flight.len());
+    if room == 0 || shared.paused.load(Ordering::SeqCst) {
+        wait(settled, &mut state.in_flight, leases, IDLE_WAIT);
+        return Ok(false);
+    }
+    let leased = lease::lease_batch(client, leases.job, leases.daemon, room, leases.lease_for)?;
+    if leased.tasks.is_empty() {
+        if state.in_flight.is_empty() && job::counters(client, leases.job)?.listing_pending == 0 {
+            return Ok(true);
+        }
+        wait(settled, &mut state.in_flight, leases, IDLE_WAIT);
+        return Ok(false);
+    }
+    {
+        let mut tokens = leases.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        for task in &leased.tasks {
+            tokens.insert(task.id.number as u64, leased.token);
+        }
+    }
+    for task in leased.tasks {
+        let page = task.id.number as u64;
+        state.in_flight.insert(page);
+        let next = Work {
+            task: Task::Page(page),
+            attempts: task.attempts.max(0) as u32,
+            url: None,
+        };
+        if work.send(next).is_err() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Whether `error` says the connection to the store broke (the server
+/// went away or is shutting down, the network failed), as opposed to a
+/// refusal that would come again on a new connection.
+fn is_lost(error: &::postgres::Error) -> bool {
+    if error.is_closed() {
+        return true;
+    }
+    match error.as_db_error() {
+        // 08: connection exception; 57: operator intervention (shutdown,
+        // crash recovery, terminated by an administrator).
+        Some(db) => {
+            let code = db.code().code();
+            code.starts_with("08") || code.starts_with("57")
+        }
+        None => std::error::Error::source(error).is_some_and(|cause| cause.is::<std::io::Error>()),
+    }
+}
+
+/// [`is_lost`] for any error that holds a PostgreSQL one.
+fn lost_connection(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<::postgres::Error>()
+            .is_some_and(is_lost)
+    })
+}
+
+/// Whether a commit of `settles` whose outcome was lost went through: its
+/// first task is settled under the token it was leased with.
+fn committed_before(
+    client: &mut ::postgres::Client,
+    job: JobId,
+    settles: &[Settle],
+) -> Result<bool> {
+    let Some(first) = settles.first() else {
+        return Ok(true);
+    };
+    Ok(lease::settled_by(client, job, first.token)?.contains(&first.task))
+}
+
+/// A new connection to the store after the last one broke (the server
+/// restarted, the network went away): tried again with a growing pause,
+/// up to 5 s, until it works or the crawl stops (`None`). Says once when
+/// it is back.
+fn reconnect(url: &StoreUrl, shared: &Shared) -> Option<::postgres::Client> {
+    let lost = Instant::now();
+    let mut pause = Duration::from_millis(100);
+    loop {
+        if shared.stopping() {
+            return None;
+        }
+        match connect(url) {
+            Ok(client) => {
+                log::info!(
+                    "connected to the store again after {:.1} s",
+                    lost.elapsed().as_secs_f64()
+                );
+                return Some(client);
+            }
+            Err(e) => log::debug!("the store is not back yet: {e}"),
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
 }
 
 /// Waits up to `limit` for the commit stage's news, taking it in.
@@ -333,8 +432,30 @@ fn flush(
         });
     }
     let pages: Vec<u64> = settles.iter().map(|s| s.task.number as u64).collect();
-    match lease::commit_group(client, leases.job, &settles) {
-        Ok(committed) => {
+    let outcome = loop {
+        match lease::commit_group(client, leases.job, &settles) {
+            Err(lease::CommitError::Database(e)) if client.is_closed() || is_lost(&e) => {
+                // Whether the commit happened is unknown: once connected
+                // again, the tasks' tokens say (a settled task keeps the
+                // token that settled it; one transaction settles all).
+                log::warn!(
+                    "lost the connection to the store during a commit ({}); reconnecting",
+                    crate::error::one_line(&anyhow::Error::new(e))
+                );
+                let Some(again) = reconnect(&leases.url, shared) else {
+                    anyhow::bail!("stopped while the store was unreachable; the next start resumes from the last commit");
+                };
+                *client = again;
+                if committed_before(client, leases.job, &settles)? {
+                    log::info!("the commit had gone through before the connection was lost");
+                    break Ok(None);
+                }
+            }
+            other => break other.map(Some),
+        }
+    };
+    match outcome {
+        Ok(Some(committed)) => {
             let progress = &shared.progress;
             progress.done.fetch_add(done, Ordering::Relaxed);
             progress.failed.fetch_add(failed, Ordering::Relaxed);
@@ -350,6 +471,11 @@ fn flush(
                 pages.len(),
                 committed.items_written
             );
+        }
+        Ok(None) => {
+            let progress = &shared.progress;
+            progress.done.fetch_add(done, Ordering::Relaxed);
+            progress.failed.fetch_add(failed, Ordering::Relaxed);
         }
         Err(lease::CommitError::Fenced { lost }) => {
             // Another daemon took these over after our lease expired (this
@@ -379,6 +505,7 @@ fn flush(
 /// at most `concurrency` requests at once and `rate_limit` a second
 /// whatever the number of daemons.
 pub(super) struct JobLimits {
+    url: StoreUrl,
     job: JobId,
     /// Requests a second for the whole job (`rate_limit`, or robots.txt's
     /// `Crawl-delay`), if any.
@@ -417,12 +544,16 @@ impl Drop for SlotHeld<'_> {
     fn drop(&mut self) {
         if let Some((mut client, mut slots, slot)) = self.held.take() {
             if let Err(e) = slots.release(&mut client, slot) {
-                // The lock goes with the connection: drop it, and the
-                // server frees the slot.
-                log::warn!(
-                    "cannot give a concurrency slot back ({e:#}); its connection is closed instead"
+                // The connection broke: the server frees a dead session's
+                // locks, so it goes back holding none, and the next
+                // request on it connects again.
+                log::debug!(
+                    "cannot give a concurrency slot back ({e:#}); its connection is gone with it"
                 );
-                return;
+                slots = crate::store::postgres::politeness::Slots::new(
+                    self.limits.job,
+                    slots.len() as u32,
+                );
             }
             self.limits
                 .pool
@@ -441,10 +572,11 @@ impl JobLimits {
         concurrency: usize,
         rate: Option<f64>,
     ) -> Result<JobLimits> {
+        let url = url.clone();
         let mut pool = Vec::with_capacity(concurrency);
         for _ in 0..concurrency.min(MAX_SLOTS_PER_DAEMON) {
             pool.push((
-                connect(url)?,
+                connect(&url)?,
                 crate::store::postgres::politeness::Slots::new(job, concurrency as u32),
             ));
         }
@@ -453,7 +585,8 @@ impl JobLimits {
             rate,
             pool: Mutex::new(pool),
             freed: std::sync::Condvar::new(),
-            turns: Mutex::new(connect(url)?),
+            turns: Mutex::new(connect(&url)?),
+            url,
         })
     }
 
@@ -493,9 +626,20 @@ impl JobLimits {
                     })
                 }
                 Ok(None) => std::thread::sleep(SLOT_RETRY),
+                // The connection broke (the feeder and the commit stage
+                // say so in the log): a new one holds no slot yet.
                 Err(e) => {
-                    log::warn!("cannot take a concurrency slot of the job: {e:#}");
-                    return None;
+                    log::debug!("cannot take a concurrency slot of the job: {e:#}");
+                    std::thread::sleep(SLOT_RETRY);
+                    if client.is_closed() || lost_connection(&e) {
+                        if let Ok(again) = connect(&self.url) {
+                            client = again;
+                            slots = crate::store::postgres::politeness::Slots::new(
+                                self.job,
+                                slots.len() as u32,
+                            );
+                        }
+                    }
                 }
             }
         }
@@ -507,9 +651,22 @@ impl JobLimits {
         let Some(rate) = self.rate else {
             return true;
         };
-        let turn = {
+        let turn = loop {
+            if stop.load(Ordering::SeqCst) {
+                return false;
+            }
             let mut client = self.turns.lock().unwrap_or_else(|p| p.into_inner());
-            crate::store::postgres::politeness::reserve_turn(&mut client, self.job, rate)
+            match crate::store::postgres::politeness::reserve_turn(&mut client, self.job, rate) {
+                Ok(turn) => break Ok(turn),
+                Err(e) if client.is_closed() || lost_connection(&e) => {
+                    log::debug!("cannot reserve the job's next send time: {e:#}");
+                    std::thread::sleep(SLOT_RETRY * 10);
+                    if let Ok(again) = connect(&self.url) {
+                        *client = again;
+                    }
+                }
+                Err(e) => break Err(e),
+            }
         };
         match turn {
             Ok(turn) => {

@@ -82,6 +82,16 @@ impl Slots {
         Ok(())
     }
 
+    /// How many slots the job has.
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Whether the job has no slot at all.
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
     /// How many slots this connection holds.
     pub fn held(&self) -> usize {
         self.held.iter().filter(|held| **held).count()
