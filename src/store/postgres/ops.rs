@@ -194,3 +194,7 @@ pub fn queue_each(
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "ops_tests.rs"]
+mod tests;

@@ -183,3 +183,7 @@ impl RemoteJob {
 fn epoch_seconds(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
 }
+
+#[cfg(test)]
+#[path = "read_tests.rs"]
+mod tests;
