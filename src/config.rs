@@ -71,6 +71,8 @@ struct RawConfig {
     #[serde(default = "defaults::lease_time")]
     lease_time: String,
     #[serde(default)]
+    daemon_concurrency: Option<i64>,
+    #[serde(default)]
     follow: Option<String>,
     #[serde(default = "defaults::refresh_pages")]
     refresh_pages: i64,
@@ -189,6 +191,10 @@ pub struct Config {
     /// With `store`: how long a daemon's lease on its tasks lasts without
     /// renewal (it renews every third of it while it works).
     pub lease_time: Duration,
+    /// With `store`: the most requests this daemon makes at once
+    /// (`concurrency` is then the job's cap across its daemons); `None`:
+    /// `concurrency`.
+    pub daemon_concurrency: Option<usize>,
     /// Follow mode: when the queue drains, re-crawl the first
     /// `refresh_pages` pages this often instead of exiting.
     pub follow: Option<Duration>,

@@ -304,6 +304,14 @@ pub const KEYS: &[KeyDoc] = &[
         value: "\"60s\"",
     },
     KeyDoc {
+        name: "daemon_concurrency",
+        group: "Many machines",
+        explanation: "With `store`: the most requests one daemon makes at once, while `concurrency` caps the whole job across its daemons (each daemon holds at most 32 of the job's slots).",
+        default: "the job's concurrency",
+        range: "1–1024",
+        value: "16",
+    },
+    KeyDoc {
         name: "job",
         group: "Many machines",
         explanation: "The job's name in the `store` database (many jobs may share one).",

@@ -86,10 +86,16 @@ pub fn crawl_store(config: &Config, url: &str) -> Result<Exit> {
         } else {
             String::new()
         },
-        config.concurrency
+        local_concurrency(config)
     );
+    // The stages connect on their own.
+    drop(client);
+    // This daemon's own cap; `concurrency` is the job's, across daemons.
+    let mut local = config.clone();
+    local.concurrency = local_concurrency(config);
     let pipeline = Pipeline::start_store(
-        config,
+        &local,
+        config.concurrency,
         robots,
         store.clone(),
         job,
@@ -152,6 +158,15 @@ pub fn crawl_store(config: &Config, url: &str) -> Result<Exit> {
         return Ok(Exit::FailedPages);
     }
     Ok(Exit::Success)
+}
+
+/// The most requests this daemon makes at once: `daemon_concurrency`, at
+/// most the job's `concurrency`.
+fn local_concurrency(config: &Config) -> usize {
+    config
+        .daemon_concurrency
+        .unwrap_or(config.concurrency)
+        .min(config.concurrency)
 }
 
 /// This machine's name, for the daemon's row (`status` lists it).

@@ -47,6 +47,7 @@ pub const COUNT_RANGES: &[(&str, i64, i64)] = &[
     ("retries", 0, 100),
     ("stop_after_empty", 1, 1000),
     ("parse_threads", 1, 256),
+    ("daemon_concurrency", 1, 1024),
     ("commit_every", 1, 100_000),
     ("refresh_pages", 1, 1_000_000),
 ];
@@ -258,6 +259,10 @@ pub(super) fn validate(raw: RawConfig, path: &Path) -> Result<Config, Refusal> {
         commit_interval: duration("commit_interval", &raw.commit_interval)?,
         stop_grace: duration("stop_grace", &raw.stop_grace)?,
         lease_time: duration("lease_time", &raw.lease_time)?,
+        daemon_concurrency: raw
+            .daemon_concurrency
+            .map(|n| count("daemon_concurrency", n).map(|n| n as usize))
+            .transpose()?,
         follow,
         refresh_pages: count("refresh_pages", raw.refresh_pages)?,
         key,

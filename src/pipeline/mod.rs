@@ -545,9 +545,11 @@ impl Pipeline {
     }
 
     /// Starts every stage over a job in a PostgreSQL store, as `daemon`
-    /// (listing pages only: see `postgres`).
+    /// (listing pages only: see `postgres`). `config.concurrency` is this
+    /// daemon's cap; `job_concurrency` the job's, across its daemons.
     pub fn start_store(
         config: &Config,
+        job_concurrency: usize,
         robots: Robots,
         store: crate::store::postgres::connect::StoreUrl,
         job: crate::store::postgres::job::JobId,
@@ -555,7 +557,8 @@ impl Pipeline {
         lease_for: Duration,
     ) -> Result<Pipeline> {
         let rate = effective_rate(config, &robots);
-        let limits = postgres::JobLimits::new(&store, job, config.concurrency, rate)?;
+        let limits =
+            postgres::JobLimits::new(&store, job, job_concurrency, config.concurrency, rate)?;
         let mut stages = postgres::stages(store, job, daemon, lease_for);
         stages.limits = Some(limits);
         Pipeline::start_with(config, robots, None, stages)

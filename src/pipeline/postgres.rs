@@ -570,11 +570,13 @@ impl JobLimits {
         url: &StoreUrl,
         job: JobId,
         concurrency: usize,
+        local: usize,
         rate: Option<f64>,
     ) -> Result<JobLimits> {
         let url = url.clone();
-        let mut pool = Vec::with_capacity(concurrency);
-        for _ in 0..concurrency.min(MAX_SLOTS_PER_DAEMON) {
+        let held = local.min(concurrency).min(MAX_SLOTS_PER_DAEMON);
+        let mut pool = Vec::with_capacity(held);
+        for _ in 0..held {
             pool.push((
                 connect(&url)?,
                 crate::store::postgres::politeness::Slots::new(job, concurrency as u32),
