@@ -136,6 +136,23 @@ enum Sub {
         #[arg(long, value_name = "PATH")]
         pagecrawl: Option<PathBuf>,
     },
+    /// 1, 2 and 4 daemons on one job in a throwaway PostgreSQL against the
+    /// fast server: throughput, efficiency against the ideal, and the
+    /// daemons' CPU per page.
+    StoreDaemons {
+        #[arg(long, default_value_t = 3_000)]
+        pages: u64,
+        #[arg(long, default_value_t = 50)]
+        latency_ms: u64,
+        /// The job's cap across its daemons.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Each daemon's own cap.
+        #[arg(long, default_value_t = 16)]
+        daemon_concurrency: usize,
+        #[arg(long, value_name = "PATH")]
+        pagecrawl: Option<PathBuf>,
+    },
     /// Profile a CPU-bound crawl (no latency) with callgrind or perf.
     Profile {
         #[arg(long, default_value_t = 2_000)]
@@ -230,6 +247,19 @@ fn main() -> std::process::ExitCode {
             status_runs,
             pagecrawl,
         }) => store::store(pages, status_runs, pagecrawl),
+        Some(Sub::StoreDaemons {
+            pages,
+            latency_ms,
+            concurrency,
+            daemon_concurrency,
+            pagecrawl,
+        }) => store::daemons(
+            pages,
+            latency_ms,
+            concurrency,
+            daemon_concurrency,
+            pagecrawl,
+        ),
         None => bench::bench(&cli.bench),
     };
     match result {

@@ -115,3 +115,102 @@ pub fn store(pages: u64, status_runs: usize, pagecrawl: Option<std::path::PathBu
     }
     Ok(())
 }
+
+/// `pagecrawl-bench store-daemons`: 1, 2 and 4 daemons on one job in a
+/// throwaway PostgreSQL, against the fast server at `latency_ms`, with the
+/// job's `concurrency` (the cap across daemons) and each daemon's
+/// `daemon_concurrency`: wall time, pages/s, efficiency against the ideal
+/// N·L / min(concurrency, daemons × daemon_concurrency), and the daemons'
+/// CPU per page (PostgreSQL's own is not counted).
+pub fn daemons(
+    pages: u64,
+    latency_ms: u64,
+    concurrency: usize,
+    per_daemon: usize,
+    pagecrawl: Option<std::path::PathBuf>,
+) -> Result<()> {
+    use crate::measure::children_cpu;
+    use crate::server_process::ServerProcess;
+    let pagecrawl = find_pagecrawl(pagecrawl)?;
+    if bin_dir().is_none() {
+        println!("store-daemons benchmark skipped: PostgreSQL's server binaries (initdb, pg_ctl) are not installed");
+        return Ok(());
+    }
+    let pg = Postgres::new().context("starting the throwaway PostgreSQL")?;
+    let server = ServerProcess::start_serving(
+        crate::Engine::Fast,
+        latency_ms,
+        pages,
+        crate::server::padding_for(20_000),
+        false,
+    )?;
+    let work = tempfile::Builder::new()
+        .prefix("pagecrawl-bench-store-")
+        .tempdir()?;
+    let pattern = crate::job::pattern_line();
+    println!(
+        "pagecrawl-bench store-daemons: {} against a throwaway PostgreSQL, {pages} pages at {latency_ms} ms, concurrency {concurrency}, daemon_concurrency {per_daemon}",
+        pagecrawl.display()
+    );
+    println!();
+    println!("| daemons | wall s | pages/s | efficiency | daemons' CPU ms/page | server saw |");
+    println!("| ---: | ---: | ---: | ---: | ---: | --- |");
+    let mut rates = Vec::new();
+    for count in [1usize, 2, 4] {
+        server.reset();
+        let config = work.path().join(format!("d{count}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "url = \"{}\"\npages = \"1..={pages}\"\n{pattern}\nconcurrency = {concurrency}\n\
+                 daemon_concurrency = {per_daemon}\nstore = \"{}\"\njob = \"daemons-{count}\"\n",
+                server.url_template(),
+                pg.url()
+            ),
+        )?;
+        let cpu_before = children_cpu()?;
+        let started = Instant::now();
+        let children: Vec<std::process::Child> = (0..count)
+            .map(|_| {
+                std::process::Command::new(&pagecrawl)
+                    .args(["-q", "run", "--config"])
+                    .arg(&config)
+                    .env("PGPASSWORD", pg.password())
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+            })
+            .collect::<std::io::Result<_>>()?;
+        for mut child in children {
+            let status = child.wait()?;
+            if !status.success() {
+                bail!("a daemon of the {count}-daemon run failed: {status}");
+            }
+        }
+        let wall = started.elapsed();
+        let cpu = children_cpu()?.saturating_sub(cpu_before);
+        let stats = server.stats().unwrap_or_default();
+        let c = concurrency.min(count * per_daemon).max(1);
+        let ideal = pages as f64 * latency_ms as f64 / 1000.0 / c as f64;
+        let rate = pages as f64 / wall.as_secs_f64();
+        rates.push(rate);
+        println!(
+            "| {count} | {:.2} | {rate:.0} | {:.2} | {:.3} | {} pages ({} repeated), peak {} at once |",
+            wall.as_secs_f64(),
+            ideal / wall.as_secs_f64(),
+            cpu.as_secs_f64() * 1000.0 / pages as f64,
+            stats.requests,
+            stats.repeats,
+            stats.peak
+        );
+    }
+    drop(server);
+    if let (Some(one), Some(four)) = (rates.first(), rates.last()) {
+        let ratio = four / one;
+        println!(
+            "\ntarget of issue 13:\n  {}  throughput from 1 to 4 daemons ≥ 3.5×: {ratio:.2}×",
+            if ratio >= 3.5 { "met    " } else { "NOT MET" }
+        );
+    }
+    Ok(())
+}
