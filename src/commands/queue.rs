@@ -19,15 +19,7 @@ pub fn command(
     limit: usize,
     json: bool,
 ) -> Result<Exit> {
-    let state = match which {
-        PageStateArg::Pending => "pending",
-        PageStateArg::Done => "done",
-        PageStateArg::Failed => "failed",
-    };
-    let asked = match stage {
-        StageArg::Listing => state.to_string(),
-        StageArg::Detail => format!("{}{state}", crate::control::ops::DETAIL_STAGE),
-    };
+    let (_, asked) = asked(which, stage);
     let state = asked.as_str();
     let mut backend = Backend::connect(dir)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -57,17 +49,10 @@ pub fn command_store(
     json: bool,
 ) -> Result<Exit> {
     use crate::store::postgres::lease::Stage;
-    let state = match which {
-        PageStateArg::Pending => "pending",
-        PageStateArg::Done => "done",
-        PageStateArg::Failed => "failed",
-    };
-    let (stage, asked) = match stage {
-        StageArg::Listing => (Stage::Listing, state.to_string()),
-        StageArg::Detail => (
-            Stage::Detail,
-            format!("{}{state}", crate::control::ops::DETAIL_STAGE),
-        ),
+    let (state, asked) = asked(which, stage);
+    let stage = match stage {
+        StageArg::Listing => Stage::Listing,
+        StageArg::Detail => Stage::Detail,
     };
     let mut remote = crate::store::postgres::read::open_job(url, job)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -90,6 +75,21 @@ pub fn command_store(
         Err(e) => Err(e),
         Ok(()) => Ok(Exit::Success),
     }
+}
+
+/// The state asked for, and the same with its stage as the control
+/// socket names it (`detail failed` for a detail stage's).
+fn asked(which: PageStateArg, stage: StageArg) -> (&'static str, String) {
+    let state = match which {
+        PageStateArg::Pending => "pending",
+        PageStateArg::Done => "done",
+        PageStateArg::Failed => "failed",
+    };
+    let asked = match stage {
+        StageArg::Listing => state.to_string(),
+        StageArg::Detail => format!("{}{state}", crate::control::ops::DETAIL_STAGE),
+    };
+    (state, asked)
 }
 
 /// A reader that went away (`| head`) has what it wanted.

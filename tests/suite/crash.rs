@@ -10,7 +10,9 @@ use crate::harness::*;
 
 /// A site with every fault kind switched on for the first two attempts of
 /// a page, GBK-encoded, and one page that always fails.
-fn faulty_site(pages: u64, seed: u64) -> Site {
+/// A site with every fault kind on a few attempts of some pages, and
+/// page 777 always failing (the store campaign shares it).
+pub(crate) fn faulty_site(pages: u64, seed: u64) -> Site {
     Site {
         pages,
         per_page: 5,

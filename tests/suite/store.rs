@@ -589,33 +589,13 @@ fn run_refuses_what_a_store_cannot_crawl_yet_before_connecting() {
     assert!(!dir.path().join("job.state").exists());
 }
 
-/// The site of the store campaign: every fault kind of the crash campaign
-/// (server errors, 429 with Retry-After, resets, hangs, truncated bodies)
-/// on a few attempts of some pages, and one page that always fails.
+/// The site of the store campaign: the crash campaign's faults, 4 ms of
+/// latency, and one page that always fails.
 fn faulty_site(pages: u64, seed: u64) -> pagecrawl::fixture::Site {
-    use pagecrawl::fixture::{Charset, Faults, Site};
-    Site {
-        pages,
-        per_page: 5,
-        padding: 500,
-        latency: Duration::from_millis(4),
-        charset: Charset::GbkMeta,
-        beyond_not_found: false,
-        faults: Faults {
-            seed,
-            server_error: 0.05,
-            too_many_requests: 0.02,
-            retry_after: 1,
-            reset: 0.03,
-            hang: 0.005,
-            hang_for: Duration::from_millis(1500),
-            truncate: 0.03,
-            faulty_attempts: 2,
-            always_fail: vec![pages / 3],
-            ..Faults::default()
-        },
-        ..Site::default()
-    }
+    let mut site = crate::crash::faulty_site(pages, seed);
+    site.latency = Duration::from_millis(4);
+    site.faults.always_fail = vec![pages / 3];
+    site
 }
 
 /// Three daemons on one job, killed with SIGKILL at seeded random moments
