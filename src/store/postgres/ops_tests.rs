@@ -89,6 +89,26 @@ fn queue_streams_past_one_batch_and_lists_detail_tasks_with_their_page() {
     )
     .unwrap();
     assert_eq!(limited, BATCH);
+    // A leased task is pending, shown as in flight.
+    let daemon = job::register_daemon(&mut client, job, "h", 1).unwrap();
+    crate::store::postgres::lease::lease_batch(
+        &mut client,
+        job,
+        daemon,
+        1,
+        std::time::Duration::from_secs(60),
+    )
+    .unwrap();
+    let mut states = Vec::new();
+    queue_each(&mut client, job, Stage::Listing, "pending", 2, &mut |row| {
+        states.push((row.page, row.state));
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(
+        states,
+        [(1, "in flight".to_string()), (2, "pending".to_string())]
+    );
 
     client
         .execute(

@@ -105,6 +105,12 @@ fn status_tells_running_idle_paused_and_finished_apart_and_adds_up_both_stages()
         assert!(daemon.heartbeat_age_seconds < 60, "{daemon:?}");
     }
 
+    // Running at 0 pages/s: no ETA (not an infinite one).
+    heartbeat(&mut client, a, &json!({"pages_per_second": 0.0})).unwrap();
+    heartbeat(&mut client, b, &json!({"pages_per_second": 0.0})).unwrap();
+    let status = remote.status().unwrap();
+    assert_eq!((status.rate, status.eta_seconds), (Some(0.0), None));
+
     // No heartbeat for an hour: nobody runs; the rate and ETA are unknown.
     client
         .execute(
