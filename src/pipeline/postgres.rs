@@ -692,3 +692,71 @@ impl JobLimits {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixture::postgres::Postgres;
+    use crate::store::postgres::job::{enqueue_pages, ensure_job, register_daemon};
+    use crate::store::postgres::schema::migrate;
+
+    #[test]
+    fn a_broken_connection_is_lost_and_a_refused_query_is_not() {
+        let Some(server) = Postgres::for_test("is_lost") else {
+            return;
+        };
+        let mut victim = server.connect().unwrap();
+        let refused = victim.query_one("SELECT 1 / 0", &[]).unwrap_err();
+        assert!(!is_lost(&refused), "{refused}");
+        assert!(!lost_connection(&anyhow::Error::new(refused)));
+        let pid: i32 = victim
+            .query_one("SELECT pg_backend_pid()", &[])
+            .unwrap()
+            .get(0);
+        let mut killer = server.connect().unwrap();
+        killer
+            .execute("SELECT pg_terminate_backend($1)", &[&pid])
+            .unwrap();
+        let broken = victim.query_one("SELECT 1", &[]).unwrap_err();
+        assert!(is_lost(&broken), "{broken}");
+        assert!(lost_connection(
+            &anyhow::Error::new(broken).context("leasing")
+        ));
+        assert!(!lost_connection(&anyhow::anyhow!("no database error here")));
+    }
+
+    #[test]
+    fn a_commit_whose_answer_was_lost_is_known_by_its_first_task() {
+        let Some(server) = Postgres::for_test("committed_before") else {
+            return;
+        };
+        let mut client = server.connect().unwrap();
+        migrate(&mut client).unwrap();
+        let job = ensure_job(&mut client, "lost", &json!({})).unwrap();
+        enqueue_pages(&mut client, job, 1, 4).unwrap();
+        let daemon = register_daemon(&mut client, job, "h", 1).unwrap();
+        let lease =
+            lease::lease_batch(&mut client, job, daemon, 4, Duration::from_secs(60)).unwrap();
+        let settle = |page: i64| Settle {
+            task: TaskId::listing(page),
+            token: lease.token,
+            outcome: Outcome::Done {
+                items: Vec::new(),
+                bytes: 1,
+                details: Vec::new(),
+            },
+        };
+        let first = [settle(1), settle(2)];
+        let second = [settle(3), settle(4)];
+        lease::commit_group(&mut client, job, &first).unwrap();
+        assert!(committed_before(&mut client, job, &first).unwrap());
+        assert!(
+            !committed_before(&mut client, job, &second).unwrap(),
+            "same lease, not committed yet"
+        );
+        assert!(
+            committed_before(&mut client, job, &[]).unwrap(),
+            "nothing to commit"
+        );
+    }
+}
