@@ -801,3 +801,45 @@ fn a_daemon_waits_through_a_postgres_restart_and_finishes_with_every_item_once()
         &job.expected_bugs(1..=150),
     );
 }
+
+#[test]
+fn a_running_daemon_reports_its_pages_per_second_in_status() {
+    let Some(pg) = Postgres::for_test("store heartbeat") else {
+        return;
+    };
+    let site = pagecrawl::fixture::Site {
+        pages: 160,
+        latency: Duration::from_millis(100),
+        ..pagecrawl::fixture::Site::default()
+    };
+    let job = crate::harness::Job::new(site)
+        .concurrency(2)
+        .with(&format!("store = \"{}\"", pg.url()))
+        .with("job = \"beat\"");
+    let config = job.write_config();
+    let config = config.to_str().unwrap();
+    let mut command = pagecrawl(&["run", "--config", config]);
+    with_password(&mut command, &pg);
+    let child = crate::harness::Running::new(command.spawn().unwrap());
+    let status = || {
+        let mut command = pagecrawl(&["status", "--config", config, "--json"]);
+        with_password(&mut command, &pg);
+        let output = command.output().unwrap();
+        serde_json::from_str::<serde_json::Value>(&stdout(&output)).unwrap_or_default()
+    };
+    // The first heartbeat with a rate comes 5 s after the start: 2
+    // connections at 100 ms make about 20 pages a second.
+    let mut seen = serde_json::Value::Null;
+    let reported = crate::harness::wait_until(Duration::from_secs(15), || {
+        seen = status();
+        seen["daemons"][0]["pages_per_second"]
+            .as_f64()
+            .is_some_and(|rate| rate > 0.0)
+    });
+    assert!(reported, "{seen}");
+    let rate = seen["daemons"][0]["pages_per_second"].as_f64().unwrap();
+    assert!((5.0..=25.0).contains(&rate), "about 20 pages/s: {seen}");
+    assert_eq!(seen["state"], "running", "{seen}");
+    assert!(seen["rate"].as_f64().is_some_and(|r| r == rate), "{seen}");
+    drop(child);
+}
