@@ -130,6 +130,20 @@ pub fn command(job: &JobSource, state_dir: Option<PathBuf>, follow: Option<&str>
     crawl(&config, &dir, follow)
 }
 
+/// The site's robots.txt rules when the job obeys them (`robots`), read
+/// once at start; saying when its `Crawl-delay` slows the crawl.
+pub(super) fn robots_of(config: &Config) -> Robots {
+    if !config.robots {
+        return Robots::allow_all();
+    }
+    let robots =
+        Fetcher::new(config).robots(&config.page_url(config.pages.start()), &config.user_agent);
+    if let Some(delay) = robots.crawl_delay {
+        log::info!("robots.txt asks for {delay:?} between requests; keeping to it");
+    }
+    robots
+}
+
 /// Applies `run --follow` over the config's own `follow`.
 fn with_follow(mut config: Config, follow: Option<Duration>) -> Result<Config> {
     if follow.is_some() {
@@ -409,16 +423,7 @@ pub fn crawl_quietly(config: &Config, dir: &Path, follow: Option<Duration>) -> R
         (Some(notifier), Some(every)) => Some(notifier.clone().heartbeat(every)),
         _ => None,
     };
-    let robots = if config.robots {
-        let robots =
-            Fetcher::new(config).robots(&config.page_url(config.pages.start()), &config.user_agent);
-        if let Some(delay) = robots.crawl_delay {
-            log::info!("robots.txt asks for {delay:?} between requests; keeping to it");
-        }
-        robots
-    } else {
-        Robots::allow_all()
-    };
+    let robots = robots_of(config);
     let pipeline = Pipeline::start(config, store.clone(), output, robots, heartbeat)?;
     let control = match ControlServer::start(dir, store.clone(), pipeline.shared.clone()) {
         Ok(control) => Some(control),

@@ -17,10 +17,8 @@ use crossbeam_channel::select;
 use crate::config::Config;
 use crate::error::UserError;
 use crate::exit_code::Exit;
-use crate::http::Fetcher;
 use crate::pipeline::Pipeline;
 use crate::range::PageRange;
-use crate::robots::Robots;
 use crate::signals::Signal;
 use crate::store::postgres::connect::{connect, parse_store_url, PasswordSources};
 use crate::store::postgres::job::{self, Identity};
@@ -68,11 +66,7 @@ pub fn crawl_store(config: &Config, url: &str) -> Result<Exit> {
     let added = job::enqueue_pages(&mut client, job, start as i64, end as i64)?;
     let daemon = job::register_daemon(&mut client, job, &host_name(), std::process::id())?;
     let signals = crate::signals::listen()?;
-    let robots = if config.robots {
-        Fetcher::new(config).robots(&config.page_url(start), &config.user_agent)
-    } else {
-        Robots::allow_all()
-    };
+    let robots = super::run::robots_of(config);
     let counters = job::counters(&mut client, job)?;
     log::info!(
         "crawling {} (job {name} in {}: {} pending, {} done, {} failed{}) with {} connections",

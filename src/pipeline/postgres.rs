@@ -139,6 +139,28 @@ struct FeedState {
     beat: Instant,
 }
 
+impl FeedState {
+    /// The commit stage settled a task: it is no longer in flight nor
+    /// leased by this daemon.
+    fn take_in(&mut self, message: Settled, leases: &Leases) {
+        let task = match message {
+            Settled::Finished(task) | Settled::Retry { task, .. } => task,
+        };
+        if let Task::Page(page) = task {
+            self.in_flight.remove(&page);
+            leases.forget(page);
+            self.done_since += 1;
+        }
+    }
+
+    /// Waits up to [`IDLE_WAIT`] for the commit stage's news.
+    fn wait(&mut self, settled: &Receiver<Settled>, leases: &Leases) {
+        if let Ok(message) = settled.recv_timeout(IDLE_WAIT) {
+            self.take_in(message, leases);
+        }
+    }
+}
+
 /// One round of the feeder: the commit stage's news, lease renewals and
 /// the heartbeat when due, then as many new leases as there is room for.
 /// Returns true once the job has nothing left for this daemon.
@@ -152,14 +174,7 @@ fn feed_once(
     window: usize,
 ) -> Result<bool> {
     while let Ok(message) = settled.try_recv() {
-        let task = match message {
-            Settled::Finished(task) | Settled::Retry { task, .. } => task,
-        };
-        if let Task::Page(page) = task {
-            state.in_flight.remove(&page);
-            leases.forget(page);
-            state.done_since += 1;
-        }
+        state.take_in(message, leases);
     }
     if state.renewed.elapsed() >= leases.lease_for / 3 {
         for token in leases.live_tokens() {
@@ -175,7 +190,7 @@ fn feed_once(
     }
     let room = window.saturating_sub(state.in_flight.len());
     if room == 0 || shared.paused.load(Ordering::SeqCst) {
-        wait(settled, &mut state.in_flight, leases, IDLE_WAIT);
+        state.wait(settled, leases);
         return Ok(false);
     }
     let leased = lease::lease_batch(client, leases.job, leases.daemon, room, leases.lease_for)?;
@@ -183,7 +198,7 @@ fn feed_once(
         if state.in_flight.is_empty() && job::counters(client, leases.job)?.listing_pending == 0 {
             return Ok(true);
         }
-        wait(settled, &mut state.in_flight, leases, IDLE_WAIT);
+        state.wait(settled, leases);
         return Ok(false);
     }
     {
@@ -270,24 +285,6 @@ fn reconnect(url: &StoreUrl, shared: &Shared) -> Option<::postgres::Client> {
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_secs(5));
-    }
-}
-
-/// Waits up to `limit` for the commit stage's news, taking it in.
-fn wait(
-    settled: &Receiver<Settled>,
-    in_flight: &mut HashSet<u64>,
-    leases: &Leases,
-    limit: Duration,
-) {
-    if let Ok(message) = settled.recv_timeout(limit) {
-        let task = match message {
-            Settled::Finished(task) | Settled::Retry { task, .. } => task,
-        };
-        if let Task::Page(page) = task {
-            in_flight.remove(&page);
-            leases.forget(page);
-        }
     }
 }
 
@@ -518,8 +515,8 @@ pub(super) struct JobLimits {
         )>,
     >,
     freed: std::sync::Condvar,
-    /// The connection the rate's turns are reserved on.
-    turns: Mutex<::postgres::Client>,
+    /// The connection the rate's turns are reserved on (with a rate).
+    turns: Option<Mutex<::postgres::Client>>,
 }
 
 /// The most of the job's slots one daemon holds at once: one connection
@@ -587,7 +584,10 @@ impl JobLimits {
             rate,
             pool: Mutex::new(pool),
             freed: std::sync::Condvar::new(),
-            turns: Mutex::new(connect(&url)?),
+            turns: match rate {
+                Some(_) => Some(Mutex::new(connect(&url)?)),
+                None => None,
+            },
             url,
         })
     }
@@ -650,14 +650,14 @@ impl JobLimits {
     /// Waits for the job's next send time under its rate; false once
     /// `stop` is set (or the turn cannot be reserved).
     pub(super) fn turn(&self, stop: &std::sync::atomic::AtomicBool) -> bool {
-        let Some(rate) = self.rate else {
+        let (Some(rate), Some(turns)) = (self.rate, &self.turns) else {
             return true;
         };
         let turn = loop {
             if stop.load(Ordering::SeqCst) {
                 return false;
             }
-            let mut client = self.turns.lock().unwrap_or_else(|p| p.into_inner());
+            let mut client = turns.lock().unwrap_or_else(|p| p.into_inner());
             match crate::store::postgres::politeness::reserve_turn(&mut client, self.job, rate) {
                 Ok(turn) => break Ok(turn),
                 Err(e) if client.is_closed() || lost_connection(&e) => {

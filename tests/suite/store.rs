@@ -72,8 +72,12 @@ fn job_in_store(pg: &Postgres) -> postgres::Client {
     client
 }
 
-fn with_password(command: &mut std::process::Command, pg: &Postgres) {
+/// The binary with `args`, given the throwaway server's password the way
+/// a user would (PGPASSWORD).
+fn with_store(pg: &Postgres, args: &[&str]) -> std::process::Command {
+    let mut command = pagecrawl(args);
     command.env("PGPASSWORD", pg.password());
+    command
 }
 
 #[test]
@@ -83,11 +87,7 @@ fn status_and_export_read_a_job_in_a_store_by_its_url_and_never_show_the_passwor
     };
     let _client = job_in_store(&pg);
     let url = pg.url();
-    let run = |args: &[&str]| {
-        let mut command = pagecrawl(args);
-        with_password(&mut command, &pg);
-        command.output().unwrap()
-    };
+    let run = |args: &[&str]| with_store(&pg, args).output().unwrap();
 
     let output = run(&["status", "--store", &url, "--job", "wooyun", "--json"]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
@@ -207,11 +207,7 @@ fn a_config_with_store_names_the_job_and_the_commands_not_built_for_a_store_refu
     )
     .unwrap();
     let config = config.to_str().unwrap();
-    let run = |args: &[&str]| {
-        let mut command = pagecrawl(args);
-        with_password(&mut command, &pg);
-        command.output().unwrap()
-    };
+    let run = |args: &[&str]| with_store(&pg, args).output().unwrap();
     let output = run(&["status", "--config", config, "--json"]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let status: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
@@ -250,11 +246,7 @@ fn a_missing_job_an_empty_database_and_an_unreachable_server_are_one_line_each_a
     };
     let mut client = job_in_store(&pg);
     client.batch_execute("CREATE DATABASE empty").unwrap();
-    let run = |args: &[&str]| {
-        let mut command = pagecrawl(args);
-        with_password(&mut command, &pg);
-        command.output().unwrap()
-    };
+    let run = |args: &[&str]| with_store(&pg, args).output().unwrap();
     let jobs = |client: &mut postgres::Client| -> i64 {
         client
             .query_one("SELECT count(*) FROM pagecrawl_jobs", &[])
@@ -316,8 +308,7 @@ fn queue_enqueue_retry_pause_and_resume_change_a_job_in_a_store_with_its_counter
     let mut client = job_in_store(&pg);
     let url = pg.url();
     let run = |args: &[&str]| {
-        let mut command = pagecrawl(args);
-        with_password(&mut command, &pg);
+        let mut command = with_store(&pg, args);
         let output = command.output().unwrap();
         assert_eq!(
             output.status.code(),
@@ -445,13 +436,13 @@ fn queue_enqueue_retry_pause_and_resume_change_a_job_in_a_store_with_its_counter
     assert_eq!(some.tasks.len(), 4);
 
     // Bad ranges touch nothing.
-    let mut command = pagecrawl(
+    let mut command = with_store(
+        &pg,
         &at(&["enqueue", "5..1"])
             .iter()
             .map(String::as_str)
             .collect::<Vec<_>>(),
     );
-    with_password(&mut command, &pg);
     let output = command.output().unwrap();
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
     counters_agree(&mut client);
@@ -470,8 +461,7 @@ fn two_daemons_crawl_one_job_into_a_store_and_export_has_every_item_once() {
     let config = job.write_config();
     let config = config.to_str().unwrap();
     let daemon = || {
-        let mut command = pagecrawl(&["run", "--config", config]);
-        with_password(&mut command, &pg);
+        let mut command = with_store(&pg, &["run", "--config", config]);
         command.spawn().unwrap()
     };
     let (first, second) = (daemon(), daemon());
@@ -487,11 +477,7 @@ fn two_daemons_crawl_one_job_into_a_store_and_export_has_every_item_once() {
             stdout(output)
         );
     }
-    let run = |args: &[&str]| {
-        let mut command = pagecrawl(args);
-        with_password(&mut command, &pg);
-        command.output().unwrap()
-    };
+    let run = |args: &[&str]| with_store(&pg, args).output().unwrap();
     let exported = job.dir.path().join("export.jsonl");
     let output = run(&[
         "export",
@@ -738,8 +724,7 @@ fn two_daemons_keep_to_the_jobs_rate_limit_together() {
     let config = job.write_config();
     let config = config.to_str().unwrap();
     let daemon = || {
-        let mut command = pagecrawl(&["run", "--config", config]);
-        with_password(&mut command, &pg);
+        let mut command = with_store(&pg, &["run", "--config", config]);
         command.spawn().unwrap()
     };
     let started = std::time::Instant::now();
@@ -778,8 +763,7 @@ fn a_daemon_waits_through_a_postgres_restart_and_finishes_with_every_item_once()
         .with(&format!("store = \"{}\"", pg.url()))
         .with("job = \"restart\"");
     let config = job.write_config();
-    let mut command = pagecrawl(&["run", "--config", config.to_str().unwrap()]);
-    with_password(&mut command, &pg);
+    let mut command = with_store(&pg, &["run", "--config", config.to_str().unwrap()]);
     let child = command.spawn().unwrap();
     assert!(crate::harness::wait_until(Duration::from_secs(30), || job
         .server
@@ -792,8 +776,7 @@ fn a_daemon_waits_through_a_postgres_restart_and_finishes_with_every_item_once()
     assert_eq!(output.status.code(), Some(0), "{log}");
     assert!(log.contains("lost the connection to the store"), "{log}");
     assert!(log.contains("connected to the store again after"), "{log}");
-    let mut command = pagecrawl(&["export", "--config", config.to_str().unwrap()]);
-    with_password(&mut command, &pg);
+    let mut command = with_store(&pg, &["export", "--config", config.to_str().unwrap()]);
     let exported = job.dir.path().join("export.jsonl");
     std::fs::write(&exported, command.output().unwrap().stdout).unwrap();
     crate::harness::assert_same_items(
@@ -818,12 +801,10 @@ fn a_running_daemon_reports_its_pages_per_second_in_status() {
         .with("job = \"beat\"");
     let config = job.write_config();
     let config = config.to_str().unwrap();
-    let mut command = pagecrawl(&["run", "--config", config]);
-    with_password(&mut command, &pg);
+    let mut command = with_store(&pg, &["run", "--config", config]);
     let child = crate::harness::Running::new(command.spawn().unwrap());
     let status = || {
-        let mut command = pagecrawl(&["status", "--config", config, "--json"]);
-        with_password(&mut command, &pg);
+        let mut command = with_store(&pg, &["status", "--config", config, "--json"]);
         let output = command.output().unwrap();
         serde_json::from_str::<serde_json::Value>(&stdout(&output)).unwrap_or_default()
     };
