@@ -557,6 +557,9 @@ impl Pipeline {
         lease_for: Duration,
     ) -> Result<Pipeline> {
         let rate = effective_rate(config, &robots);
+        // Every connection of this daemon carries its name: how another
+        // daemon finds them to fence this one off if it freezes.
+        let store = store.for_daemon(daemon);
         let limits =
             postgres::JobLimits::new(&store, job, job_concurrency, config.concurrency, rate)?;
         let mut stages = postgres::stages(store, job, daemon, lease_for);

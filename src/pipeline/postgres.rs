@@ -100,6 +100,8 @@ fn feed(
         renewed: Instant::now(),
         done_since: 0,
         beat: Instant::now(),
+        fence_refused: false,
+        unsent: std::collections::VecDeque::new(),
     };
     loop {
         if shared.stopping() {
@@ -137,6 +139,10 @@ struct FeedState {
     renewed: Instant,
     done_since: u64,
     beat: Instant,
+    /// Fencing a silent daemon was refused (said once).
+    fence_refused: bool,
+    /// Leased work not yet taken by a fetcher, in lease order.
+    unsent: std::collections::VecDeque<Work>,
 }
 
 impl FeedState {
@@ -150,6 +156,32 @@ impl FeedState {
             self.in_flight.remove(&page);
             leases.forget(page);
             self.done_since += 1;
+        }
+    }
+
+    /// The lease `token` now holds only `held`: work of it not yet taken
+    /// by a fetcher and no longer held (taken over while this daemon was
+    /// frozen or cut off) is not fetched.
+    fn drop_lost(&mut self, leases: &Leases, token: i64, held: &HashSet<i64>) {
+        let mut lost = 0;
+        self.unsent.retain(|work| {
+            let Task::Page(page) = work.task else {
+                return true;
+            };
+            let keep = leases.token_of(page) != Some(token) || held.contains(&(page as i64));
+            if !keep {
+                leases.forget(page);
+                lost += 1;
+            }
+            keep
+        });
+        if lost > 0 {
+            self.in_flight
+                .retain(|page| leases.token_of(*page).is_some());
+            log::warn!(
+                "{lost} leased pages were taken over by another daemon before this one fetched them \
+                 (their lease had expired): not fetched here"
+            );
         }
     }
 
@@ -178,15 +210,31 @@ fn feed_once(
     }
     if state.renewed.elapsed() >= leases.lease_for / 3 {
         for token in leases.live_tokens() {
-            lease::renew(client, leases.job, token, leases.lease_for)?;
+            let held = lease::renew(client, leases.job, token, leases.lease_for)?;
+            state.drop_lost(leases, token, &held);
         }
         state.renewed = Instant::now();
     }
-    if state.beat.elapsed() >= Duration::from_secs(5) {
+    if state.beat.elapsed() >= heartbeat_every(leases.lease_for) {
         let rate = state.done_since as f64 / state.beat.elapsed().as_secs_f64();
         job::heartbeat(client, leases.daemon, &json!({ "pages_per_second": rate }))?;
         state.done_since = 0;
         state.beat = Instant::now();
+        fence_silent(leases, client, state)?;
+    }
+    // Work the fetchers had no room for yet goes first. The feeder never
+    // blocks on them: it must go on renewing its leases and beating while
+    // every fetcher waits (for one of the job's slots, say).
+    while let Some(next) = state.unsent.pop_front() {
+        match work.try_send(next) {
+            Ok(()) => {}
+            Err(crossbeam_channel::TrySendError::Full(next)) => {
+                state.unsent.push_front(next);
+                state.wait(settled, leases);
+                return Ok(false);
+            }
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => return Ok(true),
+        }
     }
     let room = window.saturating_sub(state.in_flight.len());
     if room == 0 || shared.paused.load(Ordering::SeqCst) {
@@ -210,16 +258,61 @@ fn feed_once(
     for task in leased.tasks {
         let page = task.id.number as u64;
         state.in_flight.insert(page);
-        let next = Work {
+        state.unsent.push_back(Work {
             task: Task::Page(page),
             attempts: task.attempts.max(0) as u32,
             url: None,
-        };
-        if work.send(next).is_err() {
-            return Ok(true);
-        }
+        });
     }
     Ok(false)
+}
+
+/// How often a daemon says it is alive: every 5 s, and at least three
+/// times a lease, so that one silent for a whole lease is known to be
+/// frozen (or cut off), not slow to report.
+fn heartbeat_every(lease_for: Duration) -> Duration {
+    (lease_for / 3).min(Duration::from_secs(5))
+}
+
+/// Fences off the job's daemons silent for a whole lease (see
+/// [`job::fence_silent_daemons`]), saying so once each. A refusal (no right
+/// to signal their backends) is said once, and the crawl goes on: a frozen
+/// daemon then keeps its slots until it wakes or dies.
+fn fence_silent(
+    leases: &Leases,
+    client: &mut ::postgres::Client,
+    state: &mut FeedState,
+) -> Result<()> {
+    match job::fence_silent_daemons(client, leases.job, leases.daemon, leases.lease_for) {
+        Ok(fenced) => {
+            for daemon in fenced {
+                log::warn!(
+                    "the daemon on {} (pid {}) has not been heard from for {:.0} s, longer than a lease \
+                     (lease_time = {:.0?}): closed its {} connections to the store, freeing the job's \
+                     concurrency slots it held; its pages are fetched again by the others",
+                    daemon.host,
+                    daemon.pid,
+                    daemon.silent_for,
+                    leases.lease_for,
+                    daemon.connections
+                );
+            }
+            Ok(())
+        }
+        Err(e) if lost_connection(&e) => Err(e),
+        Err(e) => {
+            if !state.fence_refused {
+                state.fence_refused = true;
+                log::warn!(
+                    "cannot close the connections of a daemon silent for a whole lease ({}): \
+                     it keeps its concurrency slots until it wakes or dies; grant this role \
+                     pg_signal_backend, or run every daemon as the same role (not a superuser)",
+                    crate::error::one_line(&e)
+                );
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Whether `error` says the connection to the store broke (the server
@@ -479,7 +572,7 @@ fn flush(
             // one was frozen, or too slow): it writes them; nothing here was.
             log::warn!(
                 "{} of {} pages of a commit were taken over by another daemon (their lease had expired); \
-                 this daemon wrote none of the group, the others fetch them again",
+                 this daemon wrote none of the group; the daemon that took them over writes them",
                 lost.len(),
                 pages.len()
             );

@@ -1,8 +1,9 @@
-//! A job in a PostgreSQL store, read from any machine by the real binary:
-//! `status` and `export` with `--store URL --job NAME` or a config's
-//! `store`, against a throwaway server the test starts itself. The job is
-//! made the way a daemon makes one (the library's schema, job, lease and
-//! commit functions), since `run` does not crawl into a store yet.
+//! A job in a PostgreSQL store, against a throwaway server the test starts
+//! itself: the commands read and change it from any machine (`--store URL
+//! --job NAME` or a config's `store`), and daemons crawl it together
+//! through kills, freezes and a restart of the server. Some jobs are made
+//! the way a daemon makes one (the library's schema, job, lease and commit
+//! functions) to hold exact states.
 
 use std::time::Duration;
 
@@ -823,4 +824,93 @@ fn a_running_daemon_reports_its_pages_per_second_in_status() {
     assert_eq!(seen["state"], "running", "{seen}");
     assert!(seen["rate"].as_f64().is_some_and(|r| r == rate), "{seen}");
     drop(child);
+}
+
+/// A daemon frozen with SIGSTOP past its lease loses its tasks to another
+/// daemon; woken up, its late commit is refused (fenced by the lease it no
+/// longer holds), so nothing is written twice although the site saw some
+/// pages fetched twice.
+#[test]
+fn a_daemon_frozen_past_its_lease_wakes_to_a_refused_commit_and_nothing_is_written_twice() {
+    let Some(pg) = Postgres::for_test("store freeze") else {
+        return;
+    };
+    let site = pagecrawl::fixture::Site {
+        pages: 40,
+        latency: Duration::from_millis(150),
+        ..pagecrawl::fixture::Site::default()
+    };
+    let job = crate::harness::Job::new(site)
+        .concurrency(4)
+        .with("lease_time = \"2s\"")
+        .with(&format!("store = \"{}\"", pg.url()))
+        .with("job = \"freeze\"");
+    let config = job.write_config();
+    let config = config.to_str().unwrap();
+    let daemon = || {
+        let mut command = with_store(&pg, &["run", "--config", config]);
+        command.spawn().unwrap()
+    };
+    let frozen = daemon();
+    // Frozen mid-crawl, with requests in flight (4 at a time, 150 ms each).
+    assert!(crate::harness::wait_until(Duration::from_secs(30), || job
+        .server
+        .stats()
+        .total()
+        >= 6));
+    crate::harness::signal(&frozen, "STOP");
+    let fetched_before = job.server.stats().total();
+    let other = crate::harness::finish(daemon(), Duration::from_secs(60));
+    assert_eq!(other.status.code(), Some(0), "{}", stderr(&other));
+    // The frozen daemon's slots are freed by closing its connections.
+    assert!(
+        stderr(&other).contains(&format!("(pid {}) has not been heard from", frozen.id())),
+        "{}",
+        stderr(&other)
+    );
+    assert!(
+        stdout(&other).starts_with("finished: 40 pages done, 0 failed"),
+        "the other daemon finishes the job, the frozen one's leased pages too: {}",
+        stdout(&other)
+    );
+    crate::harness::signal(&frozen, "CONT");
+    let woken = crate::harness::finish(frozen, Duration::from_secs(60));
+    let log = stderr(&woken);
+    assert_eq!(woken.status.code(), Some(0), "{log}");
+    assert!(
+        log.contains("taken over by another daemon (their lease had expired)"),
+        "the woken daemon's commit is refused: {log}"
+    );
+    // What it had leased and not handed to a fetcher yet, it drops.
+    assert!(
+        log.contains("before this one fetched them (their lease had expired): not fetched here"),
+        "{log}"
+    );
+    assert!(
+        job.server.stats().total() > 40 && fetched_before < 40,
+        "the frozen daemon's pages were fetched again by the other: {} requests, {fetched_before} before the freeze",
+        job.server.stats().total()
+    );
+    let mut command = with_store(&pg, &["export", "--config", config]);
+    let exported = job.dir.path().join("export.jsonl");
+    std::fs::write(&exported, command.output().unwrap().stdout).unwrap();
+    crate::harness::assert_same_items(
+        &crate::harness::read_jsonl_bugs(&exported),
+        &job.expected_bugs(1..=40),
+    );
+    let mut client = pg.connect().unwrap();
+    let id = job::find(&mut client, "freeze").unwrap().unwrap().0;
+    let counters = job::counters(&mut client, id).unwrap();
+    assert_eq!(
+        counters,
+        job::Counters {
+            bytes: counters.bytes,
+            ..job::recount(&mut client, id).unwrap()
+        },
+        "the job's counters equal a recount"
+    );
+    assert_eq!(
+        (counters.listing_done, counters.items),
+        (40, job.expected_bugs(1..=40).len() as i64)
+    );
 }

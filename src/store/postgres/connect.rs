@@ -219,6 +219,19 @@ fn percent_decoded(value: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+impl StoreUrl {
+    /// The same store, its connections named for `daemon` (their
+    /// `application_name`, as `pg_stat_activity` shows it): how a daemon's
+    /// connections are found when it must be fenced off (see
+    /// [`super::job::fence_silent_daemons`]).
+    pub fn for_daemon(&self, daemon: super::job::DaemonId) -> StoreUrl {
+        let mut url = self.clone();
+        url.config
+            .application_name(&super::job::application_name(daemon));
+        url
+    }
+}
+
 /// Connects to the store as its URL says (TLS per `sslmode`), or says in
 /// one line, without the password, why not and what to do.
 pub fn connect(url: &StoreUrl) -> Result<::postgres::Client, UserError> {

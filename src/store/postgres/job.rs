@@ -6,7 +6,7 @@
 //! through partial indexes, so it costs what it shows, not the queue's size.
 
 use std::io::Write;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -281,6 +281,51 @@ pub fn heartbeat(client: &mut ::postgres::Client, daemon: DaemonId, stats: &Valu
         &[&daemon.0, stats],
     )?;
     Ok(())
+}
+
+/// The `application_name` of a daemon's connections.
+pub fn application_name(daemon: DaemonId) -> String {
+    format!("pagecrawl daemon {}", daemon.0)
+}
+
+/// A daemon of the job fenced off by [`fence_silent_daemons`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fenced {
+    pub host: String,
+    pub pid: u32,
+    /// Seconds since its last heartbeat.
+    pub silent_for: f64,
+    /// Its connections the server closed.
+    pub connections: i64,
+}
+
+/// Closes the connections of the job's daemons (other than `me`) not heard
+/// from for `silent_for`: frozen (SIGSTOP, a stalled VM) or cut off from the
+/// server while their connections stay open. Their task leases have expired
+/// by then; closing their connections frees the concurrency slots they hold
+/// (session locks the server would otherwise keep for a frozen process
+/// forever), and the daemon, if it wakes, reconnects and finds its late
+/// commit refused. Needs the right to signal their backends (the same role,
+/// or `pg_signal_backend`).
+pub fn fence_silent_daemons(
+    client: &mut ::postgres::Client,
+    job: JobId,
+    me: DaemonId,
+    silent_for: Duration,
+) -> Result<Vec<Fenced>> {
+    let rows = client.query(
+        "SELECT d.host, d.pid, extract(epoch FROM clock_timestamp() - d.heartbeat)::float8,                 count(pg_terminate_backend(a.pid))          FROM pagecrawl_daemons d          JOIN pg_stat_activity a ON a.application_name = 'pagecrawl daemon ' || d.id::text          WHERE d.job_id = $1 AND d.id <> $2            AND d.heartbeat < clock_timestamp() - $3::bigint * interval '1 millisecond'          GROUP BY d.id, d.host, d.pid, d.heartbeat",
+        &[&job.0, &me.0, &(silent_for.as_millis() as i64)],
+    )?;
+    Ok(rows
+        .iter()
+        .map(|row| Fenced {
+            host: row.get(0),
+            pid: row.get::<_, i32>(1) as u32,
+            silent_for: row.get(2),
+            connections: row.get(3),
+        })
+        .collect())
 }
 
 /// A daemon of a job, as `status` lists it.

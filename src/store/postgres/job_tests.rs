@@ -411,3 +411,78 @@ fn status_reads_with_a_million_pending_take_at_most_50_ms() {
     }
     assert!(reads <= Duration::from_millis(50), "{reads:?}");
 }
+
+#[test]
+fn a_daemon_silent_for_a_lease_is_fenced_off_and_the_others_are_not() {
+    let Some(server) = Postgres::for_test("a_daemon_silent_for_a_lease") else {
+        return;
+    };
+    let mut client = server.connect().unwrap();
+    migrate(&mut client).unwrap();
+    let job = ensure_job(&mut client, "fence", &json!({})).unwrap();
+    let other_job = ensure_job(&mut client, "other", &json!({})).unwrap();
+    let frozen = register_daemon(&mut client, job, "host-a", 1).unwrap();
+    let alive = register_daemon(&mut client, job, "host-b", 2).unwrap();
+    let elsewhere = register_daemon(&mut client, other_job, "host-c", 3).unwrap();
+    let me = register_daemon(&mut client, job, "host-d", 4).unwrap();
+    let connect_as = |daemon: DaemonId| {
+        server
+            .config()
+            .application_name(&application_name(daemon))
+            .connect(::postgres::NoTls)
+            .unwrap()
+    };
+    let mut frozen_connections = [connect_as(frozen), connect_as(frozen)];
+    let mut alive_connection = connect_as(alive);
+    let mut elsewhere_connection = connect_as(elsewhere);
+    let mut my_connection = connect_as(me);
+    // Silent for 10 s: the frozen one, the other job's, and this one.
+    client
+        .execute(
+            "UPDATE pagecrawl_daemons SET heartbeat = now() - interval '10 s' WHERE id = ANY($1)",
+            &[&vec![frozen.0, elsewhere.0, me.0]],
+        )
+        .unwrap();
+    let fenced = fence_silent_daemons(&mut my_connection, job, me, Duration::from_secs(5)).unwrap();
+    assert_eq!(fenced.len(), 1, "{fenced:?}");
+    assert_eq!((fenced[0].host.as_str(), fenced[0].pid), ("host-a", 1));
+    assert_eq!(fenced[0].connections, 2);
+    assert!((9.0..60.0).contains(&fenced[0].silent_for), "{fenced:?}");
+    for connection in frozen_connections.iter_mut() {
+        let error = connection.simple_query("SELECT 1").unwrap_err();
+        assert!(
+            error.is_closed() || error.as_db_error().is_some(),
+            "a fenced daemon's connection is closed: {error}"
+        );
+    }
+    for connection in [
+        &mut alive_connection,
+        &mut elsewhere_connection,
+        &mut my_connection,
+    ] {
+        connection.simple_query("SELECT 1").unwrap();
+    }
+    // Silent for less than the lease: left alone.
+    let again = fence_silent_daemons(&mut my_connection, job, me, Duration::from_secs(30)).unwrap();
+    assert!(again.is_empty(), "{again:?}");
+
+    // A role that may not signal the silent daemon's backends is refused,
+    // and the error says so (the feeder then warns once and goes on).
+    client
+        .batch_execute(
+            "CREATE ROLE weak LOGIN PASSWORD 'weak'; GRANT ALL ON ALL TABLES IN SCHEMA public TO weak",
+        )
+        .unwrap();
+    let _frozen_again = connect_as(frozen);
+    let mut weak = server
+        .config()
+        .user("weak")
+        .password("weak")
+        .connect(::postgres::NoTls)
+        .unwrap();
+    let refused = fence_silent_daemons(&mut weak, job, me, Duration::from_secs(5)).unwrap_err();
+    assert!(
+        format!("{refused:#}").contains("to terminate"),
+        "{refused:#}"
+    );
+}

@@ -14,6 +14,7 @@
 //! the token that settled it, so a daemon that lost its connection during a
 //! commit asks [`settled_by`] whether it happened.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -219,24 +220,29 @@ pub fn lease_batch(
 }
 
 /// Extends the lease `token` by `lease_for` from now, on the tasks it still
-/// holds; returns how many (fewer than leased: some were taken over or
-/// settled). Rows are locked in the commit's order, so a renewal and a
-/// commit of the same daemon cannot deadlock.
+/// holds; returns their numbers (fewer than leased: the others were taken
+/// over or settled). Rows are locked in the commit's order, so a renewal
+/// and a commit of the same daemon cannot deadlock.
 pub fn renew(
     client: &mut ::postgres::Client,
     job: JobId,
     token: i64,
     lease_for: Duration,
-) -> Result<u64> {
-    Ok(client.execute(
-        "UPDATE pagecrawl_tasks t \
-         SET lease_expires = clock_timestamp() + $3::bigint * interval '1 millisecond' \
-         FROM (SELECT stage, number FROM pagecrawl_tasks \
-               WHERE job_id = $1 AND lease_token = $2 AND state = 'leased' \
-               ORDER BY stage, number FOR UPDATE) held \
-         WHERE t.job_id = $1 AND t.stage = held.stage AND t.number = held.number",
-        &[&job.0, &token, &millis(lease_for)],
-    )?)
+) -> Result<HashSet<i64>> {
+    Ok(client
+        .query(
+            "UPDATE pagecrawl_tasks t \
+             SET lease_expires = clock_timestamp() + $3::bigint * interval '1 millisecond' \
+             FROM (SELECT stage, number FROM pagecrawl_tasks \
+                   WHERE job_id = $1 AND lease_token = $2 AND state = 'leased' \
+                   ORDER BY stage, number FOR UPDATE) held \
+             WHERE t.job_id = $1 AND t.stage = held.stage AND t.number = held.number \
+             RETURNING t.number",
+            &[&job.0, &token, &millis(lease_for)],
+        )?
+        .iter()
+        .map(|row| row.get(0))
+        .collect())
 }
 
 /// Returns every expired lease of `job` to pending (for the others, and
