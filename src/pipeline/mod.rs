@@ -560,8 +560,14 @@ impl Pipeline {
         // Every connection of this daemon carries its name: how another
         // daemon finds them to fence this one off if it freezes.
         let store = store.for_daemon(daemon);
-        let limits =
-            postgres::JobLimits::new(&store, job, job_concurrency, config.concurrency, rate)?;
+        let limits = postgres::JobLimits::new(
+            &store,
+            job,
+            job_concurrency,
+            config.concurrency,
+            rate,
+            config.request_timeout,
+        )?;
         let mut stages = postgres::stages(store, job, daemon, lease_for);
         stages.limits = Some(limits);
         Pipeline::start_with(config, robots, None, stages)

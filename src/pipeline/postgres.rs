@@ -610,6 +610,13 @@ pub(super) struct JobLimits {
     freed: std::sync::Condvar,
     /// The connection the rate's turns are reserved on (with a rate).
     turns: Option<Mutex<::postgres::Client>>,
+    /// The longest a request can still be in flight (`request_timeout`).
+    request_timeout: Duration,
+    /// No slot is taken before then: a connection of the pool was lost
+    /// (the server restarted, or fenced this daemon off), and with it the
+    /// slots it held, while their requests may still be on the wire; the
+    /// other daemons lost theirs too in a restart, and wait the same.
+    quiet_until: Mutex<Option<Instant>>,
 }
 
 /// The most of the job's slots one daemon holds at once: one connection
@@ -640,6 +647,7 @@ impl Drop for SlotHeld<'_> {
                 log::debug!(
                     "cannot give a concurrency slot back ({e:#}); its connection is gone with it"
                 );
+                self.limits.lost_slots();
                 slots = crate::store::postgres::politeness::Slots::new(
                     self.limits.job,
                     slots.len() as u32,
@@ -662,6 +670,7 @@ impl JobLimits {
         concurrency: usize,
         local: usize,
         rate: Option<f64>,
+        request_timeout: Duration,
     ) -> Result<JobLimits> {
         let url = url.clone();
         let held = local.min(concurrency).min(MAX_SLOTS_PER_DAEMON);
@@ -682,7 +691,38 @@ impl JobLimits {
                 None => None,
             },
             url,
+            request_timeout,
+            quiet_until: Mutex::new(None),
         })
+    }
+
+    /// A connection holding slots was lost: no slot is taken for a
+    /// request's time from now (see `quiet_until`).
+    fn lost_slots(&self) {
+        let until = Instant::now() + self.request_timeout;
+        let mut quiet = self.quiet_until.lock().unwrap_or_else(|p| p.into_inner());
+        if quiet.is_none_or(|at| at < until) {
+            *quiet = Some(until);
+        }
+    }
+
+    /// Waits out a quiet period (see `quiet_until`); false once `stop` is
+    /// set.
+    fn wait_quiet(&self, stop: &std::sync::atomic::AtomicBool) -> bool {
+        loop {
+            if stop.load(Ordering::SeqCst) {
+                return false;
+            }
+            let until = *self.quiet_until.lock().unwrap_or_else(|p| p.into_inner());
+            match until {
+                Some(until) if Instant::now() < until => std::thread::sleep(
+                    until
+                        .saturating_duration_since(Instant::now())
+                        .min(Duration::from_millis(50)),
+                ),
+                _ => return true,
+            }
+        }
     }
 
     /// Waits for one of the job's slots; `None` once `stop` is set (or the
@@ -713,6 +753,9 @@ impl JobLimits {
                 self.freed.notify_one();
                 return None;
             }
+            if !self.wait_quiet(stop) {
+                continue;
+            }
             match slots.try_take(&mut client) {
                 Ok(Some(slot)) => {
                     return Some(SlotHeld {
@@ -727,6 +770,7 @@ impl JobLimits {
                     log::debug!("cannot take a concurrency slot of the job: {e:#}");
                     std::thread::sleep(SLOT_RETRY);
                     if client.is_closed() || lost_connection(&e) {
+                        self.lost_slots();
                         if let Ok(again) = connect(&self.url) {
                             client = again;
                             slots = crate::store::postgres::politeness::Slots::new(
