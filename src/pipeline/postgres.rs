@@ -24,6 +24,7 @@ use crate::store::postgres::connect::{connect, StoreUrl};
 use crate::store::postgres::export::item_json;
 use crate::store::postgres::job::{self, DaemonId, JobId};
 use crate::store::postgres::lease::{self, NewItem, Outcome, Settled as Settle, TaskId};
+use crate::store::postgres::ops;
 
 /// How often the commit stage looks at the abort flag while it waits.
 const TICK: Duration = Duration::from_millis(100);
@@ -95,6 +96,7 @@ fn feed(
     window: usize,
 ) -> Result<()> {
     let mut client = connect(&leases.url)?;
+    listen_for_pause(&mut client, leases.job, shared)?;
     let mut state = FeedState {
         in_flight: HashSet::new(),
         renewed: Instant::now(),
@@ -102,6 +104,7 @@ fn feed(
         beat: Instant::now(),
         fence_refused: false,
         unsent: std::collections::VecDeque::new(),
+        pause_checked: Instant::now(),
     };
     loop {
         if shared.stopping() {
@@ -127,6 +130,10 @@ fn feed(
                     Some(again) => client = again,
                     None => return Ok(()),
                 }
+                // A pause or a resume may have come while it was away.
+                if let Err(e) = listen_for_pause(&mut client, leases.job, shared) {
+                    log::debug!("cannot listen for pause yet: {e:#}");
+                }
             }
             Err(e) => return Err(e),
         }
@@ -143,6 +150,8 @@ struct FeedState {
     fence_refused: bool,
     /// Leased work not yet taken by a fetcher, in lease order.
     unsent: std::collections::VecDeque<Work>,
+    /// When the job's pause flag was last read.
+    pause_checked: Instant,
 }
 
 impl FeedState {
@@ -208,6 +217,7 @@ fn feed_once(
     while let Ok(message) = settled.try_recv() {
         state.take_in(message, leases);
     }
+    check_pause(client, leases.job, shared, &mut state.pause_checked)?;
     if state.renewed.elapsed() >= leases.lease_for / 3 {
         for token in leases.live_tokens() {
             let held = lease::renew(client, leases.job, token, leases.lease_for)?;
@@ -221,6 +231,12 @@ fn feed_once(
         state.done_since = 0;
         state.beat = Instant::now();
         fence_silent(leases, client, state)?;
+    }
+    if shared.paused.load(Ordering::SeqCst) {
+        // Paused: nothing more goes to the fetchers (they also hold what
+        // they have not started); the leases are kept and renewed.
+        state.wait(settled, leases);
+        return Ok(false);
     }
     // Work the fetchers had no room for yet goes first. The feeder never
     // blocks on them: it must go on renewing its leases and beating while
@@ -265,6 +281,58 @@ fn feed_once(
         });
     }
     Ok(false)
+}
+
+/// Listens on the pause channel (`pagecrawl pause` and `resume` notify
+/// it), then reads whether the job is paused now.
+fn listen_for_pause(client: &mut ::postgres::Client, job: JobId, shared: &Shared) -> Result<()> {
+    client.batch_execute(&format!("LISTEN {}", ops::PAUSE_CHANNEL))?;
+    set_paused(shared, ops::is_paused(client, job)?);
+    Ok(())
+}
+
+/// How often a daemon reads whether its job is paused: `pause` and
+/// `resume` reach every daemon within this.
+const PAUSE_CHECK: Duration = Duration::from_millis(250);
+
+/// Reads the job's pause flag when [`PAUSE_CHECK`] has passed, or at once
+/// when the pause channel has a notification for this job. The sync client
+/// reads notifications only while it runs a query, so the read is what
+/// bounds the delay; the notifications then come with it.
+fn check_pause(
+    client: &mut ::postgres::Client,
+    job: JobId,
+    shared: &Shared,
+    checked: &mut Instant,
+) -> Result<()> {
+    use ::postgres::fallible_iterator::FallibleIterator;
+    let mut ours = false;
+    {
+        let mut notifications = client.notifications();
+        let mut pending = notifications.iter();
+        while let Some(notification) = pending.next()? {
+            ours |= notification.payload() == job.0.to_string();
+        }
+    }
+    if ours || checked.elapsed() >= PAUSE_CHECK {
+        set_paused(shared, ops::is_paused(client, job)?);
+        *checked = Instant::now();
+    }
+    Ok(())
+}
+
+/// The job's pause flag, as read from the store, for every stage (the fetch
+/// threads start nothing new while it is set); says so when it changes.
+fn set_paused(shared: &Shared, paused: bool) {
+    if shared.paused.swap(paused, Ordering::SeqCst) != paused {
+        if paused {
+            log::info!(
+                "the job was paused (`pagecrawl pause`): no new request until it is resumed"
+            );
+        } else {
+            log::info!("the job was resumed");
+        }
+    }
 }
 
 /// How often a daemon says it is alive: every 5 s, and at least three

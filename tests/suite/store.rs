@@ -935,3 +935,75 @@ fn a_daemon_frozen_past_its_lease_wakes_to_a_refused_commit_and_nothing_is_writt
         (40, job.expected_bugs(1..=40).len() as i64)
     );
 }
+
+/// `pause` reaches every running daemon through LISTEN/NOTIFY: within a
+/// second no new request goes out (what was in flight finishes), and
+/// `resume` sets them going again, with every item once at the end.
+#[test]
+fn pause_stops_running_daemons_within_a_second_and_resume_restarts_them() {
+    let Some(pg) = Postgres::for_test("store pause") else {
+        return;
+    };
+    let site = pagecrawl::fixture::Site {
+        pages: 120,
+        latency: Duration::from_millis(60),
+        ..pagecrawl::fixture::Site::default()
+    };
+    let job = crate::harness::Job::new(site)
+        .concurrency(4)
+        .with(&format!("store = \"{}\"", pg.url()))
+        .with("job = \"pausing\"");
+    let config = job.write_config();
+    let config = config.to_str().unwrap();
+    let daemon = || {
+        let mut command = with_store(&pg, &["run", "--config", config]);
+        command.spawn().unwrap()
+    };
+    let daemons = [daemon(), daemon()];
+    let requests = || job.server.stats().total();
+    assert!(crate::harness::wait_until(
+        Duration::from_secs(30),
+        || requests() >= 10
+    ));
+    let output = with_store(&pg, &["pause", "--config", config])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let paused_at = std::time::Instant::now();
+    let at_pause = requests();
+    std::thread::sleep(Duration::from_millis(1000).saturating_sub(paused_at.elapsed()));
+    let after_a_second = requests();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        requests(),
+        after_a_second,
+        "no request goes out a second after `pause` ({at_pause} at the pause)"
+    );
+    assert!(after_a_second < 120, "the job was paused mid-crawl");
+    let status = with_store(&pg, &["status", "--config", config, "--json"])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_str(&stdout(&status)).unwrap();
+    assert_eq!(status["state"], "paused", "{status}");
+    let output = with_store(&pg, &["resume", "--config", config])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    for child in daemons {
+        let output = crate::harness::finish(child, Duration::from_secs(60));
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+        let log = stderr(&output);
+        assert!(
+            log.contains("the job was paused (`pagecrawl pause`)"),
+            "{log}"
+        );
+        assert!(log.contains("the job was resumed"), "{log}");
+    }
+    let mut command = with_store(&pg, &["export", "--config", config]);
+    let exported = job.dir.path().join("export.jsonl");
+    std::fs::write(&exported, command.output().unwrap().stdout).unwrap();
+    crate::harness::assert_same_items(
+        &crate::harness::read_jsonl_bugs(&exported),
+        &job.expected_bugs(1..=120),
+    );
+}
