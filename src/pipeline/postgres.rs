@@ -766,11 +766,17 @@ impl JobLimits {
 
     /// A connection holding slots was lost: no slot is taken for a
     /// request's time from now (see `quiet_until`).
+    ///
+    /// The pool's connections are found lost one by one as they are next
+    /// used, the last of them only once the quiet period has ended: a loss
+    /// found within two request times of the one that started the quiet
+    /// period is the same loss, and does not start another.
     fn lost_slots(&self) {
-        let until = Instant::now() + self.request_timeout;
+        let now = Instant::now();
         let mut quiet = self.quiet_until.lock().unwrap_or_else(|p| p.into_inner());
-        if quiet.is_none_or(|at| at < until) {
-            *quiet = Some(until);
+        let same_loss = quiet.is_some_and(|until| now < until + self.request_timeout);
+        if !same_loss {
+            *quiet = Some(now + self.request_timeout);
         }
     }
 

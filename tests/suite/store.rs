@@ -676,17 +676,7 @@ fn three_daemons_killed_at_random_and_a_postgres_restart_lose_and_repeat_nothing
     let mut expected = job.expected_bugs(1..=pages);
     expected.retain(|b| b.page != pages / 3);
     crate::harness::assert_same_items(&crate::harness::read_jsonl_bugs(&exported), &expected);
-    let mut client = pg.connect().unwrap();
-    let id = job::find(&mut client, "campaign").unwrap().unwrap().0;
-    let counters = job::counters(&mut client, id).unwrap();
-    assert_eq!(
-        counters,
-        job::Counters {
-            bytes: counters.bytes,
-            ..job::recount(&mut client, id).unwrap()
-        },
-        "the job's counters equal a recount"
-    );
+    let counters = counters_equal_a_recount(&pg, "campaign");
     assert_eq!(
         (
             counters.listing_done,
@@ -798,13 +788,7 @@ fn a_daemon_waits_through_a_postgres_restart_and_finishes_with_every_item_once()
     assert_eq!(output.status.code(), Some(0), "{log}");
     assert!(log.contains("lost the connection to the store"), "{log}");
     assert!(log.contains("connected to the store again after"), "{log}");
-    let mut command = with_store(&pg, &["export", "--config", config.to_str().unwrap()]);
-    let exported = job.dir.path().join("export.jsonl");
-    std::fs::write(&exported, command.output().unwrap().stdout).unwrap();
-    crate::harness::assert_same_items(
-        &crate::harness::read_jsonl_bugs(&exported),
-        &job.expected_bugs(1..=150),
-    );
+    exports_every_item_once(&pg, &job, config.to_str().unwrap(), 1..=150);
 }
 
 #[test]
@@ -864,6 +848,9 @@ fn a_daemon_frozen_past_its_lease_wakes_to_a_refused_commit_and_nothing_is_writt
     let job = crate::harness::Job::new(site)
         .concurrency(4)
         .with("lease_time = \"2s\"")
+        // Woken, it waits a request's time before it takes a slot again
+        // (it was fenced off: the slots it held were freed).
+        .with("request_timeout = \"2s\"")
         .with(&format!("store = \"{}\"", pg.url()))
         .with("job = \"freeze\"");
     let config = job.write_config();
@@ -912,24 +899,8 @@ fn a_daemon_frozen_past_its_lease_wakes_to_a_refused_commit_and_nothing_is_writt
         "the frozen daemon's pages were fetched again by the other: {} requests, {fetched_before} before the freeze",
         job.server.stats().total()
     );
-    let mut command = with_store(&pg, &["export", "--config", config]);
-    let exported = job.dir.path().join("export.jsonl");
-    std::fs::write(&exported, command.output().unwrap().stdout).unwrap();
-    crate::harness::assert_same_items(
-        &crate::harness::read_jsonl_bugs(&exported),
-        &job.expected_bugs(1..=40),
-    );
-    let mut client = pg.connect().unwrap();
-    let id = job::find(&mut client, "freeze").unwrap().unwrap().0;
-    let counters = job::counters(&mut client, id).unwrap();
-    assert_eq!(
-        counters,
-        job::Counters {
-            bytes: counters.bytes,
-            ..job::recount(&mut client, id).unwrap()
-        },
-        "the job's counters equal a recount"
-    );
+    exports_every_item_once(&pg, &job, config, 1..=40);
+    let counters = counters_equal_a_recount(&pg, "freeze");
     assert_eq!(
         (counters.listing_done, counters.items),
         (40, job.expected_bugs(1..=40).len() as i64)
@@ -999,11 +970,41 @@ fn pause_stops_running_daemons_within_a_second_and_resume_restarts_them() {
         );
         assert!(log.contains("the job was resumed"), "{log}");
     }
-    let mut command = with_store(&pg, &["export", "--config", config]);
+    exports_every_item_once(&pg, &job, config, 1..=120);
+}
+
+/// `export` of the job in `config` holds every item of `pages` once.
+fn exports_every_item_once(
+    pg: &Postgres,
+    job: &crate::harness::Job,
+    config: &str,
+    pages: std::ops::RangeInclusive<u64>,
+) {
+    let output = with_store(pg, &["export", "--config", config])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let exported = job.dir.path().join("export.jsonl");
-    std::fs::write(&exported, command.output().unwrap().stdout).unwrap();
+    std::fs::write(&exported, output.stdout).unwrap();
     crate::harness::assert_same_items(
         &crate::harness::read_jsonl_bugs(&exported),
-        &job.expected_bugs(1..=120),
+        &job.expected_bugs(pages),
     );
+}
+
+/// The counters of the job `name` (they equal a recount of its tasks and
+/// items, the bytes aside, which are not kept per task).
+fn counters_equal_a_recount(pg: &Postgres, name: &str) -> job::Counters {
+    let mut client = pg.connect().unwrap();
+    let id = job::find(&mut client, name).unwrap().unwrap().0;
+    let counters = job::counters(&mut client, id).unwrap();
+    assert_eq!(
+        counters,
+        job::Counters {
+            bytes: counters.bytes,
+            ..job::recount(&mut client, id).unwrap()
+        },
+        "the job's counters equal a recount"
+    );
+    counters
 }
