@@ -53,16 +53,7 @@ pub fn crawl_store(config: &Config, url: &str) -> Result<Exit> {
         );
     }
     let name = config.job_name();
-    let identity = Identity {
-        url: config.url.clone(),
-        pages: config.pages.to_string(),
-        pattern: config.pattern_text.clone(),
-        format: config.format.name().to_string(),
-        fields: config.fields.clone(),
-        key: config.key.clone(),
-        detail: None,
-    };
-    let job = job::ensure_job(&mut client, &name, &identity.to_json())?;
+    let job = job::ensure_job(&mut client, &name, &Identity::of(config).to_json())?;
     let added = job::enqueue_pages(&mut client, job, start as i64, end as i64)?;
     let daemon = job::register_daemon(&mut client, job, &host_name(), std::process::id())?;
     let signals = crate::signals::listen()?;

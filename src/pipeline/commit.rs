@@ -18,22 +18,19 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Result;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::fetch::Origin;
+use super::groups::{Groups, Step};
 use super::{retry_delay, Parsed, Settled, Shared, Task};
 use crate::config::detail::{Detail, OnFailure};
 use crate::output::{csv_header, render_merged, Damage, Merge, OutputFile};
 use crate::store::detail::{DetailDone, DetailFailed, DetailTask, WaitingItem};
 use crate::store::{DetailCommit, DetailSettle, DetailState, DetailValues, Settle, Store};
 use crate::util::now_ms;
-
-/// Longest the stage waits without looking at the abort flag (and pinging
-/// the heartbeat).
-const TICK: Duration = Duration::from_millis(100);
 
 pub(super) fn run(
     store: &Store,
@@ -62,52 +59,25 @@ fn commit_groups(
     settled: Sender<Settled>,
     shared: &Shared,
 ) -> Result<()> {
-    let mut group: Vec<Parsed> = Vec::new();
-    let mut deadline: Option<Instant> = None;
+    let mut groups = Groups::default();
     loop {
         shared.beat();
         if let Ok(reply) = shared.reopen_requests.1.try_recv() {
             // At a commit boundary: what was parsed so far goes to the old
             // file, everything after to the new one.
-            flush(store, output, &mut group, &settled, shared)?;
-            deadline = None;
+            flush(store, output, &mut groups.group, &settled, shared)?;
+            groups.flushed();
             let outcome = reopen(store, output, shared).map_err(|e| crate::error::one_line(&e));
             // The asker may have given up waiting; the log says it anyway.
             let _ = reply.try_send(outcome);
         }
-        let config = shared.config();
-        let wait = deadline.map_or(TICK, |d| {
-            d.saturating_duration_since(Instant::now()).min(TICK)
-        });
-        match parsed.recv_timeout(wait) {
-            Ok(message) => {
-                deadline.get_or_insert_with(|| Instant::now() + config.commit_interval);
-                group.push(message);
-                if shared.abort.load(Ordering::SeqCst) {
-                    return flush(store, output, &mut group, &settled, shared);
-                }
-                let feeder_waits =
-                    shared.waiting_on_commits.load(Ordering::SeqCst) && parsed.is_empty();
-                if group.len() >= config.commit_every || feeder_waits {
-                    flush(store, output, &mut group, &settled, shared)?;
-                    deadline = None;
-                }
+        match groups.next(&parsed, shared) {
+            Step::Wait => {}
+            Step::Flush => {
+                flush(store, output, &mut groups.group, &settled, shared)?;
+                groups.flushed();
             }
-            Err(RecvTimeoutError::Timeout) => {
-                if shared.abort.load(Ordering::SeqCst) {
-                    return flush(store, output, &mut group, &settled, shared);
-                }
-                let feeder_waits = shared.waiting_on_commits.load(Ordering::SeqCst);
-                if deadline.is_some_and(|d| Instant::now() >= d)
-                    || (feeder_waits && !group.is_empty())
-                {
-                    flush(store, output, &mut group, &settled, shared)?;
-                    deadline = None;
-                }
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                return flush(store, output, &mut group, &settled, shared);
-            }
+            Step::Last => return flush(store, output, &mut groups.group, &settled, shared),
         }
     }
 }

@@ -24,6 +24,7 @@ mod feeder;
 pub(crate) use parse::{absolute, detail_values};
 mod fetch;
 mod gate;
+mod groups;
 mod parse;
 mod postgres;
 mod rate;

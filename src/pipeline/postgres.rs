@@ -16,18 +16,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 use serde_json::json;
 
+use super::groups::{Groups, Step};
 use super::{retry_delay, Feed, Parsed, Record, Settled, Shared, Stages, Task, Work};
 use crate::store::postgres::connect::{connect, StoreUrl};
 use crate::store::postgres::export::item_json;
 use crate::store::postgres::job::{self, DaemonId, JobId};
 use crate::store::postgres::lease::{self, NewItem, Outcome, Settled as Settle, TaskId};
 use crate::store::postgres::ops;
-
-/// How often the commit stage looks at the abort flag while it waits.
-const TICK: Duration = Duration::from_millis(100);
 
 /// How long the feeder waits before asking again when nothing could be
 /// leased (every task is leased by others, or waits for its retry time).
@@ -173,6 +171,7 @@ impl FeedState {
     /// frozen or cut off) is not fetched.
     fn drop_lost(&mut self, leases: &Leases, token: i64, held: &HashSet<i64>) {
         let mut lost = 0;
+        let in_flight = &mut self.in_flight;
         self.unsent.retain(|work| {
             let Task::Page(page) = work.task else {
                 return true;
@@ -180,13 +179,12 @@ impl FeedState {
             let keep = leases.token_of(page) != Some(token) || held.contains(&(page as i64));
             if !keep {
                 leases.forget(page);
+                in_flight.remove(&page);
                 lost += 1;
             }
             keep
         });
         if lost > 0 {
-            self.in_flight
-                .retain(|page| leases.token_of(*page).is_some());
             log::warn!(
                 "{lost} leased pages were taken over by another daemon before this one fetched them \
                  (their lease had expired): not fetched here"
@@ -253,7 +251,7 @@ fn feed_once(
         }
     }
     let room = window.saturating_sub(state.in_flight.len());
-    if room == 0 || shared.paused.load(Ordering::SeqCst) {
+    if room == 0 {
         state.wait(settled, leases);
         return Ok(false);
     }
@@ -456,34 +454,18 @@ fn commit(
     shared: &Shared,
 ) -> Result<()> {
     let mut client = connect(&leases.url)?;
-    let mut group: Vec<Parsed> = Vec::new();
-    let mut deadline: Option<Instant> = None;
+    let mut groups = Groups::default();
     let result = (|| -> Result<()> {
         loop {
             shared.beat();
-            let config = shared.config();
-            let wait = deadline.map_or(TICK, |d| {
-                d.saturating_duration_since(Instant::now()).min(TICK)
-            });
-            match parsed.recv_timeout(wait) {
-                Ok(message) => {
-                    deadline.get_or_insert_with(|| Instant::now() + config.commit_interval);
-                    group.push(message);
-                    if group.len() >= config.commit_every || shared.abort.load(Ordering::SeqCst) {
-                        flush(leases, &mut client, &mut group, &settled, shared)?;
-                        deadline = None;
-                    }
+            match groups.next(&parsed, shared) {
+                Step::Wait => {}
+                Step::Flush => {
+                    flush(leases, &mut client, &mut groups.group, &settled, shared)?;
+                    groups.flushed();
                 }
-                Err(RecvTimeoutError::Timeout) => {
-                    if deadline.is_some_and(|d| Instant::now() >= d)
-                        || shared.abort.load(Ordering::SeqCst)
-                    {
-                        flush(leases, &mut client, &mut group, &settled, shared)?;
-                        deadline = None;
-                    }
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    return flush(leases, &mut client, &mut group, &settled, shared);
+                Step::Last => {
+                    return flush(leases, &mut client, &mut groups.group, &settled, shared)
                 }
             }
         }
@@ -613,27 +595,26 @@ fn flush(
         }
     };
     match outcome {
-        Ok(Some(committed)) => {
+        Ok(committed) => {
             let progress = &shared.progress;
             progress.done.fetch_add(done, Ordering::Relaxed);
             progress.failed.fetch_add(failed, Ordering::Relaxed);
-            progress.retries.fetch_add(retried, Ordering::Relaxed);
-            progress
-                .items
-                .fetch_add(committed.items_written, Ordering::Relaxed);
-            progress
-                .duplicates
-                .fetch_add(committed.items_skipped, Ordering::Relaxed);
-            log::debug!(
-                "committed {} pages, {} items",
-                pages.len(),
-                committed.items_written
-            );
-        }
-        Ok(None) => {
-            let progress = &shared.progress;
-            progress.done.fetch_add(done, Ordering::Relaxed);
-            progress.failed.fetch_add(failed, Ordering::Relaxed);
+            // A commit found gone through after a lost answer: its counts
+            // of items are not known here (the job's counters have them).
+            if let Some(committed) = committed {
+                progress.retries.fetch_add(retried, Ordering::Relaxed);
+                progress
+                    .items
+                    .fetch_add(committed.items_written, Ordering::Relaxed);
+                progress
+                    .duplicates
+                    .fetch_add(committed.items_skipped, Ordering::Relaxed);
+                log::debug!(
+                    "committed {} pages, {} items",
+                    pages.len(),
+                    committed.items_written
+                );
+            }
         }
         Err(lease::CommitError::Fenced { lost }) => {
             // Another daemon took these over after our lease expired (this

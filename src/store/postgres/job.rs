@@ -56,15 +56,17 @@ pub struct Identity {
 }
 
 impl Identity {
-    pub fn of(job: &crate::store::Job) -> Identity {
+    /// The identity of the job `config` describes (`fields` are the listing
+    /// pattern's; `[detail]` adds its own, which its table names).
+    pub fn of(config: &crate::config::Config) -> Identity {
         Identity {
-            url: job.url.clone(),
-            pages: job.pages.clone(),
-            pattern: job.pattern.clone(),
-            format: job.format.clone(),
-            fields: job.fields.clone(),
-            key: job.key.clone(),
-            detail: job.detail.clone(),
+            url: config.url.clone(),
+            pages: config.pages.to_string(),
+            pattern: config.pattern_text.clone(),
+            format: config.format.name().to_string(),
+            fields: config.fields.clone(),
+            key: config.key.clone(),
+            detail: config.detail.as_ref().map(|d| d.identity.clone()),
         }
     }
 
