@@ -454,17 +454,12 @@ fn two_daemons_crawl_one_job_into_a_store_and_export_has_every_item_once() {
     let Some(pg) = Postgres::for_test("run into a store") else {
         return;
     };
-    let job = crate::harness::Job::new(pagecrawl::fixture::Site::default())
+    let job = store_job(&pg, "two", pagecrawl::fixture::Site::default())
         .pages("1..=60")
-        .concurrency(4)
-        .with(&format!("store = \"{}\"", pg.url()))
-        .with("job = \"two\"");
+        .concurrency(4);
     let config = job.write_config();
     let config = config.to_str().unwrap();
-    let daemon = || {
-        let mut command = with_store(&pg, &["run", "--config", config]);
-        command.spawn().unwrap()
-    };
+    let daemon = || run_daemon(&pg, config);
     let (first, second) = (daemon(), daemon());
     let outputs = [
         crate::harness::finish(first, Duration::from_secs(120)),
@@ -603,14 +598,12 @@ fn three_daemons_killed_at_random_and_a_postgres_restart_lose_and_repeat_nothing
     eprintln!(
         "store campaign: seed {seed} (replay with PAGECRAWL_CAMPAIGN_SEED={seed}), {pages} pages"
     );
-    let job = crate::harness::Job::new(faulty_site(pages, seed))
+    let job = store_job(&pg, "campaign", faulty_site(pages, seed))
         .concurrency(4)
         .with("request_timeout = \"1s\"")
         .with("commit_every = 16")
         .with("lease_time = \"2s\"")
-        .with(&format!("rate_limit = {RATE}"))
-        .with(&format!("store = \"{}\"", pg.url()))
-        .with("job = \"campaign\"");
+        .with(&format!("rate_limit = {RATE}"));
     let config = job.write_config();
     let config = config.to_str().unwrap().to_string();
     let password = pg.password().to_string();
@@ -725,17 +718,12 @@ fn two_daemons_keep_to_the_jobs_rate_limit_together() {
         pages: 30,
         ..pagecrawl::fixture::Site::default()
     };
-    let job = crate::harness::Job::new(site)
+    let job = store_job(&pg, "polite", site)
         .concurrency(4)
-        .with("rate_limit = 10")
-        .with(&format!("store = \"{}\"", pg.url()))
-        .with("job = \"polite\"");
+        .with("rate_limit = 10");
     let config = job.write_config();
     let config = config.to_str().unwrap();
-    let daemon = || {
-        let mut command = with_store(&pg, &["run", "--config", config]);
-        command.spawn().unwrap()
-    };
+    let daemon = || run_daemon(&pg, config);
     let started = std::time::Instant::now();
     let (first, second) = (daemon(), daemon());
     for child in [first, second] {
@@ -761,22 +749,14 @@ fn a_daemon_waits_through_a_postgres_restart_and_finishes_with_every_item_once()
     let Some(mut pg) = Postgres::for_test("store restart") else {
         return;
     };
-    let site = pagecrawl::fixture::Site {
-        pages: 150,
-        latency: Duration::from_millis(20),
-        ..pagecrawl::fixture::Site::default()
-    };
-    let job = crate::harness::Job::new(site)
+    let job = store_job(&pg, "restart", site(150, Duration::from_millis(20)))
         .concurrency(4)
         .with("commit_every = 8")
         // After the restart a request's time is waited out (the slots it
         // freed may be of requests still in flight).
-        .with("request_timeout = \"2s\"")
-        .with(&format!("store = \"{}\"", pg.url()))
-        .with("job = \"restart\"");
+        .with("request_timeout = \"2s\"");
     let config = job.write_config();
-    let mut command = with_store(&pg, &["run", "--config", config.to_str().unwrap()]);
-    let child = command.spawn().unwrap();
+    let child = run_daemon(&pg, config.to_str().unwrap());
     assert!(crate::harness::wait_until(Duration::from_secs(30), || job
         .server
         .stats()
@@ -796,19 +776,10 @@ fn a_running_daemon_reports_its_pages_per_second_in_status() {
     let Some(pg) = Postgres::for_test("store heartbeat") else {
         return;
     };
-    let site = pagecrawl::fixture::Site {
-        pages: 160,
-        latency: Duration::from_millis(100),
-        ..pagecrawl::fixture::Site::default()
-    };
-    let job = crate::harness::Job::new(site)
-        .concurrency(2)
-        .with(&format!("store = \"{}\"", pg.url()))
-        .with("job = \"beat\"");
+    let job = store_job(&pg, "beat", site(160, Duration::from_millis(100))).concurrency(2);
     let config = job.write_config();
     let config = config.to_str().unwrap();
-    let mut command = with_store(&pg, &["run", "--config", config]);
-    let child = crate::harness::Running::new(command.spawn().unwrap());
+    let child = crate::harness::Running::new(run_daemon(&pg, config));
     let status = || {
         let mut command = with_store(&pg, &["status", "--config", config, "--json"]);
         let output = command.output().unwrap();
@@ -840,25 +811,15 @@ fn a_daemon_frozen_past_its_lease_wakes_to_a_refused_commit_and_nothing_is_writt
     let Some(pg) = Postgres::for_test("store freeze") else {
         return;
     };
-    let site = pagecrawl::fixture::Site {
-        pages: 40,
-        latency: Duration::from_millis(150),
-        ..pagecrawl::fixture::Site::default()
-    };
-    let job = crate::harness::Job::new(site)
+    let job = store_job(&pg, "freeze", site(40, Duration::from_millis(150)))
         .concurrency(4)
         .with("lease_time = \"2s\"")
         // Woken, it waits a request's time before it takes a slot again
         // (it was fenced off: the slots it held were freed).
-        .with("request_timeout = \"2s\"")
-        .with(&format!("store = \"{}\"", pg.url()))
-        .with("job = \"freeze\"");
+        .with("request_timeout = \"2s\"");
     let config = job.write_config();
     let config = config.to_str().unwrap();
-    let daemon = || {
-        let mut command = with_store(&pg, &["run", "--config", config]);
-        command.spawn().unwrap()
-    };
+    let daemon = || run_daemon(&pg, config);
     let frozen = daemon();
     // Frozen mid-crawl, with requests in flight (4 at a time, 150 ms each).
     assert!(crate::harness::wait_until(Duration::from_secs(30), || job
@@ -915,21 +876,10 @@ fn pause_stops_running_daemons_within_a_second_and_resume_restarts_them() {
     let Some(pg) = Postgres::for_test("store pause") else {
         return;
     };
-    let site = pagecrawl::fixture::Site {
-        pages: 120,
-        latency: Duration::from_millis(60),
-        ..pagecrawl::fixture::Site::default()
-    };
-    let job = crate::harness::Job::new(site)
-        .concurrency(4)
-        .with(&format!("store = \"{}\"", pg.url()))
-        .with("job = \"pausing\"");
+    let job = store_job(&pg, "pausing", site(120, Duration::from_millis(60))).concurrency(4);
     let config = job.write_config();
     let config = config.to_str().unwrap();
-    let daemon = || {
-        let mut command = with_store(&pg, &["run", "--config", config]);
-        command.spawn().unwrap()
-    };
+    let daemon = || run_daemon(&pg, config);
     let daemons = [daemon(), daemon()];
     let requests = || job.server.stats().total();
     assert!(crate::harness::wait_until(
@@ -1007,4 +957,27 @@ fn counters_equal_a_recount(pg: &Postgres, name: &str) -> job::Counters {
         "the job's counters equal a recount"
     );
     counters
+}
+
+/// A site of `pages` listing pages, each answered after `latency`.
+fn site(pages: u64, latency: Duration) -> pagecrawl::fixture::Site {
+    pagecrawl::fixture::Site {
+        pages,
+        latency,
+        ..pagecrawl::fixture::Site::default()
+    }
+}
+
+/// A job on `site` whose config puts it in `pg`, named `name` there.
+fn store_job(pg: &Postgres, name: &str, site: pagecrawl::fixture::Site) -> crate::harness::Job {
+    crate::harness::Job::new(site)
+        .with(&format!("store = \"{}\"", pg.url()))
+        .with(&format!("job = \"{name}\""))
+}
+
+/// One daemon of the job `config` names, started (`run --config`).
+fn run_daemon(pg: &Postgres, config: &str) -> std::process::Child {
+    with_store(pg, &["run", "--config", config])
+        .spawn()
+        .unwrap()
 }
