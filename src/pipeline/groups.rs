@@ -77,3 +77,88 @@ impl Groups {
         self.deadline = None;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::robots::Robots;
+
+    fn shared(extra: &str) -> Shared {
+        let text =
+            format!("url = \"http://h/{{page}}\"\npages = \"1\"\npattern = \"(?P<a>a)\"\n{extra}");
+        Shared::new(
+            &Config::parse(&text, "t.toml".as_ref()).unwrap(),
+            Robots::allow_all(),
+        )
+    }
+
+    #[test]
+    fn a_group_is_due_when_full_or_when_its_interval_has_passed() {
+        let shared = shared("commit_every = 3\ncommit_interval = \"300ms\"");
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut groups = Groups::default();
+        assert_eq!(groups.next(&rx, &shared), Step::Wait, "nothing came");
+        for _ in 0..3 {
+            tx.send(Parsed::Abandoned).unwrap();
+        }
+        assert_eq!(groups.next(&rx, &shared), Step::Wait);
+        assert_eq!(groups.next(&rx, &shared), Step::Wait);
+        assert_eq!(groups.next(&rx, &shared), Step::Flush, "commit_every");
+        assert_eq!(groups.group.len(), 3);
+        groups.group.clear();
+        groups.flushed();
+        // One result, then its interval: due only once 300 ms have passed.
+        let started = Instant::now();
+        tx.send(Parsed::Abandoned).unwrap();
+        assert_eq!(groups.next(&rx, &shared), Step::Wait);
+        let step = loop {
+            let step = groups.next(&rx, &shared);
+            if step != Step::Wait || started.elapsed() > Duration::from_secs(5) {
+                break step;
+            }
+        };
+        assert_eq!(step, Step::Flush, "commit_interval");
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        groups.group.clear();
+        groups.flushed();
+        assert_eq!(groups.next(&rx, &shared), Step::Wait, "no deadline left");
+        drop(tx);
+        assert_eq!(
+            groups.next(&rx, &shared),
+            Step::Last,
+            "the parse stage ended"
+        );
+    }
+
+    #[test]
+    fn an_abort_ends_and_a_waiting_feeder_gets_what_there_is() {
+        let shared = shared("commit_every = 100");
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut groups = Groups::default();
+        shared.waiting_on_commits.store(true, Ordering::SeqCst);
+        assert_eq!(groups.next(&rx, &shared), Step::Wait, "an empty group");
+        tx.send(Parsed::Abandoned).unwrap();
+        tx.send(Parsed::Abandoned).unwrap();
+        assert_eq!(groups.next(&rx, &shared), Step::Wait, "more is queued");
+        assert_eq!(groups.next(&rx, &shared), Step::Flush, "the feeder waits");
+        groups.group.clear();
+        groups.flushed();
+        tx.send(Parsed::Abandoned).unwrap();
+        shared.waiting_on_commits.store(false, Ordering::SeqCst);
+        assert_eq!(groups.next(&rx, &shared), Step::Wait);
+        shared.waiting_on_commits.store(true, Ordering::SeqCst);
+        assert_eq!(
+            groups.next(&rx, &shared),
+            Step::Flush,
+            "on a tick, with a group"
+        );
+        groups.group.clear();
+        groups.flushed();
+        shared.abort.store(true, Ordering::SeqCst);
+        assert_eq!(groups.next(&rx, &shared), Step::Last, "aborted, waiting");
+        tx.send(Parsed::Abandoned).unwrap();
+        assert_eq!(groups.next(&rx, &shared), Step::Last, "aborted, a result");
+        assert_eq!(groups.group.len(), 1);
+    }
+}
