@@ -709,18 +709,22 @@ fn three_daemons_killed_at_random_and_a_postgres_restart_lose_and_repeat_nothing
 /// The store campaign's `rate_limit`: the job's, across its daemons.
 const RATE: u32 = 150;
 
+/// At 4 a second the turns are 250 ms apart: a request the machine delays
+/// by up to that (the suite runs campaigns beside this test on two cores;
+/// at 10 a second, 100 ms of delay made 12 arrivals in one second twice)
+/// does not bunch two turns into one second's count.
 #[test]
 fn two_daemons_keep_to_the_jobs_rate_limit_together() {
     let Some(pg) = Postgres::for_test("store rate limit") else {
         return;
     };
     let site = pagecrawl::fixture::Site {
-        pages: 30,
+        pages: 16,
         ..pagecrawl::fixture::Site::default()
     };
     let job = store_job(&pg, "polite", site)
         .concurrency(4)
-        .with("rate_limit = 10");
+        .with("rate_limit = 4");
     let config = job.write_config();
     let config = config.to_str().unwrap();
     let daemon = || run_daemon(&pg, config);
@@ -733,15 +737,15 @@ fn two_daemons_keep_to_the_jobs_rate_limit_together() {
     let stats = job.server.stats();
     let busiest = stats.peak_in_window(Duration::from_secs(1));
     assert!(
-        busiest <= 11,
-        "rate_limit = 10 is the job's: {busiest} requests in one second"
+        busiest <= 5,
+        "rate_limit = 4 is the job's: {busiest} requests in one second"
     );
     assert!(
-        started.elapsed() >= Duration::from_millis(2_500),
-        "30 pages at 10 a second take about 3 s, not {:?}",
+        started.elapsed() >= Duration::from_millis(3_200),
+        "16 pages at 4 a second take about 3.75 s, not {:?}",
         started.elapsed()
     );
-    assert_eq!(stats.total(), 30);
+    assert_eq!(stats.total(), 16);
 }
 
 #[test]
