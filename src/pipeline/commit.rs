@@ -25,7 +25,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::fetch::Origin;
 use super::groups::{Groups, Step};
-use super::{retry_delay, Parsed, Settled, Shared, Task};
+use super::{failure_detail, retry_delay, tried_again, Parsed, Settled, Shared, Task};
 use crate::config::detail::{Detail, OnFailure};
 use crate::output::{csv_header, render_merged, Damage, Merge, OutputFile};
 use crate::store::detail::{DetailDone, DetailFailed, DetailTask, WaitingItem};
@@ -233,7 +233,7 @@ fn flush(
                         Task::Detail(_) => String::new(),
                     },
                 };
-                if error.retryable() && attempts <= config.retries {
+                if tried_again(&config, attempts, &error) {
                     let delay = retry_delay(&config, attempts, &error);
                     // In the bar, the summary and `status`; in the log
                     // only with -v: a person need not act on a retry.
@@ -266,12 +266,7 @@ fn flush(
                     });
                     tally.retried += 1;
                 } else {
-                    let tries = if attempts == 1 {
-                        "1 attempt".to_string()
-                    } else {
-                        format!("{attempts} attempts")
-                    };
-                    let detail = format!("{error} from {where_} after {tries}");
+                    let detail = failure_detail(&error, &where_, attempts);
                     log::warn!("{task} failed: {detail}");
                     match task {
                         Task::Page(page) => settles.push(Settle::Failed {

@@ -719,6 +719,19 @@ impl Pipeline {
     }
 }
 
+/// Whether a task whose attempt number `attempts` failed with `error` is
+/// tried again (both backends' commit stages decide with this).
+fn tried_again(config: &Config, attempts: u32, error: &FetchError) -> bool {
+    error.retryable() && attempts <= config.retries
+}
+
+/// A task's final failure as the queue keeps it and the log says it:
+/// `HTTP 500 from URL after 4 attempts`.
+fn failure_detail(error: &FetchError, url: &str, attempts: u32) -> String {
+    let plural = if attempts == 1 { "" } else { "s" };
+    format!("{error} from {url} after {attempts} attempt{plural}")
+}
+
 /// The delay before retry number `attempts` (1 = the first retry):
 /// exponential from `backoff`, capped at `max_backoff`, with jitter in
 /// [d/2, d] so that many failing pages do not retry in lockstep; never less
@@ -741,6 +754,24 @@ mod tests {
         let text =
             format!("url = \"http://h/{{page}}\"\npages = \"1\"\npattern = \"(?P<a>a)\"\n{extra}");
         Config::parse(&text, "t.toml".as_ref()).unwrap()
+    }
+
+    #[test]
+    fn a_failure_is_tried_again_up_to_retries_and_then_said_with_its_attempts() {
+        let config = config("retries = 2");
+        let timeout = FetchError::Timeout("x".into());
+        assert!(tried_again(&config, 1, &timeout));
+        assert!(tried_again(&config, 2, &timeout));
+        assert!(!tried_again(&config, 3, &timeout), "after retries = 2");
+        assert!(!tried_again(&config, 1, &FetchError::Robots), "not retryable");
+        assert_eq!(
+            failure_detail(&timeout, "http://h/1", 1),
+            format!("{timeout} from http://h/1 after 1 attempt")
+        );
+        assert_eq!(
+            failure_detail(&timeout, "http://h/1", 3),
+            format!("{timeout} from http://h/1 after 3 attempts")
+        );
     }
 
     #[test]

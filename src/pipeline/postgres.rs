@@ -20,7 +20,10 @@ use crossbeam_channel::{Receiver, Sender};
 use serde_json::json;
 
 use super::groups::{Groups, Step};
-use super::{retry_delay, Feed, Parsed, Record, Settled, Shared, Stages, Task, Work};
+use super::{
+    failure_detail, retry_delay, tried_again, Feed, Parsed, Record, Settled, Shared, Stages, Task,
+    Work,
+};
 use crate::store::postgres::connect::{connect, StoreUrl};
 use crate::store::postgres::export::item_json;
 use crate::store::postgres::job::{self, DaemonId, JobId};
@@ -527,7 +530,7 @@ fn flush(
                 error,
                 ..
             } => {
-                if error.retryable() && attempts <= config.retries {
+                if tried_again(&config, attempts, &error) {
                     retried += 1;
                     (
                         page,
@@ -539,11 +542,7 @@ fn flush(
                     )
                 } else {
                     failed += 1;
-                    let detail = format!(
-                        "{error} from {} after {attempts} attempt{}",
-                        config.page_url(page),
-                        if attempts == 1 { "" } else { "s" }
-                    );
+                    let detail = failure_detail(&error, &config.page_url(page), attempts);
                     log::warn!("page {page} failed: {detail}");
                     (
                         page,
