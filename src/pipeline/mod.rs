@@ -763,7 +763,10 @@ mod tests {
         assert!(tried_again(&config, 1, &timeout));
         assert!(tried_again(&config, 2, &timeout));
         assert!(!tried_again(&config, 3, &timeout), "after retries = 2");
-        assert!(!tried_again(&config, 1, &FetchError::Robots), "not retryable");
+        assert!(
+            !tried_again(&config, 1, &FetchError::Robots),
+            "not retryable"
+        );
         assert_eq!(
             failure_detail(&timeout, "http://h/1", 1),
             format!("{timeout} from http://h/1 after 1 attempt")
